@@ -1,0 +1,65 @@
+"""`datagen` command line: one sub-command per stage, `run` for a whole pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from datagen import __version__
+
+# Each module exposes `register_cli(subparsers)`; it adds its sub-command(s) and sets
+# `func(args) -> int` as the handler. Imports of heavy libraries stay inside handlers so
+# `datagen --help` is instant.
+COMMAND_MODULES = [
+    "datagen.commands_generate",
+    "datagen.stages.self_instruct",
+    "datagen.stages.evol_instruct",
+    "datagen.stages.distill",
+    "datagen.stages.dedup",
+    "datagen.stages.quality",
+    "finetune.cli",
+    "datagen.pipeline",
+    "datagen.report",
+    "datagen.io",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="datagen",
+        description=(
+            "Turn a few seed tasks into a curated instruction-tuning dataset and fine-tune a model on it.\n"
+            "Run a whole pipeline with `datagen run pipelines/quickstart.yaml`, or one stage at a time.\n"
+            "Backends (--llm): local (embedded SmolLM2-135M, CPU, nothing to configure), "
+            "openai:MODEL (any OpenAI-compatible endpoint), vllm:MODEL (in-process vLLM)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"datagen {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        module = importlib.import_module(module_name)
+        module.register_cli(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted: finished LLM calls are in the cache; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        # Bad input: one clear line, no traceback.
+        print(f"datagen: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""One request type and one result type for every backend.
+
+Stages build `ChatRequest`s and get back `Completion`s in the same order, whatever the
+backend. A request that fails for good (after retries) comes back as a `Completion` with
+`error` set instead of raising, so one bad call never sinks a batch of paid ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+ResultCallback = Callable[[int, "Completion"], None]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[tuple[str, str], ...]
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    # OpenAI-style `response_format` (e.g. a json_schema); backends that cannot honour it ignore it.
+    response_format: str | None = None
+
+    @staticmethod
+    def chat(
+        messages: Sequence[dict[str, str]] | str,
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 512,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> ChatRequest:
+        """Build a request from a prompt string or a list of `{"role", "content"}` dicts."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        return ChatRequest(
+            messages=tuple((m["role"], m["content"]) for m in messages),
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            stop=tuple(stop),
+            seed=seed,
+            response_format=json.dumps(response_format, sort_keys=True) if response_format else None,
+        )
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+    def response_format_dict(self) -> dict[str, Any] | None:
+        return json.loads(self.response_format) if self.response_format else None
+
+    def canonical(self) -> str:
+        """Stable JSON of everything that changes the answer: the cache key's body."""
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+    def cache_key(self, backend: str, model: str) -> str:
+        payload = json.dumps([backend, model, self.canonical()], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Completion:
+    texts: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.texts)
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "texts": self.texts,
+                "finish_reasons": self.finish_reasons,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+            },
+            ensure_ascii=False,
+        )
+
+    @staticmethod
+    def from_json(raw: str) -> Completion:
+        data = json.loads(raw)
+        return Completion(
+            texts=list(data["texts"]),
+            finish_reasons=list(data["finish_reasons"]),
+            prompt_tokens=int(data.get("prompt_tokens", 0)),
+            completion_tokens=int(data.get("completion_tokens", 0)),
+        )
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """What every backend offers. `name` is the backend spec, e.g. `openai:gpt-4o-mini`."""
+
+    name: str
+    backend: str
+    model: str
+    supports_json_schema: bool
+
+    async def generate(
+        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+    ) -> list[Completion]:
+        """Answer every request; results in request order. `on_result(i, c)` fires as each lands."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class UsageStats:
+    """Counters a run report needs: calls made vs served from cache, tokens, failures."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, completion: Completion) -> None:
+        self.requests += 1
+        if completion.cached:
+            self.cache_hits += 1
+            return
+        if completion.error:
+            kind = completion.error.split(":", 1)[0]
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+            return
+        self.calls += 1
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine from sync code, also when called inside a running loop (e.g. Jupyter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def generate_sync(
+    llm: LLM, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+) -> list[Completion]:
+    return run_sync(llm.generate(list(requests), on_result))

@@ -1,0 +1,138 @@
+"""SQLite response cache in front of any backend.
+
+Each completion is committed the moment it arrives, so a run killed mid-batch resumes
+without paying for the calls it already made, and an identical rerun makes zero calls.
+Failed requests are never cached: a rerun retries them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from datagen.llm.base import LLM, ChatRequest, Completion, ResultCallback, UsageStats
+
+
+class ResponseCache:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS completions ("
+            " key TEXT PRIMARY KEY, backend TEXT, model TEXT, request TEXT,"
+            " response TEXT, created REAL)"
+        )
+        self._conn.commit()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Completion]:
+        found: dict[str, Completion] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT key, response FROM completions WHERE key IN ({marks})", chunk
+                ).fetchall()
+                for key, response in rows:
+                    found[key] = Completion.from_json(response)
+        return found
+
+    def put(self, key: str, backend: str, model: str, request: ChatRequest, completion: Completion) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?, ?)",
+                (key, backend, model, request.canonical(), completion.to_json(), time.time()),
+            )
+            self._conn.commit()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class CachedLLM:
+    """Wraps a backend: serves hits from SQLite, forwards misses once, counts usage."""
+
+    def __init__(self, inner: LLM, cache: ResponseCache | None):
+        self.inner = inner
+        self.cache = cache
+        self.name = inner.name
+        self.backend = inner.backend
+        self.model = inner.model
+        self.supports_json_schema = inner.supports_json_schema
+        self.usage = UsageStats()
+
+    async def generate(
+        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+    ) -> list[Completion]:
+        requests = list(requests)
+        keys = [r.cache_key(self.backend, self.model) for r in requests]
+        hits = self.cache.get_many(keys) if self.cache is not None else {}
+        results: list[Completion | None] = [None] * len(requests)
+        # Identical requests inside one batch are sent once: same semantics as the cache.
+        first_index: dict[str, int] = {}
+        waiting: dict[str, list[int]] = {}
+        to_send: list[int] = []
+        for i, key in enumerate(keys):
+            if key in hits:
+                hit = hits[key]
+                results[i] = Completion(
+                    texts=hit.texts,
+                    finish_reasons=hit.finish_reasons,
+                    prompt_tokens=hit.prompt_tokens,
+                    completion_tokens=hit.completion_tokens,
+                    cached=True,
+                )
+            elif key in first_index:
+                waiting[key].append(i)
+            else:
+                first_index[key] = i
+                waiting[key] = []
+                to_send.append(i)
+        for i, result in enumerate(results):
+            if result is not None:
+                self.usage.add(result)
+                if on_result:
+                    on_result(i, result)
+
+        def landed(j: int, completion: Completion) -> None:
+            i = to_send[j]
+            if completion.ok and self.cache is not None:
+                self.cache.put(keys[i], self.backend, self.model, requests[i], completion)
+            results[i] = completion
+            self.usage.add(completion)
+            if on_result:
+                on_result(i, completion)
+            for dup in waiting[keys[i]]:
+                copy = Completion(
+                    texts=completion.texts,
+                    finish_reasons=completion.finish_reasons,
+                    cached=True,
+                    error=completion.error,
+                )
+                results[dup] = copy
+                self.usage.add(copy)
+                if on_result:
+                    on_result(dup, copy)
+
+        if to_send:
+            returned = await self.inner.generate([requests[i] for i in to_send], landed)
+            for j, completion in enumerate(returned):
+                if results[to_send[j]] is None:  # a backend that did not call back
+                    landed(j, completion)
+        return [r if r is not None else Completion(error="internal: no result") for r in results]
+
+    def close(self) -> None:
+        self.inner.close()

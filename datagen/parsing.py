@@ -1,0 +1,76 @@
+"""Lenient parsing of model replies. Small models (and big ones) rarely obey formats exactly."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S | re.I)
+_SCORE_PATTERNS = [
+    # "Score: 4", "score = 4.5", "Rating: 4/5", "**Score**: 4"
+    re.compile(r"(?:score|rating|grade)\W{0,4}\s*[:=]?\s*\**\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+))?", re.I),
+    # "4/5", "4 out of 5"
+    re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+)", re.I),
+]
+
+
+def extract_json(text: str) -> Any | None:
+    """The first JSON object or array in `text` (fenced or bare), or None."""
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    decoder = json.JSONDecoder()
+    for chunk in candidates:
+        for start, char in enumerate(chunk):
+            if char not in "{[":
+                continue
+            try:
+                value, _ = decoder.raw_decode(chunk[start:])
+            except json.JSONDecodeError:
+                continue
+            return value
+    return None
+
+
+def parse_score(text: str, low: float = 1, high: float = 5, key: str = "score") -> float | None:
+    """A score in [low, high] from JSON (`{"score": 4}`), "Score: 4", "4/5", or a lone number.
+
+    A fraction on another scale ("8/10") is rescaled into [low, high]. Returns None when no
+    in-range number can be found rather than guessing.
+    """
+    data = extract_json(text)
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k.lower() == key and isinstance(v, (int, float, str)):
+                try:
+                    value = float(v)
+                except ValueError:
+                    break
+                if low <= value <= high:
+                    return value
+    for pattern in _SCORE_PATTERNS:
+        for match in pattern.finditer(text):
+            value = float(match.group(1))
+            scale = match.group(2)
+            if scale:
+                denom = float(scale)
+                if denom <= 0:
+                    continue
+                if denom != high:
+                    value = low + (value / denom) * (high - low)
+            if low <= value <= high:
+                return value
+    numbers = [float(x) for x in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])", text)]
+    in_range = [x for x in numbers if low <= x <= high]
+    if len(in_range) == 1:
+        return in_range[0]
+    if in_range and text.strip().startswith(str(in_range[0]).rstrip("0").rstrip(".")):
+        return in_range[0]
+    return None
+
+
+def parse_yes_no(text: str) -> bool | None:
+    """Yes/No from the first word that decides it; None when the reply says neither."""
+    match = re.search(r"\b(yes|no|true|false)\b", text, re.I)
+    if not match:
+        return None
+    return match.group(1).lower() in {"yes", "true"}

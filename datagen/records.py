@@ -1,0 +1,127 @@
+"""The data that flows between stages.
+
+Every stage consumes and produces `Record`s, so stages compose in any order. Pydantic
+validates at the edges (files, configs); inside a run the same objects are passed around.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Instance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = ""
+    output: str
+
+
+class SeedTask(BaseModel):
+    """One task in the Self-Instruct `seed_tasks.jsonl` format."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    instruction: str
+    instances: list[Instance] = Field(min_length=1)
+    is_classification: bool
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("instruction is empty")
+        return value
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, value: str) -> str:
+        if value not in {"system", "user", "assistant"}:
+            raise ValueError(f"unknown role {value!r} (expected system, user or assistant)")
+        return value
+
+
+class RecordMeta(BaseModel):
+    """Lineage and scores. Extra keys are allowed so a stage can keep e.g. all candidates."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str = "unknown"
+    parent_id: str | None = None
+    evol_op: str | None = None
+    round: int = 0
+    scores: dict[str, float] = Field(default_factory=dict)
+    model: str | None = None
+    is_classification: bool | None = None
+    drop_reason: str | None = None
+    drop_detail: dict[str, Any] | None = None
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    instruction: str
+    input: str = ""
+    output: str = ""
+    messages: list[Message] | None = None
+    meta: RecordMeta = Field(default_factory=RecordMeta)
+
+    def prompt_text(self) -> str:
+        """The user turn: instruction plus input, as a model sees it."""
+        if self.input.strip():
+            return f"{self.instruction.strip()}\n\n{self.input.strip()}"
+        return self.instruction.strip()
+
+    def to_messages(self, system_prompt: str | None = None) -> list[dict[str, str]]:
+        """Chat form; multi-turn records keep their own messages."""
+        if self.messages:
+            msgs = [m.model_dump() for m in self.messages]
+            if system_prompt and msgs[0]["role"] != "system":
+                msgs.insert(0, {"role": "system", "content": system_prompt})
+            return msgs
+        msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        msgs.append({"role": "user", "content": self.prompt_text()})
+        if self.output:
+            msgs.append({"role": "assistant", "content": self.output})
+        return msgs
+
+
+def stable_id(*parts: str, prefix: str = "r") -> str:
+    """Content-derived id: the same text gives the same id in every run (needed for resume)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
+    return f"{prefix}_{digest}"
+
+
+def dropped(record: Record, reason: str, **detail: Any) -> Record:
+    """A copy of `record` marked with a machine-readable drop reason."""
+    copy = record.model_copy(deep=True)
+    copy.meta.drop_reason = reason
+    copy.meta.drop_detail = detail or None
+    return copy
+
+
+@dataclass
+class StageResult:
+    kept: list[Record]
+    dropped: list[Record]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def drop_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for rec in self.dropped:
+            reason = rec.meta.drop_reason or "unspecified"
+            counts[reason] = counts.get(reason, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
