@@ -127,7 +127,7 @@ class LocalLLM:
                     completions = await asyncio.to_thread(self._generate_batch, [requests[i] for i in batch])
                 except Exception as exc:  # a model failure must not lose the rest of the run
                     completions = [Completion(error=f"local_error: {exc}") for _ in batch]
-                for i, completion in zip(batch, completions):
+                for i, completion in zip(batch, completions, strict=True):
                     results[i] = completion
                     if on_result:
                         on_result(i, completion)
