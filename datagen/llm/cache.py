@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from datagen import faults
 from datagen.llm.base import LLM, ChatRequest, Completion, ResultCallback, UsageStats
 
 
@@ -111,6 +112,7 @@ class CachedLLM:
             i = to_send[j]
             if completion.ok and self.cache is not None:
                 self.cache.put(keys[i], self.backend, self.model, requests[i], completion)
+                faults.after_committed_call()
             results[i] = completion
             self.usage.add(completion)
             if on_result:
