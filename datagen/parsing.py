@@ -12,6 +12,12 @@ _SCORE_PATTERNS = [
     re.compile(r"(?:score|rating|grade)\W{0,4}\s*[:=]?\s*\**\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+))?", re.I),
     # "4/5", "4 out of 5"
     re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+)", re.I),
+    # "I would give it a 7", "I rate this answer 8", "it deserves a 6"
+    re.compile(
+        r"\b(?:give|giving|rate|rating|rated|deserves?|assign|award)\s+(?:it|this|the\s+answer|this\s+answer)?\s*"
+        r"(?:an?\s+)?(-?\d+(?:\.\d+)?)(?![\w%]|\s*(?:/|out of))()",
+        re.I,
+    ),
 ]
 
 
@@ -40,13 +46,16 @@ def parse_score(text: str, low: float = 1, high: float = 5, key: str = "score") 
     data = extract_json(text)
     if isinstance(data, dict):
         for k, v in data.items():
-            if k.lower() == key and isinstance(v, (int, float, str)):
-                try:
-                    value = float(v)
-                except ValueError:
-                    break
-                if low <= value <= high:
-                    return value
+            if k.lower() != key:
+                continue
+            # The JSON names its score: decide from that value alone. Scanning the rest of the
+            # text would pick up stray numbers ("3 errors") when the value is out of range.
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                return None
+            if isinstance(v, str):
+                return parse_score(v, low, high, key) if v.strip() and "{" not in v else None
+            value = float(v)
+            return value if low <= value <= high else None
     for pattern in _SCORE_PATTERNS:
         for match in pattern.finditer(text):
             value = float(match.group(1))
@@ -59,13 +68,30 @@ def parse_score(text: str, low: float = 1, high: float = 5, key: str = "score") 
                     value = low + (value / denom) * (high - low)
             if low <= value <= high:
                 return value
-    numbers = [float(x) for x in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])", text)]
+    numbers = [float(x) for x in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?!\w)(?!\.\d)", text)]
     in_range = [x for x in numbers if low <= x <= high]
     if len(in_range) == 1:
         return in_range[0]
-    if in_range and text.strip().startswith(str(in_range[0]).rstrip("0").rstrip(".")):
-        return in_range[0]
+    # Several numbers: trust one only when the reply *opens* with it as a verdict ("7 - clear,
+    # but 2 typos"), not when it opens a numbered list ("1. good 2. bad").
+    leading = _LEADING_NUMBER.match(text)
+    if leading:
+        value = float(leading.group(1))
+        if low <= value <= high and not _opens_numbered_list(text, leading):
+            return value
     return None
+
+
+_LEADING_NUMBER = re.compile(r"\s*[*#\s]*(-?\d+(?:\.\d+)?)(?!\w)\s*\**\s*([.)]?)")
+
+
+def _opens_numbered_list(text: str, leading: re.Match[str]) -> bool:
+    """"1. ..." or "1) ..." followed later by "2." / "2)": a list marker, not a score."""
+    number = leading.group(1)
+    if not leading.group(2) or not number.isdigit():
+        return False
+    following = int(number) + 1
+    return re.search(rf"(?<![\d.]){following}\s*[.)]\s", text[leading.end():]) is not None
 
 
 def parse_yes_no(text: str) -> bool | None:

@@ -116,11 +116,14 @@ class LocalLLM:
         results: list[Completion] = [Completion()] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
-            key = (req.n, req.temperature, req.top_p, req.max_tokens, req.stop, req.seed)
+            # Seeds stay out of the key: stages give each request its own seed, and batching
+            # is where the CPU speed comes from. The batch is seeded from its first request,
+            # and batch make-up is deterministic, so results still reproduce.
+            key = (req.n, req.temperature, req.top_p, req.max_tokens, req.stop)
             groups.setdefault(key, []).append(i)
         for indices in groups.values():
             # Shortest prompts together waste least padding.
-            indices.sort(key=lambda i: sum(len(c) for _, c in requests[i].messages))
+            indices.sort(key=lambda i: (sum(len(c) for _, c in requests[i].messages), i))
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start : start + self.batch_size]
                 try:
@@ -147,10 +150,13 @@ class LocalLLM:
         if first.seed is not None:
             torch.manual_seed(first.seed)
         sample = first.temperature > 0
+        # Greedy decoding cannot return several sequences (transformers refuses), and they
+        # would all be the same anyway: decode once and repeat it n times.
+        per_prompt = first.n if sample else 1
         gen_kwargs: dict[str, Any] = {
             "max_new_tokens": first.max_tokens,
             "do_sample": sample,
-            "num_return_sequences": first.n,
+            "num_return_sequences": per_prompt,
             "pad_token_id": tok.pad_token_id,
             "repetition_penalty": 1.1,
         }
@@ -168,7 +174,7 @@ class LocalLLM:
         for b, req in enumerate(batch):
             texts, reasons, used = [], [], 0
             for k in range(req.n):
-                row = new_tokens[b * req.n + k].tolist()
+                row = new_tokens[b * per_prompt + (k if sample else 0)].tolist()
                 length = len(row)
                 finished = False
                 for pos, token in enumerate(row):

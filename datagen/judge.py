@@ -1,0 +1,182 @@
+"""LLM-as-judge: a rubric score for (instruction, answer) pairs, shared by every stage that ranks.
+
+Why a module of its own: best-of-n distillation and the quality filter both need "how good is
+this answer", and both need the same defences against messy judges: structured output where
+the backend can enforce a JSON schema, lenient parsing where it cannot, and one follow-up
+turn ("just the number, please") when a reply still has no readable score. Unscorable
+pairs come back with `score=None` instead of a guess, so callers can count and drop them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from datagen.llm import ChatRequest, Completion, generate_sync
+from datagen.parsing import extract_json, parse_score
+from datagen.prompts import render
+
+DEFAULT_LOW = 1
+DEFAULT_HIGH = 10
+
+
+@dataclass
+class JudgeResult:
+    """`score` is None when the judge failed (see `error`) or never gave a readable score."""
+
+    score: float | None
+    reason: str
+    raw: str
+    retried: bool = False
+    error: str | None = None
+
+
+def judge_schema(low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH) -> dict[str, Any]:
+    """OpenAI-style `response_format`. The reason comes first so the model argues before it scores."""
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "judgement",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "reason": {"type": "string"},
+                    "score": {"type": "integer", "minimum": int(low), "maximum": int(high)},
+                },
+                "required": ["reason", "score"],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+def parse_judgement(
+    raw: str, low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH
+) -> tuple[float | None, str]:
+    """(score, reason) from a judge reply: JSON if there is any, else the lenient score parser."""
+    score = parse_score(raw, low, high)
+    data = extract_json(raw)
+    reason = ""
+    if isinstance(data, dict):
+        for key in ("reason", "reasoning", "explanation", "rationale"):
+            value = data.get(key)
+            if isinstance(value, str) and value.strip():
+                reason = value.strip()
+                break
+    if not reason:
+        reason = raw.strip()
+    return score, reason[:1000]
+
+
+def score_answers(
+    llm: Any,
+    items: Sequence[tuple[str, str]],
+    ctx: Any = None,
+    *,
+    low: float = DEFAULT_LOW,
+    high: float = DEFAULT_HIGH,
+    prompt: str = "judge_rubric",
+    retry_prompt: str = "judge_retry",
+    temperature: float = 0.0,
+    max_tokens: int = 256,
+    retry: bool = True,
+    structured: bool | None = None,
+    desc: str | None = None,
+) -> list[JudgeResult]:
+    """Score each (instruction, answer) pair; results in input order.
+
+    `llm` is any backend (`ctx.llm(spec)`); `ctx` (a StageContext, optional) supplies the
+    prompts folder and the progress bar. `structured=None` asks for a JSON schema exactly
+    when the backend says it can enforce one. A blank answer is scored `low` without a call.
+    Identical pairs cost one call (the backend cache deduplicates them).
+    """
+    prompts_dir = getattr(ctx, "prompts_dir", None)
+    use_schema = getattr(llm, "supports_json_schema", False) if structured is None else structured
+    response_format = judge_schema(low, high) if use_schema else None
+    results: list[JudgeResult | None] = [None] * len(items)
+    prompts: dict[int, str] = {}
+    for i, (instruction, answer) in enumerate(items):
+        if not answer.strip():
+            results[i] = JudgeResult(score=float(low), reason="empty answer", raw="")
+            continue
+        prompts[i] = render(
+            prompts_dir=prompts_dir,
+            name=prompt,
+            instruction=instruction.strip(),
+            answer=answer.strip(),
+            low=_fmt(low),
+            high=_fmt(high),
+        )
+    order = list(prompts)
+    requests = [
+        ChatRequest.chat(
+            prompts[i], temperature=temperature, max_tokens=max_tokens, response_format=response_format
+        )
+        for i in order
+    ]
+    completions = _run(llm, requests, ctx, desc or "judge")
+    unparsed: list[int] = []
+    for i, completion in zip(order, completions, strict=True):
+        if completion.error:
+            results[i] = JudgeResult(
+                score=None, reason="judge request failed", raw="", error=completion.error
+            )
+            continue
+        score, reason = parse_judgement(completion.text, low, high)
+        results[i] = JudgeResult(score=score, reason=reason, raw=completion.text)
+        if score is None:
+            unparsed.append(i)
+    if retry and unparsed:
+        retry_text = render(prompts_dir=prompts_dir, name=retry_prompt, low=_fmt(low), high=_fmt(high))
+        retry_requests = []
+        for i in unparsed:
+            first = results[i].raw  # type: ignore[union-attr]
+            if first.strip():
+                messages = [
+                    {"role": "user", "content": prompts[i]},
+                    {"role": "assistant", "content": first},
+                    {"role": "user", "content": retry_text},
+                ]
+            else:  # an empty assistant turn is rejected by some servers
+                messages = [{"role": "user", "content": f"{prompts[i]}\n\n{retry_text}"}]
+            retry_requests.append(ChatRequest.chat(messages, temperature=0.0, max_tokens=16))
+        for i, completion in zip(
+            unparsed, _run(llm, retry_requests, ctx, (desc or "judge") + " retry"), strict=True
+        ):
+            first = results[i]
+            assert first is not None
+            score = None if completion.error else parse_score(completion.text, low, high)
+            results[i] = JudgeResult(
+                score=score,
+                reason=first.reason if score is not None else "no readable score",
+                raw=first.raw + ("\n[retry] " + completion.text if completion.text else ""),
+                retried=True,
+                error=completion.error,
+            )
+    return [r for r in results if r is not None]
+
+
+def judge_stats(results: Sequence[JudgeResult], prefix: str = "judge_") -> dict[str, int]:
+    """Counters for `StageResult.stats`: how often the judge needed the retry and still failed."""
+    return {
+        f"{prefix}scored": sum(r.score is not None for r in results),
+        f"{prefix}retried": sum(r.retried for r in results),
+        f"{prefix}retry_recovered": sum(r.retried and r.score is not None for r in results),
+        f"{prefix}unparsed": sum(r.score is None and r.error is None for r in results),
+        f"{prefix}errors": sum(r.error is not None for r in results),
+    }
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _run(llm: Any, requests: list[ChatRequest], ctx: Any, desc: str) -> list[Completion]:
+    if not requests:
+        return []
+    if ctx is None or not hasattr(ctx, "bar"):
+        return generate_sync(llm, requests)
+    with ctx.bar(len(requests), desc, unit="req") as bar:
+        return generate_sync(llm, requests, lambda i, c: bar.update(1))

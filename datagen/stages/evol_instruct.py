@@ -1,0 +1,511 @@
+"""Evol-Instruct: rewrite instructions into harder (in-depth) or rarer (in-breadth) ones, in rounds.
+
+Each round, every instruction in the pool draws one operation (weights configurable), the LLM
+rewrites it, and the rewrite must survive the elimination rules before it replaces its parent
+in the pool:
+
+* `llm_error`            a request failed for good (errors are never cached: a rerun retries)
+* `empty_evolution`      nothing usable came back
+* `truncated_evolution`  the rewrite hit max_tokens, so it is cut off
+* `template_leak`        the rewrite talks about the prompt ("given prompt", "#Rewritten Prompt#")
+* `copied_parent`        the rewrite is the parent again (up to case/punctuation)
+* `no_information_gain`  the LLM equality check says the rewrite adds nothing over its parent
+* `refusal_response`     the answer to the rewrite apologises/refuses and is short (< 80 words)
+* `degenerate_response`  the answer is only punctuation and stop words
+
+The last two need an answer, so the stage answers every surviving rewrite (as WizardLM does)
+and keeps that answer as the record's `output`; distillation can re-answer or reuse it.
+
+A failed evolution returns its parent to the pool unchanged, so the parent gets another try
+(with a fresh operation and seed) next round; the failed attempt goes to `dropped` with its
+reason. Lineage lives in meta: `parent_id` (the immediate parent), `evol_op`, `round` (the
+round of this run that produced it), `root_id` (the input record it descends from) and
+`evol_depth` (successful evolutions since the root). Ids hash content plus lineage, and ops
+and seeds come from `ctx.rng` salted per record and round, so reruns are identical and adding
+a record never changes what happens to the others.
+
+Records are evolved through `prompt_text()` (instruction plus input); an evolved record is a
+single-turn task with an empty `input`, since rewriting may fold the input into the text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from datagen.llm import ChatRequest, Completion, generate_sync
+from datagen.parsing import parse_yes_no
+from datagen.prompts import render
+from datagen.records import Record, RecordMeta, StageResult, dropped, stable_id
+
+IN_DEPTH_OPS = ("add_constraints", "deepen", "concretize", "reasoning_steps", "complicate_input")
+OPS = (*IN_DEPTH_OPS, "breadth")
+
+DEFAULT_LEAK_WORDS = [
+    "#Given Prompt#",
+    "#Rewritten Prompt#",
+    "#Created Prompt#",
+    "given prompt",
+    "rewritten prompt",
+    "created prompt",
+    # The labels our own prompts use: a rewrite that mentions them talks about the template.
+    "original instruction",
+    "rewritten instruction",
+    "created instruction",
+    "given instruction",
+]
+
+DEFAULT_REFUSAL_PHRASES = [
+    "sorry",
+    "apologize",
+    "apologise",
+    "apologies",
+    "i cannot",
+    "i can't",
+    "i can not",
+    "i am unable",
+    "i'm unable",
+    "i am not able",
+    "i'm not able",
+    "as an ai",
+    "as a language model",
+]
+
+# English function words (the usual NLTK-style list, plus contraction fragments) used by the
+# degenerate-response rule: an answer made only of these carries no content.
+STOP_WORDS = frozenset(
+    """a about above after again against ain all am an and any are aren as at be because been before being
+    below between both but by can could couldn d did didn do does doesn doing don down during each few for
+    from further had hadn has hasn have haven having he her here hers herself him himself his how i if in
+    into is isn it its itself just ll m ma me might mightn more most must mustn my myself needn no nor not
+    now o of off on once only or other our ours ourselves out over own re s same shan she should shouldn
+    so some such t than that the their theirs them themselves then there these they this those through to
+    too under until up us ve very was wasn we were weren what when where which while who whom why will
+    with won would wouldn y you your yours yourself yourselves yes ok okay oh well""".split()
+)
+
+
+class EvolConfig(BaseModel):
+    """Evol-Instruct settings. Defaults follow WizardLM: 4 rounds, all operations equally likely."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(4, ge=0, description="evolution rounds; each instruction gets one attempt per round")
+    ops: dict[str, float] = Field(
+        default_factory=lambda: dict.fromkeys(OPS, 1.0),
+        description=(
+            "operation -> relative weight of being drawn; ops left out are never used. In-depth: "
+            + ", ".join(IN_DEPTH_OPS)
+            + "; in-breadth: breadth. Prompt of op X: prompts/evol_X.txt"
+        ),
+    )
+    temperature: float = Field(0.7, ge=0, description="sampling temperature of the rewrite")
+    max_tokens: int = Field(
+        512, ge=1, description="token limit of a rewrite (a truncated rewrite is dropped)"
+    )
+    answer: bool = Field(
+        True,
+        description="answer each rewrite (kept as output); needed by the refusal and degenerate-response rules",
+    )
+    answer_temperature: float = Field(0.7, ge=0, description="sampling temperature of the answer")
+    answer_max_tokens: int = Field(512, ge=1, description="token limit of the answer")
+    equality_check: bool = Field(
+        True, description="ask the LLM whether a rewrite adds information over its parent"
+    )
+    equality_max_tokens: int = Field(16, ge=1, description="token limit of the equality check reply")
+    keep_all_rounds: bool = Field(
+        True,
+        description="emit every successful evolution of every round; false: only each chain's last one",
+    )
+    keep_originals: bool = Field(
+        True, description="also emit the input records unchanged (WizardLM mixes them in)"
+    )
+    leak_words: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LEAK_WORDS),
+        description="a rewrite containing any of these (case-insensitive) is dropped as template_leak",
+    )
+    refusal_phrases: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSAL_PHRASES),
+        description="an answer containing one of these and shorter than refusal_max_words is a refusal",
+    )
+    refusal_max_words: int = Field(
+        80, ge=0, description="answers with at least this many words are never refusals"
+    )
+    llm: str | None = Field(None, description="backend spec for this stage (default: the pipeline's)")
+
+    @field_validator("ops")
+    @classmethod
+    def _known_ops(cls, ops: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(ops) - set(OPS))
+        if unknown:
+            raise ValueError(f"unknown evolution op(s) {unknown}: choose from {list(OPS)}")
+        if any(w < 0 for w in ops.values()):
+            raise ValueError("op weights must be >= 0")
+        if not any(w > 0 for w in ops.values()):
+            raise ValueError("at least one op needs a positive weight")
+        return ops
+
+
+def clean_evolution(text: str) -> str:
+    """The rewrite without a leading label ("Rewritten instruction:") or wrapping quotes.
+
+    Models often echo the label our prompt ends with; that is formatting, not a leak. A label
+    *inside* the text (the model talking about the prompt) is left for the leak rule.
+    """
+    text = text.strip()
+    text = _LABEL.sub("", text, count=1).strip()
+    if (
+        len(text) >= 2
+        and text[0] in "\"“'"
+        and text[-1] in "\"”'"
+        and text[0] + text[-1] in {'""', "“”", "''"}
+    ):
+        inner = text[1:-1]
+        if text[0] not in inner and "”" not in inner:
+            text = inner.strip()
+    return text
+
+
+_LABEL = re.compile(
+    r"^[\s#*]*(?:rewritten|new|created|evolved|revised|improved|harder)\s+(?:instruction|prompt)[\s#*]*:[\s*]*",
+    re.I,
+)
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+def find_leak(text: str, leak_words: list[str]) -> str | None:
+    lowered = text.lower()
+    return next((w for w in leak_words if w and w.lower() in lowered), None)
+
+
+def is_refusal(text: str, phrases: list[str], max_words: int) -> bool:
+    """Apologies and refusals that stop short; a long answer that says "sorry" once is fine."""
+    if len(text.split()) >= max_words:
+        return False
+    lowered = text.lower().replace("’", "'")
+    return any(p.lower() in lowered for p in phrases if p)
+
+
+def is_degenerate(text: str) -> bool:
+    """Only punctuation and stop words (or nothing): no content to learn from."""
+    words = re.findall(r"[^\W_]+", text.lower())
+    return all(w in STOP_WORDS for w in words)
+
+
+class _Attempt:
+    """One evolution attempt of one pool member in one round."""
+
+    def __init__(self, index: int, parent: Record, op: str, seed: int):
+        self.index = index
+        self.parent = parent
+        self.op = op
+        self.seed = seed
+        self.child: Record | None = None
+        self.rejected: Record | None = None  # a rewrite that failed a phase-2 rule, for `dropped`
+        self.failure: tuple[str, dict[str, Any]] | None = None
+
+    def fail(self, reason: str, **detail: Any) -> None:
+        self.failure = (reason, detail)
+
+
+def run(records: list[Record], ctx: Any, config: EvolConfig) -> StageResult:
+    llm = ctx.llm(config.llm)
+    op_names = [op for op, w in config.ops.items() if w > 0]
+    weights = [config.ops[op] for op in op_names]
+    pool = [r for r in records if r.prompt_text().strip()]
+    stats: dict[str, Any] = {
+        "input_records": len(records),
+        "skipped_empty": len(records) - len(pool),
+        "rounds": config.rounds,
+        "requests": 0,
+        "evolved": 0,
+        "ops_drawn": Counter(),
+        "ops_succeeded": Counter(),
+        "equality_unparsed": 0,
+        "answers_truncated": 0,
+        "per_round": [],
+    }
+    successes_by_round: list[list[Record]] = []
+    failed: list[Record] = []
+
+    for rnd in range(1, config.rounds + 1):
+        attempts = []
+        for i, parent in enumerate(pool):
+            rng = ctx.rng(f"evol:{parent.id}:{rnd}")
+            op = rng.choices(op_names, weights)[0]
+            attempts.append(_Attempt(i, parent, op, rng.randrange(2**31)))
+            stats["ops_drawn"][op] += 1
+        with ctx.bar(len(attempts), f"evolve round {rnd}/{config.rounds}", unit="req") as bar:
+            _evolve(attempts, llm, ctx, config, rnd, bar, stats)
+            _check_and_answer(attempts, llm, ctx, config, bar, stats)
+            done = [a for a in attempts if a.child is not None]
+            bar.set_postfix(evolved=len(done), failed=len(attempts) - len(done))
+        round_failures: Counter[str] = Counter()
+        for attempt in attempts:
+            if attempt.failure is not None:
+                reason, detail = attempt.failure
+                round_failures[reason] += 1
+                failed.append(dropped(_failed_record(attempt, rnd, llm.name), reason, **detail))
+            elif attempt.child is not None:
+                stats["ops_succeeded"][attempt.op] += 1
+        successes_by_round.append([a.child for a in attempts if a.child is not None])
+        stats["evolved"] += len(done)
+        stats["per_round"].append(
+            {
+                "round": rnd,
+                "attempts": len(attempts),
+                "evolved": len(done),
+                "failed": dict(sorted(round_failures.items())),
+            }
+        )
+        # Success replaces the parent; failure leaves it in the pool for the next round.
+        pool = [a.child if a.child is not None else a.parent for a in attempts]
+
+    kept = list(records) if config.keep_originals else []
+    if config.keep_all_rounds:
+        for round_children in successes_by_round:
+            kept.extend(round_children)
+    else:
+        produced = {id(c) for round_children in successes_by_round for c in round_children}
+        kept.extend(r for r in pool if id(r) in produced)
+    stats["ops_drawn"] = dict(sorted(stats["ops_drawn"].items()))
+    stats["ops_succeeded"] = dict(sorted(stats["ops_succeeded"].items()))
+    return StageResult(kept=kept, dropped=failed, stats=stats)
+
+
+def _evolve(
+    attempts: list[_Attempt],
+    llm: Any,
+    ctx: Any,
+    config: EvolConfig,
+    rnd: int,
+    bar: Any,
+    stats: dict[str, Any],
+) -> None:
+    """Phase 1: one rewrite request per attempt, then the rules that need no further call."""
+    requests = [
+        ChatRequest.chat(
+            render(f"evol_{a.op}", prompts_dir=ctx.prompts_dir, instruction=a.parent.prompt_text()),
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            seed=a.seed,
+        )
+        for a in attempts
+    ]
+    stats["requests"] += len(requests)
+    completions = generate_sync(llm, requests, lambda i, c: bar.update(1))
+    for attempt, completion in zip(attempts, completions, strict=True):
+        if completion.error:
+            attempt.fail("llm_error", step="evolve", op=attempt.op, round=rnd, error=completion.error)
+            continue
+        text = clean_evolution(completion.text)
+        if not text:
+            attempt.fail("empty_evolution", op=attempt.op, round=rnd, raw=completion.text[:500])
+            continue
+        if completion.finish_reasons and completion.finish_reasons[0] == "length":
+            attempt.fail("truncated_evolution", op=attempt.op, round=rnd, text=text[:500])
+            continue
+        leak = find_leak(text, config.leak_words)
+        if leak:
+            attempt.fail("template_leak", op=attempt.op, round=rnd, word=leak, text=text[:500])
+            continue
+        if _normalise(text) == _normalise(attempt.parent.prompt_text()):
+            attempt.fail("copied_parent", op=attempt.op, round=rnd)
+            continue
+        parent_meta = attempt.parent.meta
+        attempt.child = Record(
+            id=stable_id("evol", attempt.parent.id, attempt.op, str(rnd), text),
+            instruction=text,
+            meta=RecordMeta(
+                source="evol_instruct",
+                parent_id=attempt.parent.id,
+                evol_op=attempt.op,
+                round=rnd,
+                model=llm.name,
+                root_id=getattr(parent_meta, "root_id", None) or attempt.parent.id,
+                evol_depth=int(getattr(parent_meta, "evol_depth", 0) or 0) + 1,
+            ),
+        )
+
+
+def _check_and_answer(
+    attempts: list[_Attempt], llm: Any, ctx: Any, config: EvolConfig, bar: Any, stats: dict[str, Any]
+) -> None:
+    """Phase 2: equality check and answer of every surviving rewrite, all in one batch."""
+    live = [a for a in attempts if a.child is not None]
+    jobs: list[tuple[_Attempt, str]] = []
+    requests: list[ChatRequest] = []
+    for attempt in live:
+        assert attempt.child is not None
+        if config.equality_check:
+            prompt = render(
+                "evol_equality_check",
+                prompts_dir=ctx.prompts_dir,
+                parent=attempt.parent.prompt_text(),
+                child=attempt.child.instruction,
+            )
+            requests.append(ChatRequest.chat(prompt, temperature=0.0, max_tokens=config.equality_max_tokens))
+            jobs.append((attempt, "equality"))
+        if config.answer:
+            requests.append(
+                ChatRequest.chat(
+                    attempt.child.instruction,
+                    temperature=config.answer_temperature,
+                    max_tokens=config.answer_max_tokens,
+                    seed=attempt.seed,
+                )
+            )
+            jobs.append((attempt, "answer"))
+    if not requests:
+        return
+    stats["requests"] += len(requests)
+    bar.total += len(requests)
+    bar.refresh()
+    completions = generate_sync(llm, requests, lambda i, c: bar.update(1))
+    replies: dict[int, dict[str, Completion]] = {}
+    for (attempt, kind), completion in zip(jobs, completions, strict=True):
+        replies.setdefault(attempt.index, {})[kind] = completion
+    for attempt in live:
+        got = replies[attempt.index]
+        child = attempt.child
+        assert child is not None
+        common = {"op": attempt.op, "round": child.meta.round}
+        errors = {kind: c.error for kind, c in got.items() if c.error}
+        equality, answer = got.get("equality"), got.get("answer")
+        verdict = parse_yes_no(equality.text) if equality is not None and not equality.error else None
+        if answer is not None and not answer.error:
+            # Kept on the record either way: on a drop it shows what the rule saw.
+            child.output = answer.text
+        if errors:
+            kind, error = next(iter(errors.items()))
+            attempt.fail("llm_error", step=kind, error=error, **common)
+        elif equality is not None and verdict is False:
+            attempt.fail("no_information_gain", reply=equality.text[:200], **common)
+        elif answer is not None and is_refusal(answer.text, config.refusal_phrases, config.refusal_max_words):
+            attempt.fail("refusal_response", response=answer.text[:500], **common)
+        elif answer is not None and is_degenerate(answer.text):
+            attempt.fail("degenerate_response", response=answer.text[:500], **common)
+        else:
+            if equality is not None and verdict is None:
+                stats["equality_unparsed"] += 1  # lenient: an unreadable check does not veto
+            if answer is not None:
+                finish = answer.finish_reasons[0] if answer.finish_reasons else "stop"
+                child.meta.answer_finish_reason = finish  # type: ignore[attr-defined]
+                stats["answers_truncated"] += finish == "length"
+            continue
+        attempt.rejected, attempt.child = child, None
+
+
+def _failed_record(attempt: _Attempt, rnd: int, model: str) -> Record:
+    """What goes to `dropped`: the rejected rewrite (or an empty shell) with its lineage."""
+    if attempt.rejected is not None:
+        return attempt.rejected
+    detail = attempt.failure[1] if attempt.failure else {}
+    text = str(detail.get("text", ""))
+    return Record(
+        id=stable_id("evol_failed", attempt.parent.id, attempt.op, str(rnd)),
+        instruction=text,
+        meta=RecordMeta(
+            source="evol_instruct", parent_id=attempt.parent.id, evol_op=attempt.op, round=rnd, model=model
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def parse_ops(spec: str) -> dict[str, float]:
+    """`"deepen=1,breadth=2"` -> weights; a bare name means weight 1. Unlisted ops are off."""
+    ops: dict[str, float] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, weight = part.partition("=")
+        name = name.strip().replace("-", "_")
+        try:
+            ops[name] = float(weight) if sep else 1.0
+        except ValueError:
+            raise ValueError(
+                f"--ops: bad weight {weight!r} for {name!r} (expected e.g. deepen=1,breadth=2)"
+            ) from None
+    if not ops:
+        raise ValueError("--ops is empty")
+    return ops
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    from datagen.cli_common import add_io_args, add_llm_args
+
+    parser = subparsers.add_parser(
+        "evolve",
+        help="Evol-Instruct: rewrite instructions into harder / rarer ones over several rounds",
+        description=(
+            "Evolve every instruction of a file for M rounds (in-depth: "
+            + ", ".join(IN_DEPTH_OPS)
+            + "; in-breadth: breadth). Failed rewrites are dropped with their reason and the parent "
+            "tries again next round. Works on any instruction file (records, Alpaca, ShareGPT, messages)."
+        ),
+    )
+    add_io_args(parser)
+    parser.add_argument("--rounds", type=int, default=None, help="evolution rounds (default 4)")
+    parser.add_argument(
+        "--ops",
+        default=None,
+        help='op weights, e.g. "deepen=1,breadth=2" (unlisted ops are not used; default: all ops, weight 1). '
+        f"Ops: {', '.join(OPS)}",
+    )
+    parser.add_argument("--temperature", type=float, default=None, help="rewrite temperature (default 0.7)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="rewrite token limit (default 512)")
+    parser.add_argument(
+        "--answer-max-tokens", type=int, default=None, help="answer token limit (default 512)"
+    )
+    parser.add_argument(
+        "--no-answer", action="store_true", help="do not answer rewrites (skips the response rules)"
+    )
+    parser.add_argument(
+        "--no-equality-check", action="store_true", help="skip the LLM no-information-gain check"
+    )
+    parser.add_argument(
+        "--final-only", action="store_true", help="emit only the last evolution of each chain"
+    )
+    parser.add_argument(
+        "--no-originals", action="store_true", help="do not emit the input records themselves"
+    )
+    add_llm_args(parser)
+    parser.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from datagen.cli_common import context_from_args, read_input, write_result
+
+    overrides: dict[str, Any] = {}
+    for name in ("rounds", "temperature", "max_tokens", "answer_max_tokens"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.ops:
+        overrides["ops"] = parse_ops(args.ops)
+    if args.no_answer:
+        overrides["answer"] = False
+    if args.no_equality_check:
+        overrides["equality_check"] = False
+    if args.final_only:
+        overrides["keep_all_rounds"] = False
+    if args.no_originals:
+        overrides["keep_originals"] = False
+    config = EvolConfig(**overrides)
+    records = read_input(args.input)
+    ctx = context_from_args(args)
+    try:
+        result = run(records, ctx, config)
+        write_result(result, args, ctx)
+    finally:
+        ctx.close()
+    return 0
