@@ -50,8 +50,10 @@ def reply(messages: list[dict[str, str]], choice: int, seed: int | None) -> str:
         return f"Example 1\nInput: (none)\nOutput: The {' '.join(w[:6])} is explained by the {' '.join(w[6:])}."
     if "add something that the first one does not have" in prompt:
         return "yes"
-    if "Grade on a scale" in prompt or "grade" in prompt.lower() and "score" in prompt.lower():
-        return '{"score": 9, "reason": "complete and correct"}' if "to 10" in prompt else '{"score": 5, "reason": "good"}'
+    if "Grade on a scale" in prompt:  # best-of-n judge; prefer the first candidate's wording
+        return '{"reason": "complete and correct", "score": %d}' % (9 - choice % 2 if "Here is" in prompt else 7)
+    if "Answer with a single JSON object" in prompt:  # quality judge
+        return '{"reason": "correct and clear", "score": 5}'
     if "Rewritten instruction" in prompt or "Created instruction" in prompt or "You help build training data" in prompt:
         w = _words(key, 8)
         return f"Explain in three steps why the {w[0]} {w[1]} changes the {w[2]} {w[3]}, citing the {w[4]} {w[5]} {w[6]} {w[7]}."

@@ -90,8 +90,8 @@ class CachedLLM:
             if key in hits:
                 hit = hits[key]
                 results[i] = Completion(
-                    texts=hit.texts,
-                    finish_reasons=hit.finish_reasons,
+                    texts=list(hit.texts),
+                    finish_reasons=list(hit.finish_reasons),
                     prompt_tokens=hit.prompt_tokens,
                     completion_tokens=hit.completion_tokens,
                     cached=True,
@@ -118,10 +118,12 @@ class CachedLLM:
             if on_result:
                 on_result(i, completion)
             for dup in waiting[keys[i]]:
+                # A duplicate of a success is free (counted as a cache hit); a duplicate of a
+                # failure is a failure too, and must count as one, not as a hit.
                 copy = Completion(
-                    texts=completion.texts,
-                    finish_reasons=completion.finish_reasons,
-                    cached=True,
+                    texts=list(completion.texts),
+                    finish_reasons=list(completion.finish_reasons),
+                    cached=completion.ok,
                     error=completion.error,
                 )
                 results[dup] = copy

@@ -1,0 +1,521 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests and benchmarks.
+
+Why a real server: retries, timeouts, connection limits and caching only show their bugs
+over real sockets, so the client is tested against this instead of a mock. The server runs
+aiohttp on its own event loop in a background thread (or in the foreground as a script), so
+it serves hundreds of concurrent connections while the test drives the client.
+
+Replies are deterministic: choice k of a request whose last user message is P and seed S is
+`echo: P #k` (plus ` seed=S` when a seed is given). A `json_schema` response format gets a
+JSON object built from the schema instead. Token usage counts whitespace-separated words.
+
+Faults are chosen per (prompt, attempt number), never by arrival order, so a test with many
+concurrent requests sees the same faults on every run:
+- `fail_first=k, fail_kind=...`: the first k attempts of every distinct prompt fail;
+- `rate_429`, `rate_500`, `rate_timeout`, `rate_malformed`, `rate_html`, `rate_empty`,
+  `rate_disconnect`: each attempt fails with that probability, drawn from a hash of
+  (seed, prompt, attempt).
+Fault kinds: 429 (with Retry-After), 500, 400, 401, timeout (sleeps `timeout_sleep`),
+malformed (200, JSON content type, truncated JSON body), html (200 with an HTML page, as a
+misbehaving proxy sends), empty (200 with `choices: []`), disconnect (the connection is
+closed without a reply). Also: `latency` and per-prompt `prompt_latency`, `barrier=k` (hold
+replies until k requests are in flight at once), `single_choice` (answer n>1 with one
+choice, like llama.cpp), `api_key` (401 for any other bearer token).
+
+Script use (another process, e.g. a pipeline reliability test or the throughput bench):
+    python tests/openai_test_server.py --port 8000 --latency 0.2 --rate-429 0.1
+prints `LISTENING http://127.0.0.1:PORT/v1` once it accepts connections, and offers
+`POST /_control/configure` (JSON of config fields), `POST /_control/reset` and
+`GET /_control/stats` so the other process can steer and inspect it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from aiohttp import web
+
+FAULT_KINDS = ("429", "500", "400", "401", "timeout", "malformed", "html", "empty", "disconnect")
+
+
+@dataclass
+class ServerConfig:
+    """What the server does to each request; every field can be changed at runtime."""
+
+    latency: float = 0.0  # seconds added before every reply (faults included)
+    prompt_latency: dict[str, float] = field(default_factory=dict)  # extra seconds for these prompts
+    # Hold every reply until this many requests are in flight at once (or barrier_timeout
+    # passed): proves a client reaches its concurrency bound without timing assumptions.
+    barrier: int = 0
+    barrier_timeout: float = 10.0
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_timeout: float = 0.0
+    rate_malformed: float = 0.0
+    rate_html: float = 0.0
+    rate_empty: float = 0.0
+    rate_disconnect: float = 0.0
+    fail_first: int = 0  # the first k attempts of each distinct prompt fail with `fail_kind`
+    fail_kind: str = "429"
+    retry_after: float | None = 1.0  # Retry-After header on 429s (None: no header)
+    timeout_sleep: float = 30.0  # how long a "timeout" fault stalls before answering
+    single_choice: bool = False  # answer n>1 with one choice, like llama.cpp's server
+    api_key: str | None = None  # when set, any other bearer token gets a 401
+    seed: int = 0  # salt of the random fault draws
+
+    def __post_init__(self) -> None:
+        if self.fail_kind not in FAULT_KINDS:
+            raise ValueError(f"fail_kind must be one of {FAULT_KINDS}, not {self.fail_kind!r}")
+
+
+@dataclass
+class RequestLog:
+    """One HTTP request as the server saw it (times are `time.monotonic()` of this process)."""
+
+    prompt: str
+    attempt: int  # 1 for the first request carrying this prompt
+    start: float
+    end: float = 0.0
+    outcome: str = "ok"  # "ok", a fault kind, or "cancelled" (client hung up first)
+    n: int = 1
+    seed: int | None = None
+
+
+@dataclass
+class ServerStats:
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    per_prompt: Counter = field(default_factory=Counter)
+    outcomes: Counter = field(default_factory=Counter)
+    auth_headers: list[str] = field(default_factory=list)  # distinct values, first-seen order
+    log: list[RequestLog] = field(default_factory=list)
+
+    def __repr__(self) -> str:  # short: pytest prints it on every failed assertion
+        return (
+            f"ServerStats(requests={self.requests}, max_in_flight={self.max_in_flight}, "
+            f"in_flight={self.in_flight}, outcomes={dict(self.outcomes)})"
+        )
+
+    def attempts(self, prompt: str) -> list[RequestLog]:
+        return [entry for entry in self.log if entry.prompt == prompt]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "per_prompt": dict(self.per_prompt),
+            "outcomes": dict(self.outcomes),
+            "auth_headers": list(self.auth_headers),
+            "log": [asdict(entry) for entry in self.log],
+        }
+
+
+def _unit_hash(*parts: Any) -> float:
+    """A number in [0, 1) that depends only on `parts`: reproducible fault draws."""
+    digest = hashlib.sha256(json.dumps(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _example_from_schema(schema: dict[str, Any], hint: str) -> Any:
+    """A value that satisfies the simple schemas stages use (objects of scalars, enums)."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: _example_from_schema(sub, hint) for name, sub in props.items()}
+    if kind == "array":
+        count = max(1, int(schema.get("minItems", 1)))
+        return [_example_from_schema(schema.get("items", {}), hint) for _ in range(count)]
+    if kind in {"integer", "number"}:
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 1))
+        high = schema.get("maximum", schema.get("exclusiveMaximum", 5))
+        value = max(low, min(high, 4))
+        return int(value) if kind == "integer" else float(value)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return hint
+
+
+class OpenAITestServer:
+    """Start with `start()` (background thread) or `serve_forever()` (this thread)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **config: Any):
+        self.host = host
+        self.port = port
+        self.config = ServerConfig(**config)
+        self._initial = self.config  # what reset() returns to (the CLI flags, in script use)
+        self._stats = ServerStats()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopped: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        # Optional `responder(messages, choice_index, seed) -> str` that writes the reply text
+        # instead of the echo (used by whole-pipeline tests); faults still apply first.
+        self.responder: Any = None
+        self._barrier_open: asyncio.Event | None = None
+
+    # ---- control from the test -------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def configure(self, **changes: Any) -> ServerConfig:
+        """Change settings at runtime, e.g. `configure(latency=0.2, fail_first=2, fail_kind="500")`."""
+        known = {f.name for f in fields(ServerConfig)}
+        unknown = set(changes) - known
+        if unknown:
+            raise TypeError(f"unknown server settings: {sorted(unknown)}")
+        with self._lock:
+            self.config = replace(self.config, **changes)
+            return self.config
+
+    def reset(self) -> None:
+        """Back to the settings it started with, counters zeroed (requests still in flight
+        keep counting down)."""
+        with self._lock:
+            self.config = self._initial
+            in_flight = self._stats.in_flight
+            self._stats = ServerStats(in_flight=in_flight)
+        self._close_barrier()
+
+    def _close_barrier(self) -> None:
+        if self._loop is not None and self._barrier_open is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._barrier_open.clear)
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            in_flight = self._stats.in_flight
+            self._stats = ServerStats(in_flight=in_flight)
+        self._close_barrier()
+
+    @property
+    def stats(self) -> ServerStats:
+        """A snapshot copy: safe to read while the server keeps serving."""
+        with self._lock:
+            s = self._stats
+            return ServerStats(
+                requests=s.requests,
+                in_flight=s.in_flight,
+                max_in_flight=s.max_in_flight,
+                per_prompt=Counter(s.per_prompt),
+                outcomes=Counter(s.outcomes),
+                auth_headers=list(s.auth_headers),
+                log=[replace(entry) for entry in s.log],
+            )
+
+    # ---- lifecycle -----------------------------------------------------------------
+    def start(self) -> OpenAITestServer:
+        self._thread = threading.Thread(target=self._thread_main, name="openai-test-server", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise RuntimeError("test server failed to start") from self._error
+        if not self._ready.is_set():
+            raise RuntimeError("test server did not start within 30 s")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+
+    def __enter__(self) -> OpenAITestServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def serve_forever(self, announce: bool = True) -> None:
+        asyncio.run(self._main(announce))
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main(announce=False))
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self, announce: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._barrier_open = asyncio.Event()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/_control/configure", self._control_configure)
+        app.router.add_post("/_control/reset", self._control_reset)
+        app.router.add_get("/_control/stats", self._control_stats)
+        # handler_cancellation: a client that gives up (timeout) cancels our sleeping handler,
+        # so in_flight drops and shutdown never waits on a 30 s stall.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096, reuse_address=True)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        self._ready.set()
+        if announce:
+            print(f"LISTENING {self.base_url}", flush=True)
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._runner.cleanup()
+
+    # ---- handlers --------------------------------------------------------------------
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [{"id": "test", "object": "model", "owned_by": "test"}]}
+        )
+
+    async def _control_configure(self, request: web.Request) -> web.Response:
+        try:
+            config = self.configure(**(await request.json()))
+        except (TypeError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(asdict(config))
+
+    async def _control_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True})
+
+    async def _control_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.as_dict())
+
+    def _choose_fault(self, config: ServerConfig, prompt: str, attempt: int, auth: str) -> str | None:
+        if config.api_key is not None and auth != f"Bearer {config.api_key}":
+            return "401"
+        if attempt <= config.fail_first:
+            return config.fail_kind
+        rates = (
+            ("429", config.rate_429),
+            ("500", config.rate_500),
+            ("timeout", config.rate_timeout),
+            ("malformed", config.rate_malformed),
+            ("html", config.rate_html),
+            ("empty", config.rate_empty),
+            ("disconnect", config.rate_disconnect),
+        )
+        if not any(rate for _, rate in rates):
+            return None  # skip the hash: the throughput bench runs this 1000+ times a second
+        edge = 0.0
+        draw = _unit_hash(config.seed, prompt, attempt)
+        for kind, rate in rates:
+            edge += rate
+            if draw < edge:
+                return kind
+        return None
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        start = time.monotonic()
+        auth = request.headers.get("Authorization", "")
+        try:
+            body = await request.json()
+            messages = body["messages"]
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "request body must be JSON with `messages`", "invalid_request_error")
+        users = [m.get("content", "") for m in messages if m.get("role") == "user"]
+        prompt = str(users[-1] if users else (messages[-1].get("content", "") if messages else ""))
+        n = int(body.get("n") or 1)
+        seed = body.get("seed")
+        with self._lock:
+            config = self.config
+            stats = self._stats
+            stats.requests += 1
+            stats.per_prompt[prompt] += 1
+            attempt = stats.per_prompt[prompt]
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+            if auth not in stats.auth_headers:
+                stats.auth_headers.append(auth)
+            entry = RequestLog(prompt=prompt, attempt=attempt, start=start, n=n, seed=seed)
+            stats.log.append(entry)
+        fault = self._choose_fault(config, prompt, attempt, auth)
+        entry.outcome = fault or "ok"
+        try:
+            if config.barrier > 0:
+                if stats.max_in_flight >= config.barrier:
+                    self._barrier_open.set()
+                try:
+                    await asyncio.wait_for(self._barrier_open.wait(), config.barrier_timeout)
+                except asyncio.TimeoutError:
+                    pass
+            delay = config.latency + config.prompt_latency.get(prompt, 0.0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if fault == "timeout":
+                await asyncio.sleep(config.timeout_sleep)
+                fault = None  # a client that waited this long gets its answer
+            if fault == "disconnect":
+                if request.transport is not None:
+                    request.transport.close()
+                raise asyncio.CancelledError  # nothing may be written any more
+            if fault is not None:
+                return self._fault_response(fault, config)
+            return web.json_response(self._reply(body, prompt, n, seed, config))
+        except asyncio.CancelledError:
+            if entry.outcome == "ok":  # the client hung up before its answer was ready
+                entry.outcome = "cancelled"
+            raise
+        finally:
+            with self._lock:
+                stats.in_flight -= 1
+                stats.outcomes[entry.outcome] += 1
+                if stats is not self._stats:  # reset while we were sleeping
+                    self._stats.in_flight -= 1
+            entry.end = time.monotonic()
+
+    def _fault_response(self, fault: str, config: ServerConfig) -> web.Response:
+        if fault == "429":
+            headers = {} if config.retry_after is None else {"Retry-After": f"{config.retry_after:g}"}
+            return _error(429, "rate limited by the test server", "rate_limit_exceeded", headers)
+        if fault == "500":
+            return _error(500, "the test server failed on purpose", "server_error")
+        if fault == "400":
+            return _error(400, "the test server rejects this request", "invalid_request_error")
+        if fault == "401":
+            return _error(401, "invalid api key", "invalid_api_key")
+        if fault == "malformed":
+            return web.Response(status=200, text='{"id": "x", "choices": [', content_type="application/json")
+        if fault == "html":
+            return web.Response(
+                status=200, text="<html><body>upstream hiccup</body></html>", content_type="text/html"
+            )
+        if fault == "empty":
+            return web.json_response(
+                {
+                    "id": "chatcmpl-empty",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": "test",
+                    "choices": [],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                }
+            )
+        raise ValueError(f"unknown fault {fault!r}")
+
+    def _reply(
+        self, body: dict[str, Any], prompt: str, n: int, seed: Any, config: ServerConfig
+    ) -> dict[str, Any]:
+        count = 1 if config.single_choice else max(1, n)
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        stops = body.get("stop") or []
+        if isinstance(stops, str):
+            stops = [stops]
+        response_format = body.get("response_format") or {}
+        choices = []
+        completion_tokens = 0
+        for k in range(count):
+            text = f"echo: {prompt} #{k}" + (f" seed={seed}" if seed is not None else "")
+            finish = "stop"
+            if self.responder is not None:
+                text = self.responder(body["messages"], k, seed)
+            elif response_format.get("type") == "json_schema":
+                schema = (response_format.get("json_schema") or {}).get("schema") or {}
+                text = json.dumps(_example_from_schema(schema, text))
+            elif response_format.get("type") == "json_object":
+                text = json.dumps({"echo": text})
+            else:
+                for stop in stops:
+                    cut = text.find(stop)
+                    if cut >= 0:
+                        text = text[:cut]
+                if max_tokens is not None and _words(text) > int(max_tokens):
+                    text, finish = " ".join(text.split()[: int(max_tokens)]), "length"
+            completion_tokens += _words(text)
+            choices.append(
+                {
+                    "index": k,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            )
+        prompt_tokens = sum(_words(str(m.get("content", ""))) for m in body["messages"])
+        return {
+            "id": f"chatcmpl-{hashlib.sha1(prompt.encode()).hexdigest()[:12]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "test"),
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> web.Response:
+    payload = {"error": {"message": message, "type": code, "param": None, "code": code}}
+    return web.json_response(payload, status=status, headers=headers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (see the LISTENING line)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
+    for kind in ("429", "500", "timeout", "malformed", "html", "empty", "disconnect"):
+        parser.add_argument(
+            f"--rate-{kind}", type=float, default=0.0, help=f"share of attempts failing with {kind}"
+        )
+    parser.add_argument("--fail-first", type=int, default=0, help="first K attempts of each prompt fail")
+    parser.add_argument("--fail-kind", default="429", choices=FAULT_KINDS)
+    parser.add_argument("--retry-after", type=float, default=1.0)
+    parser.add_argument("--timeout-sleep", type=float, default=30.0)
+    parser.add_argument("--single-choice", action="store_true", help="answer n>1 with one choice")
+    parser.add_argument("--api-key", default=None, help="require this bearer token (else 401)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    server = OpenAITestServer(
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        rate_429=args.rate_429,
+        rate_500=args.rate_500,
+        rate_timeout=args.rate_timeout,
+        rate_malformed=args.rate_malformed,
+        rate_html=args.rate_html,
+        rate_empty=args.rate_empty,
+        rate_disconnect=args.rate_disconnect,
+        fail_first=args.fail_first,
+        fail_kind=args.fail_kind,
+        retry_after=args.retry_after,
+        timeout_sleep=args.timeout_sleep,
+        single_choice=args.single_choice,
+        api_key=args.api_key,
+        seed=args.seed,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""ResponseCache and CachedLLM on their own, with a scripted in-process backend.
+
+The wire-level behaviour (resume after interruption, zero calls on rerun against a real
+server) is in test_llm_openai.py; here are the bookkeeping rules the cache layer owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+
+import pytest
+
+from datagen.llm import CachedLLM, ChatRequest, Completion, ResponseCache, generate_sync, make_llm
+
+
+class ScriptedLLM:
+    """Answers `echo:<prompt>` and records every request it was asked; prompts starting with
+    `fail` come back as errors. `callback=False` mimics a backend that only returns a list."""
+
+    backend = "fake"
+    supports_json_schema = False
+
+    def __init__(self, model: str = "m", callback: bool = True):
+        self.model = model
+        self.name = f"fake:{model}"
+        self.callback = callback
+        self.batches: list[list[ChatRequest]] = []
+
+    async def generate(self, requests: Sequence[ChatRequest], on_result=None) -> list[Completion]:
+        self.batches.append(list(requests))
+        results = []
+        for i, req in enumerate(requests):
+            prompt = req.messages[-1][1]
+            await asyncio.sleep(0)
+            if prompt.startswith("fail"):
+                result = Completion(error="http_500: scripted failure")
+            else:
+                result = Completion(
+                    texts=[f"echo:{prompt}:{k}" for k in range(req.n)],
+                    finish_reasons=["stop"] * req.n,
+                    prompt_tokens=len(prompt),
+                    completion_tokens=req.n,
+                )
+            results.append(result)
+            if on_result and self.callback:
+                on_result(i, result)
+        return results
+
+    @property
+    def sent(self) -> list[str]:
+        return [r.messages[-1][1] for batch in self.batches for r in batch]
+
+    def close(self) -> None:
+        pass
+
+
+def chat(prompt: str, **kw) -> ChatRequest:
+    return ChatRequest.chat(prompt, **kw)
+
+
+def test_cache_uses_wal_and_persists_across_instances(tmp_path):
+    path = tmp_path / "sub" / "cache.sqlite"
+    cache = ResponseCache(path)
+    mode = cache._conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode.lower() == "wal"
+    request = chat("hello")
+    key = request.cache_key("fake", "m")
+    cache.put(
+        key,
+        "fake",
+        "m",
+        request,
+        Completion(texts=["hi"], finish_reasons=["stop"], prompt_tokens=3, completion_tokens=1),
+    )
+    cache.close()
+    # A second connection (another process would look the same) sees the committed row.
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0] == 1
+    again = ResponseCache(path)
+    got = again.get_many([key, "missing"])
+    assert list(got) == [key]
+    assert got[key].texts == ["hi"] and got[key].prompt_tokens == 3 and got[key].completion_tokens == 1
+    assert len(again) == 1
+
+
+def test_get_many_handles_more_keys_than_one_sql_statement(tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    requests = [chat(f"q{i}") for i in range(1200)]
+    keys = [r.cache_key("fake", "m") for r in requests]
+    for key, req in zip(keys[::2], requests[::2], strict=True):
+        cache.put(key, "fake", "m", req, Completion(texts=[key[:6]], finish_reasons=["stop"]))
+    found = cache.get_many(keys + keys[:10])
+    assert set(found) == set(keys[::2])
+    assert all(found[k].texts == [k[:6]] for k in found)
+
+
+def test_cache_key_covers_everything_that_changes_the_answer():
+    base = chat("x")
+    variants = [
+        chat("y"),
+        chat("x", n=2),
+        chat("x", temperature=0.1),
+        chat("x", top_p=0.5),
+        chat("x", max_tokens=7),
+        chat("x", stop=["\n"]),
+        chat("x", seed=1),
+        chat("x", response_format={"type": "json_object"}),
+        ChatRequest.chat([{"role": "system", "content": "s"}, {"role": "user", "content": "x"}]),
+    ]
+    keys = {v.cache_key("openai", "m") for v in variants} | {base.cache_key("openai", "m")}
+    assert len(keys) == len(variants) + 1
+    assert base.cache_key("openai", "m") != base.cache_key("openai", "other")
+    assert base.cache_key("openai", "m") != base.cache_key("vllm", "m")
+    # Same content, different dict order: same key.
+    a = chat("x", response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": {}}})
+    b = chat("x", response_format={"json_schema": {"schema": {}, "name": "a"}, "type": "json_schema"})
+    assert a.cache_key("openai", "m") == b.cache_key("openai", "m")
+
+
+def test_duplicates_in_a_batch_are_sent_once_and_all_answered(tmp_path):
+    inner = ScriptedLLM()
+    llm = CachedLLM(inner, ResponseCache(tmp_path / "c.sqlite"))
+    requests = [chat("a"), chat("b"), chat("a"), chat("a", seed=1), chat("a")]
+    seen: list[int] = []
+    results = generate_sync(llm, requests, on_result=lambda i, c: seen.append(i))
+    assert sorted(inner.sent) == ["a", "a", "b"]  # "a" plain once, "a" with seed once
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    assert [r.text for r in results] == ["echo:a:0", "echo:b:0", "echo:a:0", "echo:a:0", "echo:a:0"]
+    assert [r.cached for r in results] == [False, False, True, False, True]
+    assert llm.usage.requests == 5 and llm.usage.calls == 3 and llm.usage.cache_hits == 2
+    results[2].texts.append("mutated")  # a stage editing one result must not edit another
+    assert results[4].texts == ["echo:a:0"]
+
+
+def test_hits_skip_the_backend_and_misses_are_committed_on_arrival(tmp_path):
+    path = tmp_path / "c.sqlite"
+    inner = ScriptedLLM()
+    llm = CachedLLM(inner, ResponseCache(path))
+    committed: list[int] = []
+
+    def on_result(i: int, completion: Completion) -> None:
+        # Already durable when the stage hears about it: a fresh connection can read it.
+        committed.append(len(ResponseCache(path)))
+
+    generate_sync(llm, [chat("a"), chat("b")], on_result)
+    assert committed == [1, 2]
+    inner.batches.clear()
+    results = generate_sync(llm, [chat("b"), chat("c"), chat("a")])
+    assert inner.sent == ["c"]
+    assert [r.cached for r in results] == [True, False, True]
+    assert [r.text for r in results] == ["echo:b:0", "echo:c:0", "echo:a:0"]
+    # Tokens are only counted for what was paid for.
+    assert llm.usage.prompt_tokens == 3 and llm.usage.cache_hits == 2
+
+
+def test_failures_are_not_cached_and_duplicates_of_failures_count_as_failures(tmp_path):
+    inner = ScriptedLLM()
+    llm = CachedLLM(inner, ResponseCache(tmp_path / "c.sqlite"))
+    results = generate_sync(llm, [chat("fail-1"), chat("ok"), chat("fail-1")])
+    assert [r.ok for r in results] == [False, True, False]
+    assert results[2].error == results[0].error and not results[2].cached
+    assert len(llm.cache) == 1
+    assert llm.usage.errors == {"http_500": 2} and llm.usage.cache_hits == 0
+    inner.batches.clear()
+    generate_sync(llm, [chat("fail-1"), chat("ok")])
+    assert inner.sent == ["fail-1"]  # asked again; the success was not
+
+
+def test_backend_without_callbacks_is_still_cached_and_reported(tmp_path):
+    inner = ScriptedLLM(callback=False)
+    llm = CachedLLM(inner, ResponseCache(tmp_path / "c.sqlite"))
+    seen: list[int] = []
+    results = generate_sync(llm, [chat("a"), chat("b"), chat("a")], on_result=lambda i, c: seen.append(i))
+    assert [r.text for r in results] == ["echo:a:0", "echo:b:0", "echo:a:0"]
+    assert sorted(seen) == [0, 1, 2]
+    assert len(llm.cache) == 2
+
+
+def test_no_cache_still_deduplicates_within_a_batch():
+    inner = ScriptedLLM()
+    llm = CachedLLM(inner, None)
+    generate_sync(llm, [chat("a"), chat("a")])
+    generate_sync(llm, [chat("a")])
+    assert inner.sent == ["a", "a"]  # once per batch, nothing remembered between batches
+
+
+def test_completion_json_round_trip():
+    c = Completion(texts=["é", "b"], finish_reasons=["stop", "length"], prompt_tokens=4, completion_tokens=9)
+    back = Completion.from_json(c.to_json())
+    assert (back.texts, back.finish_reasons, back.prompt_tokens, back.completion_tokens) == (
+        c.texts,
+        c.finish_reasons,
+        4,
+        9,
+    )
+
+
+def test_make_llm_accepts_a_cache_path_and_rejects_bad_specs(tmp_path):
+    llm = make_llm("openai:some-model", cache=tmp_path / "x.sqlite", base_url="http://127.0.0.1:9/v1")
+    assert isinstance(llm.cache, ResponseCache) and llm.name == "openai:some-model"
+    for bad in ["nonsense", "openai", "vllm:"]:
+        with pytest.raises(ValueError):
+            make_llm(bad)
+
+
+def test_generate_sync_works_inside_a_running_loop():
+    inner = ScriptedLLM()
+    llm = CachedLLM(inner, None)
+
+    async def from_async_code() -> list[Completion]:
+        return generate_sync(llm, [chat("inside")])
+
+    assert asyncio.run(from_async_code())[0].text == "echo:inside:0"
