@@ -51,7 +51,8 @@ def reply(messages: list[dict[str, str]], choice: int, seed: int | None) -> str:
     if "add something that the first one does not have" in prompt:
         return "yes"
     if "Grade on a scale" in prompt:  # best-of-n judge; prefer the first candidate's wording
-        return '{"reason": "complete and correct", "score": %d}' % (9 - choice % 2 if "Here is" in prompt else 7)
+        score = 9 - choice % 2 if "Here is" in prompt else 7
+        return f'{{"reason": "complete and correct", "score": {score}}}'
     if "Answer with a single JSON object" in prompt:  # quality judge
         return '{"reason": "correct and clear", "score": 5}'
     if "Rewritten instruction" in prompt or "Created instruction" in prompt or "You help build training data" in prompt:
