@@ -87,3 +87,21 @@ def write_result(result: StageResult, args: argparse.Namespace, ctx: StageContex
         summary["llm_usage"] = ctx.usage()
     print(json.dumps(summary, indent=2, ensure_ascii=False), file=sys.stderr)
     print(f"wrote {len(result.kept)} records to {Path(args.out)}", file=sys.stderr)
+
+
+def options_from_args(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """Only the options the user actually gave; the rest keep the config model's defaults."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def run_stage_cli(args: argparse.Namespace, run: Any, config: Any, records: list[Record] | None = None) -> int:
+    """Read --input, run one stage with a context built from the flags, write --out/--dropped."""
+    if records is None:
+        records = read_input(args.input)
+    ctx = context_from_args(args)
+    try:
+        result = run(records, ctx, config)
+        write_result(result, args, ctx)
+    finally:
+        ctx.close()
+    return 0

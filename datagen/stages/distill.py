@@ -368,30 +368,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cli(args: argparse.Namespace) -> int:
-    from datagen.cli_common import context_from_args, read_input, write_result
+    from datagen.cli_common import options_from_args, run_stage_cli
 
-    overrides: dict[str, Any] = {}
-    for name in (
-        "n",
-        "judge",
-        "reward_model",
-        "min_score",
-        "temperature",
-        "max_tokens",
-        "judge_max_tokens",
-        "system_prompt",
-    ):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
+    overrides = options_from_args(
+        args,
+        ("n", "judge", "reward_model", "min_score", "temperature", "max_tokens", "judge_max_tokens", "system_prompt"),
+    )
     overrides["ranker"] = args.ranker or ("reward_model" if args.reward_model else "judge")
     if args.include_existing:
         overrides["include_existing"] = True
     config = DistillConfig(**overrides)
-    records = read_input(args.input)
-    ctx = context_from_args(args)
-    try:
-        result = run(records, ctx, config)
-        write_result(result, args, ctx)
-    finally:
-        ctx.close()
-    return 0
+    return run_stage_cli(args, run, config)

@@ -484,12 +484,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cli(args: argparse.Namespace) -> int:
-    from datagen.cli_common import context_from_args, read_input, write_result
+    from datagen.cli_common import options_from_args, run_stage_cli
 
-    overrides: dict[str, Any] = {}
-    for name in ("rounds", "temperature", "max_tokens", "answer_max_tokens"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
+    overrides = options_from_args(args, ("rounds", "temperature", "max_tokens", "answer_max_tokens"))
     if args.ops:
         overrides["ops"] = parse_ops(args.ops)
     if args.no_answer:
@@ -501,11 +498,4 @@ def _cli(args: argparse.Namespace) -> int:
     if args.no_originals:
         overrides["keep_originals"] = False
     config = EvolConfig(**overrides)
-    records = read_input(args.input)
-    ctx = context_from_args(args)
-    try:
-        result = run(records, ctx, config)
-        write_result(result, args, ctx)
-    finally:
-        ctx.close()
-    return 0
+    return run_stage_cli(args, run, config)

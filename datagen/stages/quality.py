@@ -595,7 +595,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from datagen.cli_common import context_from_args, read_input, write_result
+    from datagen.cli_common import run_stage_cli
 
     config = QualityConfig(
         heuristics=not args.no_heuristics,
@@ -609,11 +609,4 @@ def _run_cli(args: argparse.Namespace) -> int:
         ifd_model=args.ifd_model,
         max_ifd=args.max_ifd,
     )
-    records = read_input(args.input)
-    ctx = context_from_args(args)
-    try:
-        result = run(records, ctx, config)
-        write_result(result, args, ctx)
-    finally:
-        ctx.close()
-    return 0
+    return run_stage_cli(args, run, config)
