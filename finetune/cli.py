@@ -74,7 +74,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-fraction", type=float, default=None, help="held-out share (default 0.05)")
     parser.add_argument("--seed", type=int, default=None, help="(default 0)")
     parser.add_argument("--system-prompt", default=None, help="system message for examples without one")
-    parser.add_argument("--chat-template", default=None, help=".jinja training template with {% generation %} markers")
+    parser.add_argument("--chat-template", default=None, help=".jinja training template with {%% generation %%} markers")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-merge", action="store_true", help="LoRA: save only the adapter, not the merged model")
     parser.add_argument("--merged-dtype", choices=("auto", "float32", "bfloat16", "float16"), default=None)

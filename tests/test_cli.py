@@ -1,0 +1,62 @@
+"""The command line: help, one-off generation over a real socket, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from datagen.cli import build_parser, main
+
+
+def test_help_lists_every_command(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("generate", "self-instruct", "evolve", "distill", "dedup", "filter", "finetune", "run",
+                    "report", "convert"):
+        assert command in out
+
+
+def test_every_subcommand_has_help() -> None:
+    parser = build_parser()
+    actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    for name, sub in actions[0].choices.items():
+        assert sub.format_help().strip(), name
+
+
+def test_generate_against_openai_server(openai_server, tmp_path: Path, capsys) -> None:
+    code = main(["generate", "--llm", "openai:test", "--base-url", openai_server.base_url, "--prompt",
+                 "Name three fruits.", "--n", "2", "--cache", str(tmp_path / "c.sqlite")])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "Name three fruits." in captured.out and "reply 2" in captured.out
+    assert openai_server.stats.requests == 1
+    assert main(["generate", "--llm", "openai:test", "--base-url", openai_server.base_url, "--prompt",
+                 "Name three fruits.", "--n", "2", "--cache", str(tmp_path / "c.sqlite")]) == 0
+    assert openai_server.stats.requests == 1  # the rerun came from the cache
+    assert "(cached)" in capsys.readouterr().err
+
+
+def test_bad_input_file_is_one_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "ok"}) + "\n{not json\n")
+    code = main(["dedup", "--input", str(bad), "--out", str(tmp_path / "o.jsonl"), "--no-semantic"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"datagen: error: {bad}:2: invalid JSON")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_unknown_backend_is_clear(capsys) -> None:
+    assert main(["generate", "--llm", "gpt4", "--prompt", "x", "--no-cache"]) == 2
+    assert "unknown LLM backend 'gpt4'" in capsys.readouterr().err
+
+
+def test_pipeline_typo_is_one_line(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "p.yaml"
+    config.write_text("name: x\nstages:\n  - distill: {nn: 3}\n")
+    assert main(["run", str(config)]) == 2
+    assert "stages[0].distill.nn: unknown key (did you mean 'n'?)" in capsys.readouterr().err
