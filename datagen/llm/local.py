@@ -75,6 +75,29 @@ def _convert_gguf(target: Path) -> None:
         tmp.replace(target)
 
 
+class _TailStopCriteria:
+    """Stop a row once its recent text contains a stop string.
+
+    transformers' own `stop_strings` criterion made batched CPU generation ~7x slower here
+    (270 s vs 38 s for 8x128 tokens); decoding only the last few tokens of each row per step
+    costs well under a millisecond. Text is still cut at the stop string afterwards.
+    """
+
+    WINDOW = 24  # tokens; comfortably longer than any stop string we use
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_len: int):
+        self.tokenizer = tokenizer
+        self.stops = list(stops)
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        start = max(self.prompt_len, input_ids.shape[1] - self.WINDOW)
+        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+        return torch.tensor([any(stop in tail for stop in self.stops) for tail in tails], device=input_ids.device)
+
+
 class LocalLLM:
     """Batched sampling with transformers on CPU. Requests with equal settings share a batch."""
 
@@ -165,7 +188,7 @@ class LocalLLM:
         else:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         if first.stop:
-            gen_kwargs.update(stop_strings=list(first.stop), tokenizer=tok)
+            gen_kwargs["stopping_criteria"] = [_TailStopCriteria(tok, first.stop, prompt_len)]
         with torch.inference_mode():
             out = model.generate(**enc, **gen_kwargs)
         new_tokens = out[:, prompt_len:]
