@@ -804,19 +804,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cli(args: argparse.Namespace) -> int:
-    from datagen.cli_common import context_from_args, write_result
+    from datagen.cli_common import options_from_args, run_stage_cli
     from datagen.io import default_seeds_path, read_records
 
     overrides: dict[str, Any] = {"num_instructions": args.num, "include_seeds": args.include_seeds}
-    for name in ("request_batch_size", "temperature", "max_tokens", "instance_max_tokens", "max_requests"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
+    overrides.update(
+        options_from_args(
+            args, ("request_batch_size", "temperature", "max_tokens", "instance_max_tokens", "max_requests")
+        )
+    )
     config = SelfInstructConfig(**overrides)
     seeds = read_records(args.seeds or default_seeds_path())
-    ctx = context_from_args(args)
-    try:
-        result = run(seeds, ctx, config)
-        write_result(result, args, ctx)
-    finally:
-        ctx.close()
-    return 0
+    return run_stage_cli(args, run, config, records=seeds)
