@@ -163,6 +163,14 @@ def test_no_valid_candidate_llm_error_and_unscored():
     assert len(judge.requests) == 4  # two candidates, each retried once; blanks never judged
 
 
+def test_unscored_can_be_kept_unranked():
+    result, _, _ = distill([rec("Explain junk")], {"junk": ["junk a", "junk b"]}, n=2, on_unscored="keep",
+                           min_score=8)
+    (kept,) = result.kept
+    assert kept.output == "junk a" and kept.meta.unscored is True
+    assert kept.meta.scores == {}  # no invented score, and min_score cannot apply to it
+
+
 def test_ranker_none_takes_first_complete():
     trunc = Completion(texts=["cut", "whole", "other"], finish_reasons=["length", "stop", "stop"])
     result, _, judge = distill([rec("Explain tides")], {"tides": trunc}, n=3, ranker="none")

@@ -76,6 +76,11 @@ class DistillConfig(BaseModel):
     include_existing: bool = Field(
         False, description="let the record's current output (e.g. from evolve) compete as one more candidate"
     )
+    on_unscored: Literal["drop", "keep"] = Field(
+        "drop",
+        description="when the ranker scores no candidate: drop the record (reason 'unscored') or keep the "
+        "first complete candidate, marked meta.unscored (for weak local judges)",
+    )
     system_prompt: str | None = Field(None, description="system message for the teacher only (not stored)")
     llm: str | None = Field(None, description="teacher backend spec (default: the pipeline's)")
 
@@ -224,17 +229,22 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
             out_dropped.append(dropped(out, "no_valid_candidate", candidates=len(candidates)))
             continue
         best = best_candidate(candidates, use_scores, config.prefer_complete)
+        unscored = best is None
+        if unscored and config.on_unscored == "keep":
+            # The judge failed on every candidate: fall back to the unranked choice, marked.
+            best = best_candidate(candidates, False, config.prefer_complete)
+            out.meta.unscored = True  # type: ignore[attr-defined]
         if best is None:
             out_dropped.append(dropped(out, "unscored", ranker=config.ranker))
             continue
         winner = candidates[best]
         out.meta.best_candidate = best  # type: ignore[attr-defined]
-        if score_key is not None:
+        if score_key is not None and not unscored:
             out.meta.scores[score_key] = float(winner["score"])
             best_scores.append(float(winner["score"]))
         out.output = winner["text"]  # also on a drop: shows what fell short
         out.meta.answer_finish_reason = winner["finish_reason"]  # type: ignore[attr-defined]
-        if config.min_score is not None and float(winner["score"]) < config.min_score:
+        if config.min_score is not None and not unscored and float(winner["score"]) < config.min_score:
             out_dropped.append(
                 dropped(out, "below_min_score", score=winner["score"], min_score=config.min_score)
             )
