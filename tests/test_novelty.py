@@ -213,7 +213,7 @@ def alpaca_greedy(texts: list[str], threshold: float) -> list[bool]:
 
 def test_greedy_filter_matches_alpaca_style_loop_with_planted_duplicates() -> None:
     rng = random.Random(99)
-    words = "write explain a short long poem story email about the ocean moon city for kids adults in french".split()
+    words = "write explain a short long poem story email about the ocean moon city for kids in french".split()
     texts: list[str] = []
     for _ in range(400):
         if texts and rng.random() < 0.3:

@@ -273,11 +273,15 @@ class FakeLLM:
         if "write up to" in prompt:
             task = prompt.rsplit("Task:", 1)[1].strip()
             if "Class label" in prompt:
-                text = "Example 1\nClass label: Good\nInput: fine work\nExample 2\nClass label: Bad\nInput: poor work"
+                text = (
+                    "Example 1\nClass label: Good\nInput: fine work\n"
+                    "Example 2\nClass label: Bad\nInput: poor work"
+                )
             elif "limerick" in task:
                 text = "There once was a writer of tasks"  # unlabelled direct answer
             else:
-                text = f"Example 1\nInput: (none)\nOutput: Answer about {task[:40]}\nExample 2\nInput: more\nOutput: More."
+                text = f"Example 1\nInput: (none)\nOutput: Answer about {task[:40]}\n"
+                text += "Example 2\nInput: more\nOutput: More."
             return Completion(texts=[text], finish_reasons=["stop"])
         rng = random.Random(_h(prompt))
         lines = ["Here are the new tasks:"]
@@ -428,6 +432,22 @@ def test_stops_at_num_and_marks_surplus() -> None:
     assert result.drop_counts().get("surplus", 0) > 0
 
 
+def test_adaptive_batch_sends_fewer_requests_for_the_tail() -> None:
+    fixed = run(
+        seed_records(),
+        fake_ctx(FakeLLM()),
+        small_config(num_instructions=30, request_batch_size=4, adaptive_batch=False),
+    )
+    adaptive = run(
+        seed_records(), fake_ctx(FakeLLM()), small_config(num_instructions=30, request_batch_size=4)
+    )
+    assert fixed.stats["tasks_kept"] == adaptive.stats["tasks_kept"] == 30
+    assert fixed.stats["generation_requests"] == 4 * fixed.stats["rounds"]
+    assert adaptive.stats["rounds"] > 1
+    assert adaptive.stats["generation_requests"] < 4 * adaptive.stats["rounds"]
+    assert adaptive.drop_counts().get("surplus", 0) < fixed.drop_counts().get("surplus", 0)
+
+
 def test_seed_duplicates_are_not_novel_and_include_seeds() -> None:
     seeds = seed_records()
     seeds.append(
@@ -498,8 +518,7 @@ def test_cli_writes_chosen_format_from_bundled_seeds(tmp_path, monkeypatch) -> N
     assert rows and all(set(row) == {"instruction", "input", "output"} for row in rows)
     assert len({row["instruction"] for row in rows}) == 3
     assert all(r.meta.drop_reason for r in read_records(drops))
-    gen = [p for p in llm.prompts if "Now invent" in p]
-    assert len(gen) % 2 == 0  # rounds of --request-batch-size prompts
+    assert 2 <= len([p for p in llm.prompts if "Now invent" in p])  # a first round of --request-batch-size
 
 
 @pytest.mark.slow

@@ -18,6 +18,12 @@ Replies are applied strictly in request order, and every random choice comes fro
 `ctx.rng(...)`, so the same seed and inputs give the same dataset (and a cached rerun makes no
 calls). The run stops once `num_instructions` new tasks are kept, or at the `max_requests`
 safety cap (reported in stats).
+
+Beyond the paper, for robustness with weak models: exact duplicates are dropped even when
+ROUGE sees no tokens (Chinese text), an instances reply with no fields at all counts as one
+direct answer for a non-classification task (`accept_unlabelled_reply`), an unparseable yes/no
+falls back to a keyword heuristic (counted), and after the first round a round sends only about
+as many prompts as the remaining quota needs (`adaptive_batch`).
 """
 
 from __future__ import annotations
@@ -60,6 +66,11 @@ class SelfInstructConfig(BaseModel):
     )
     new_per_request: int = Field(8, ge=1, description="new tasks asked for in each generation prompt")
     request_batch_size: int = Field(8, ge=1, description="generation prompts sent together per round")
+    adaptive_batch: bool = Field(
+        True,
+        description="after the first round, send only about as many prompts as the remaining quota needs "
+        "at the yield seen so far (up to request_batch_size)",
+    )
     temperature: float = Field(0.8, ge=0, description="sampling temperature for generating tasks")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling for generating tasks")
     max_tokens: int = Field(768, ge=16, description="token budget of one task-list reply")
@@ -474,7 +485,8 @@ class _Run:
         self.drop_counts: dict[str, int] = {}
         self.stats: dict[str, Any] = dict.fromkeys(
             ["rounds", "generation_requests", "classify_requests", "instance_requests", "candidates",
-             "classification_unparsed", "unnumbered_replies", "unlabelled_replies_used"], 0,
+             "evaluated", "passed_filters", "classification_unparsed", "unnumbered_replies",
+             "unlabelled_replies_used"], 0,
         )  # fmt: skip
         self.round_no = 0
         self.request_no = 0
@@ -506,6 +518,21 @@ class _Run:
             f"generated={self.stats['candidates']} dropped={len(self.drops)} {top}", refresh=False
         )
 
+    def requests_needed(self, remaining: int, n_kept: int) -> int:
+        """Requests for the next round: a full batch at first, then (if `adaptive_batch`) only
+        about what the remaining quota needs at the yield seen so far (items per reply x share
+        passing the filters x share getting instances), with 50% headroom. A weak model's
+        late rounds would otherwise generate dozens of items only to drop them as surplus."""
+        batch = self.config.request_batch_size
+        s = self.stats
+        if not self.config.adaptive_batch or not s["generation_requests"] or not s["passed_filters"]:
+            return batch
+        per_request = (
+            s["candidates"] / s["generation_requests"] * s["passed_filters"] / max(s["evaluated"], 1)
+        )
+        per_request *= max(n_kept / s["passed_filters"], 0.1)
+        return max(1, min(batch, math.ceil(1.5 * remaining / max(per_request, 1e-6))))
+
     def round_seed(self) -> int:
         # One seed per round, shared by the round's requests: the local backend only batches
         # requests with equal settings, and the prompts already differ.
@@ -522,8 +549,9 @@ class _Run:
             while n_kept < config.num_instructions and self.request_no < cap:
                 self.round_no += 1
                 self.stats["rounds"] = self.round_no
-                n_requests = min(config.request_batch_size, cap - self.request_no)
-                accepted = self.generate(n_requests, config.num_instructions - n_kept)
+                remaining = config.num_instructions - n_kept
+                n_requests = min(self.requests_needed(remaining, n_kept), cap - self.request_no)
+                accepted = self.generate(n_requests, remaining)
                 self.show()
                 if accepted:
                     self.classify(accepted)
@@ -610,8 +638,11 @@ class _Run:
                     self.drop(text, "truncated", cand)
                 elif len(accepted) >= quota:
                     self.drop(text, "surplus", cand)
-                elif self.accept(cand):
-                    accepted.append(cand)
+                else:
+                    self.stats["evaluated"] += 1
+                    if self.accept(cand):
+                        self.stats["passed_filters"] += 1
+                        accepted.append(cand)
         self.request_no += len(requests)
         return accepted
 
