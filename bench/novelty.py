@@ -330,6 +330,11 @@ def main() -> int:
         "speed_ratio_measured": ratio_prefix,
         "speed_ratio_full_estimated": ratio_full_est,
         "same_kept_set": True,
+        "note": (
+            "baseline = Alpaca generate_instruction.py loop (rouge_score _score_lcs vs every kept instruction), "
+            "one process, measured on the first baseline_n instructions; baseline_seconds_full_extrapolated = "
+            "pairs on all n x measured seconds per pair (an estimate, not a measurement)"
+        ),
         "python": platform.python_version(),
         "machine": platform.machine(),
     }

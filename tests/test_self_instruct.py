@@ -521,6 +521,27 @@ def test_cli_writes_chosen_format_from_bundled_seeds(tmp_path, monkeypatch) -> N
     assert 2 <= len([p for p in llm.prompts if "Now invent" in p])  # a first round of --request-batch-size
 
 
+def test_cli_reads_alpaca_seeds(tmp_path, monkeypatch) -> None:
+    import datagen.cli_common
+    from datagen.cli import main
+
+    seeds = tmp_path / "alpaca.json"
+    rows = [{"instruction": r.instruction, "input": r.input, "output": r.output} for r in seed_records(12)]
+    seeds.write_text(json.dumps(rows))
+    llm = FakeLLM()
+    monkeypatch.setattr(datagen.cli_common, "context_from_args", lambda args: fake_ctx(llm, seed=args.seed))
+    out = tmp_path / "out.jsonl"
+    assert (
+        main(["self-instruct", "--seeds", str(seeds), "--num", "2", "--out", str(out), "--include-seeds"])
+        == 0
+    )
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["instruction"] for row in lines[:12]] == [row["instruction"] for row in rows]
+    assert {row["meta"]["source"] for row in lines[12:]} == {"self_instruct"}
+    shown = [p for p in llm.prompts if "Now invent" in p][0]
+    assert sum(row["instruction"] in shown for row in rows) == 8
+
+
 @pytest.mark.slow
 def test_end_to_end_local_model(tmp_path) -> None:
     """The real embedded model, tiny: the command runs, writes valid records and drop reasons."""
