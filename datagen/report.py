@@ -120,13 +120,13 @@ def build_report(run_dir: Path) -> str:
 
     score_values: dict[str, list[float]] = {}
     similarity: list[float] = []
-    for s in stages:
+    # Only dedup records carry similarities; other stages' files (possibly large) are not read.
+    for s in (s for s in stages if s["stage"] == "dedup"):
         for name in ("kept.jsonl", "dropped.jsonl"):
             for r in _load_jsonl(run_dir / s["label"] / name):
                 for key, value in ((r.get("meta") or {}).get("scores") or {}).items():
-                    if isinstance(value, (int, float)) and ("sim" in key):
-                        if s["stage"] == "dedup":
-                            similarity.append(float(value))
+                    if isinstance(value, (int, float)) and "sim" in key:
+                        similarity.append(float(value))
     for r in final:
         for key, value in ((r.get("meta") or {}).get("scores") or {}).items():
             if isinstance(value, (int, float)) and "sim" not in key:
