@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datagen import __version__, faults
+from datagen.ray_cluster import Executor, RayConfig
 from datagen.records import Record, StageResult
 
 # stage name -> (module, config class). Aliases let YAML use the CLI's verbs too.
@@ -92,6 +93,9 @@ class PipelineConfig(BaseModel):
     input: InputConfig = Field(default_factory=InputConfig)
     stages: list[dict[str, Any]] = Field(default_factory=list)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    executor: Executor = Field("local", description="local: this process; ray: record-parallel LLM calls and "
+                               "embeddings on a Ray cluster (never changes the data, so not in any stage hash)")
+    ray: RayConfig = Field(default_factory=RayConfig, description="cluster address and pool sizes for executor: ray")
     finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig options; omit to skip training")
 
     def stage_specs(self) -> list[StageSpec]:
@@ -361,6 +365,8 @@ class Pipeline:
             progress=progress,
             prompts_dir=Path(cfg.prompts_dir) if cfg.prompts_dir else None,
             llm_options=llm_options,
+            executor=cfg.executor,
+            ray_config=cfg.ray,
         )
         global_hash = _json_hash({"seed": cfg.seed, "llm": cfg.llm, "prompts": _prompts_hash(cfg.prompts_dir),
                                   "llm_options": cfg.llm_options})
@@ -548,12 +554,21 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value; stages by name, e.g. stages.distill.n=4 or llm=openai:gpt-4o-mini")
     parser.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
+    parser.add_argument("--executor", choices=["local", "ray"], default=None,
+                        help="where record-parallel work runs (default: the YAML's `executor`, else local)")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to join, e.g. 10.0.0.1:6379 (sets ray.address; implies --executor ray)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress output")
     parser.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    pipeline = Pipeline.from_yaml(args.pipeline, overrides=args.overrides)
+    overrides = list(args.overrides)
+    if args.executor or args.ray_address:
+        overrides.append(f"executor={args.executor or 'ray'}")
+    if args.ray_address:
+        overrides.append(f"ray.address={json.dumps(args.ray_address)}")  # quoted: YAML reads a:b oddly
+    pipeline = Pipeline.from_yaml(args.pipeline, overrides=overrides)
     result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress)
     print(f"finished: {len(result.records)} records in {result.run_dir / 'export'}", file=sys.stderr)
     return 0

@@ -322,7 +322,7 @@ def semantic_dedup(
 
 def run(records: list[Record], ctx: StageContext, config: DedupConfig) -> StageResult:
     """Exact then near-duplicate removal; kept records stay in input order."""
-    from datagen.embed import embed_texts, record_text
+    from datagen.embed import record_text
 
     n = len(records)
     texts = [record_text(r, config.embed_field) for r in records]
@@ -348,7 +348,7 @@ def run(records: list[Record], ctx: StageContext, config: DedupConfig) -> StageR
     near = 0
     if config.semantic and len(survivors) > 1:
         started = time.perf_counter()
-        vectors = embed_texts(
+        vectors = ctx.embed_texts(
             [texts[i] for i in survivors],
             model=config.model,
             batch_size=config.batch_size,

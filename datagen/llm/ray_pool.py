@@ -1,0 +1,336 @@
+"""The `ray` executor's LLM backends: the same backends, their requests spread over a cluster.
+
+Stages never see Ray. `StageContext.llm()` wraps a backend in one of these and then in the
+usual `CachedLLM`, so the cache key, the cache file and resume are exactly the local ones:
+
+- `openai:` / `local:` -> `RayPoolLLM`: a Ray Data `map_batches` actor pool where each actor
+  runs our own backend (for `openai:` the aiohttp client with its retries and `Retry-After`
+  handling). Each completion goes, the moment it lands on the actor, to a small sink actor on
+  the driver's node; the driver drains the sink and hands every completion to `CachedLLM`,
+  which commits it to the run's SQLite cache. A batch that Ray retries after a worker died
+  first asks the sink what is already done and skips it: a finished call is never paid again,
+  only the calls in flight on the dead worker are.
+- `vllm:` -> `RayVLLMLLM`: `ray.data.llm` vLLM engine replicas (replicas, tensor parallel
+  size and batch size from the `ray:` config); rows stream back to the driver as they finish.
+
+Global limits: the actors split the backend's `max_concurrency` between them, so the cluster
+keeps the bound a local run has, and every completion passes through the driver's
+`CachedLLM`, so token and cost accounting (and a spend budget checked there) see the whole
+cluster. A global requests-per-second limiter is not wired in yet: it belongs in one actor
+that hands out permits, asked by each worker's client before each attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from datagen.llm.base import ChatRequest, Completion, ResultCallback, run_sync
+from datagen.ray_cluster import RayConfig, connect
+
+SINK_POLL_SECONDS = 0.2
+
+
+def request_to_row(request: ChatRequest) -> str:
+    """A request as the JSON text a Ray Dataset row carries (the cache key's own canonical form)."""
+    return request.canonical()
+
+
+def request_from_row(text: str) -> ChatRequest:
+    data = json.loads(text)
+    data["messages"] = tuple(tuple(m) for m in data["messages"])
+    data["stop"] = tuple(data["stop"])
+    return ChatRequest(**data)
+
+
+def split_concurrency(total: int, actors: int) -> int:
+    """Requests in flight per actor so that all actors together stay within `total`."""
+    return max(1, total // max(1, actors))
+
+
+# --------------------------------------------------------------------------- the actors
+
+
+class ResultSink:
+    """Lives on the driver's node (a Ray actor): completions land here the moment an actor has
+    them, so a worker killed mid-batch loses only the calls it had in flight."""
+
+    def __init__(self) -> None:
+        self._done: dict[int, Completion] = {}
+        self._fresh: list[int] = []
+
+    def put(self, index: int, completion: Completion) -> None:
+        if index not in self._done and completion.ok:
+            self._done[index] = completion
+            self._fresh.append(index)
+
+    def already_done(self, indices: list[int]) -> list[int]:
+        return [i for i in indices if i in self._done]
+
+    def drain(self) -> list[tuple[int, Completion]]:
+        fresh, self._fresh = self._fresh, []
+        return [(i, self._done[i]) for i in fresh]
+
+
+class LLMWorker:
+    """One actor of the pool: our own backend, built once per actor, answering a batch at a time.
+
+    Failed requests (after the client's own retries) are returned in the batch, not put in the
+    sink: they are results too (counted, dropped by the stage), but must never be cached."""
+
+    def __init__(self, spec: str, options: dict[str, Any], sink: Any) -> None:
+        from datagen.llm import make_llm
+
+        self.backend = make_llm(spec, cache=None, **options).inner
+        self.sink = sink
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+        import ray
+
+        indices = [int(i) for i in batch["index"]]
+        done = set(ray.get(self.sink.already_done.remote(indices)))
+        todo = [(i, text) for i, text in zip(indices, batch["request"], strict=True) if i not in done]
+        pending: list[Any] = []
+
+        def landed(j: int, completion: Completion) -> None:
+            if completion.ok:
+                pending.append(self.sink.put.remote(todo[j][0], completion))
+
+        requests = [request_from_row(str(text)) for _, text in todo]
+        results = run_sync(self.backend.generate(requests, landed)) if requests else []
+        ray.get(pending)  # the batch only counts as done once the sink holds every success
+        errors = {todo[j][0]: c.error or "internal: empty completion" for j, c in enumerate(results) if not c.ok}
+        return {"index": np.asarray(indices, dtype=np.int64),
+                "error": np.asarray([errors.get(i, "") for i in indices], dtype=object)}
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+class RayPoolLLM:
+    """`openai:` and `local:` backends over an actor pool; same identity as the wrapped backend."""
+
+    def __init__(self, spec: str, options: dict[str, Any], config: RayConfig) -> None:
+        from datagen.llm import make_llm
+
+        self.spec = spec
+        self.config = config
+        # Built on the driver only for its identity (name, model, endpoint...): CachedLLM keys
+        # on it, so a run resumes across executors. It never sends a request here.
+        self.local_twin = make_llm(spec, cache=None, **options).inner
+        self.name = self.local_twin.name
+        self.backend = self.local_twin.backend
+        self.model = self.local_twin.model
+        self.supports_json_schema = self.local_twin.supports_json_schema
+        self.actor_options = dict(options)
+        if self.backend == "openai":
+            total = int(options.get("max_concurrency", getattr(self.local_twin, "max_concurrency", 64)))
+            self.actor_options["max_concurrency"] = config.max_concurrency or split_concurrency(total, config.actors)
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else the cache may ask for identity (base_url, model_path, ...) is the twin's.
+        if name == "local_twin":
+            raise AttributeError(name)
+        return getattr(self.local_twin, name)
+
+    async def generate(
+        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+    ) -> list[Completion]:
+        import asyncio
+
+        return await asyncio.to_thread(self._generate_blocking, list(requests), on_result)
+
+    def _generate_blocking(
+        self, requests: list[ChatRequest], on_result: ResultCallback | None
+    ) -> list[Completion]:
+        results: list[Completion | None] = [None] * len(requests)
+        if not requests:
+            return []
+        ray = connect(self.config)
+        sink = _driver_local_actor(ray, ResultSink)
+        rows = [{"index": i, "request": request_to_row(r)} for i, r in enumerate(requests)]
+        blocks = max(1, math.ceil(len(rows) / self.config.batch_size))
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+            LLMWorker,
+            batch_size=self.config.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.config.actors),
+            num_cpus=self.config.cpus_per_actor,
+            fn_constructor_kwargs={"spec": self.spec, "options": self.actor_options, "sink": sink},
+        )
+
+        def deliver(index: int, completion: Completion) -> None:
+            if results[index] is None:
+                results[index] = completion
+                if on_result:
+                    on_result(index, completion)
+
+        errors: dict[int, str] = {}
+        consumer = _Consumer(dataset, errors)
+        consumer.start()
+        try:
+            while consumer.is_alive():
+                consumer.join(SINK_POLL_SECONDS)
+                for index, completion in ray.get(sink.drain.remote()):
+                    deliver(index, completion)
+            if consumer.failure is not None:
+                raise consumer.failure
+            for index, completion in ray.get(sink.drain.remote()):
+                deliver(index, completion)
+            for index, error in errors.items():
+                deliver(index, Completion(error=error))
+        finally:
+            ray.kill(sink)
+        return [r if r is not None else Completion(error="internal: no result from the Ray pool") for r in results]
+
+    def close(self) -> None:
+        self.local_twin.close()
+
+
+class _Consumer(threading.Thread):
+    """Pulls the dataset to the end (that is what makes Ray run it) and keeps the failures."""
+
+    def __init__(self, dataset: Any, errors: dict[int, str]) -> None:
+        super().__init__(daemon=True, name="ray-pool-consumer")
+        self.dataset = dataset
+        self.errors = errors
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for batch in self.dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for index, error in zip(batch["index"], batch["error"], strict=True):
+                    if error:
+                        self.errors[int(index)] = str(error)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the driver thread
+            self.failure = exc
+
+
+def _driver_local_actor(ray: Any, cls: type) -> Any:
+    """An actor pinned to the driver's node: it must outlive any worker node that dies."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return ray.remote(num_cpus=0, max_restarts=0)(cls).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+    ).remote()
+
+
+# --------------------------------------------------------------------------- vLLM on Ray
+
+
+def vllm_rows(requests: Sequence[ChatRequest]) -> list[dict[str, Any]]:
+    """One row per sample: `ray.data.llm` returns one output per row, so `n` fans out here.
+    Sample k > 0 gets seed + 1000 + k, as the OpenAI client's fan-out does."""
+    rows = []
+    for index, request in enumerate(requests):
+        for k in range(request.n):
+            seed = request.seed if request.seed is None or k == 0 else request.seed + 1000 + k
+            params: dict[str, Any] = {
+                "temperature": request.temperature,
+                "top_p": request.top_p,
+                "max_tokens": request.max_tokens,
+                "stop": list(request.stop) or None,
+                "seed": seed,
+            }
+            schema = (request.response_format_dict() or {}).get("json_schema", {}).get("schema")
+            if schema:
+                params["structured_outputs"] = {"json": schema}
+            rows.append({
+                "index": index,
+                "sample": k,
+                "messages": request.message_dicts(),
+                "sampling_params": {key: value for key, value in params.items() if value is not None},
+            })
+    return rows
+
+
+def vllm_processor_config(model: str, config: RayConfig) -> Any:
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    engine_kwargs = {"tensor_parallel_size": config.tensor_parallel_size, **config.vllm_engine_kwargs}
+    return vLLMEngineProcessorConfig(
+        model_source=model,
+        engine_kwargs=engine_kwargs,
+        concurrency=config.vllm_replicas,
+        batch_size=config.vllm_batch_size,
+    )
+
+
+def _vllm_output(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "index": int(row["index"]),
+        "sample": int(row["sample"]),
+        "generated_text": row.get("generated_text") or "",
+        "num_input_tokens": int(row.get("num_input_tokens") or 0),
+        "num_generated_tokens": int(row.get("num_generated_tokens") or 0),
+    }
+
+
+class RayVLLMLLM:
+    """`vllm:MODEL` over `ray.data.llm` engine replicas. Completions are assembled per request
+    (all `n` samples) as rows stream back, and committed by `CachedLLM` one by one."""
+
+    backend = "vllm"
+    supports_json_schema = True
+
+    def __init__(self, model: str, config: RayConfig) -> None:
+        self.model = model
+        self.name = f"vllm:{model}"
+        self.config = config
+
+    def build(self, requests: Sequence[ChatRequest]) -> Any:
+        """The lazy Ray Dataset that runs these requests (nothing executes until it is read)."""
+        import ray.data.llm as ray_llm
+
+        ray = connect(self.config)
+        build = getattr(ray_llm, "build_processor", None) or ray_llm.build_llm_processor
+        processor = build(vllm_processor_config(self.model, self.config), postprocess=_vllm_output)
+        return processor(ray.data.from_items(vllm_rows(requests)))
+
+    async def generate(
+        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+    ) -> list[Completion]:
+        import asyncio
+
+        return await asyncio.to_thread(self._generate_blocking, list(requests), on_result)
+
+    def _generate_blocking(self, requests: list[ChatRequest], on_result: ResultCallback | None) -> list[Completion]:
+        results: list[Completion | None] = [None] * len(requests)
+        parts: dict[int, dict[int, dict[str, Any]]] = {}
+        for row in self.build(requests).iter_rows():
+            index = int(row["index"])
+            parts.setdefault(index, {})[int(row["sample"])] = row
+            request = requests[index]
+            if len(parts[index]) == request.n:
+                results[index] = assemble_vllm_completion(request, parts.pop(index))
+                if on_result:
+                    on_result(index, results[index])
+        return [r if r is not None else Completion(error="internal: no result from vLLM on Ray") for r in results]
+
+    def close(self) -> None:
+        pass
+
+
+def assemble_vllm_completion(request: ChatRequest, samples: dict[int, dict[str, Any]]) -> Completion:
+    ordered = [samples[k] for k in sorted(samples)]
+    return Completion(
+        texts=[s["generated_text"] for s in ordered],
+        finish_reasons=["length" if s["num_generated_tokens"] >= request.max_tokens else "stop" for s in ordered],
+        prompt_tokens=int(ordered[0]["num_input_tokens"]) if ordered else 0,
+        completion_tokens=sum(int(s["num_generated_tokens"]) for s in ordered),
+    )
+
+
+def make_ray_backend(spec: str, options: dict[str, Any], config: RayConfig) -> Any:
+    """The Ray-executor twin of `make_llm(spec).inner`."""
+    from datagen.llm import parse_spec
+
+    backend, model = parse_spec(spec)
+    if backend == "vllm":
+        return RayVLLMLLM(model or "", config)
+    return RayPoolLLM(spec, options, config)
