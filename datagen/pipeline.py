@@ -562,12 +562,18 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_cli)
 
 
+def executor_overrides(executor: str | None, ray_address: str | None) -> list[str]:
+    """`--executor` / `--ray-address` as `--set` overrides, so YAML and CLI meet in one place."""
+    overrides = []
+    if executor or ray_address:
+        overrides.append(f"executor={executor or 'ray'}")
+    if ray_address:
+        overrides.append(f"ray.address={json.dumps(ray_address)}")  # quoted: YAML may read a:b as a number
+    return overrides
+
+
 def _run_cli(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.executor or args.ray_address:
-        overrides.append(f"executor={args.executor or 'ray'}")
-    if args.ray_address:
-        overrides.append(f"ray.address={json.dumps(args.ray_address)}")  # quoted: YAML reads a:b oddly
+    overrides = [*args.overrides, *executor_overrides(args.executor, args.ray_address)]
     pipeline = Pipeline.from_yaml(args.pipeline, overrides=overrides)
     result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress)
     print(f"finished: {len(result.records)} records in {result.run_dir / 'export'}", file=sys.stderr)

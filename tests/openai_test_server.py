@@ -87,6 +87,7 @@ class RequestLog:
     outcome: str = "ok"  # "ok", a fault kind, or "cancelled" (client hung up first)
     n: int = 1
     seed: int | None = None
+    client_port: int = 0  # the client's TCP port: tells which process sent it (see ray_cluster_helpers)
 
 
 @dataclass
@@ -352,7 +353,9 @@ class OpenAITestServer:
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
             if auth not in stats.auth_headers:
                 stats.auth_headers.append(auth)
-            entry = RequestLog(prompt=prompt, attempt=attempt, start=start, n=n, seed=seed)
+            peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+            entry = RequestLog(prompt=prompt, attempt=attempt, start=start, n=n, seed=seed,
+                               client_port=int(peer[1]) if peer else 0)
             stats.log.append(entry)
         fault = self._choose_fault(config, prompt, attempt, auth)
         entry.outcome = fault or "ok"
