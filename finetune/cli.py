@@ -34,6 +34,12 @@ _FIELDS = {
     "samples": "sample_prompts",
     "sample_tokens": "sample_max_new_tokens",
     "merged_dtype": "merged_dtype",
+    "launcher": "launcher",
+    "num_processes": "num_processes",
+    "num_machines": "num_machines",
+    "machine_rank": "machine_rank",
+    "main_process_ip": "main_process_ip",
+    "distributed": "distributed",
 }
 
 
@@ -81,6 +87,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", type=int, default=None, help="held-out prompts to compare base/tuned on (default 3)")
     parser.add_argument("--sample-tokens", type=int, default=None, help="max new tokens per sample answer (default 128)")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is available")
+    parser.add_argument("--launcher", choices=("none", "accelerate"), default=None,
+                        help="accelerate: run --num-processes training processes (default none: this process)")
+    parser.add_argument("--num-processes", type=int, default=None, help="training processes in all (GPUs)")
+    parser.add_argument("--num-machines", type=int, default=None, help="machines; run the same command on each")
+    parser.add_argument("--machine-rank", type=int, default=None, help="this machine's rank (0 = main)")
+    parser.add_argument("--main-process-ip", default=None, help="address of machine 0 (multi-machine)")
+    parser.add_argument("--distributed", choices=("auto", "ddp", "fsdp"), default=None,
+                        help="auto: DDP for LoRA, FSDP for full fine-tuning")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=_run)
 

@@ -107,6 +107,19 @@ class FinetuneConfig(BaseModel):
     sample_prompts: int = Field(3, ge=0, description="held-out prompts answered by base and tuned model (samples.md)")
     sample_max_new_tokens: int = Field(128, ge=1, description="answer length for the sample comparison")
     logging_steps: int = Field(1, ge=1, description="log the training loss every N optimizer steps")
+    launcher: Literal["none", "accelerate"] = Field(
+        "none", description="none: train in this process; accelerate: `accelerate launch` num_processes workers "
+        "(DDP for LoRA, FSDP for full), same data, masking, packing and optimizer batch"
+    )
+    num_processes: int = Field(1, ge=1, description="training processes in all (GPUs, or CPU processes over gloo)")
+    num_machines: int = Field(1, ge=1, description="machines taking part; run the same command on each")
+    machine_rank: int = Field(0, ge=0, description="this machine's rank (0 = the one at main_process_ip)")
+    main_process_ip: str | None = Field(None, description="address of machine 0 (multi-machine only)")
+    main_process_port: int | None = Field(None, ge=1, description="rendezvous port (default: a free one)")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="auto: DDP for LoRA (small trainable part, replicated), FSDP for full fine-tuning "
+        "(sharded weights, gradients and optimizer state)"
+    )
 
     @field_validator("lora_target_modules")
     @classmethod
@@ -145,7 +158,19 @@ def build_sft_config(config: FinetuneConfig, output_dir: str | Path, has_eval: b
     # accumulated: the same optimizer batch (the loss is normalised over all of it), far less work.
     rows_per_pass = 1 if (config.packing and cpu) else config.batch_size
     accumulate = config.grad_accum * (config.batch_size // rows_per_pass)
+    # With N processes each accumulates 1/N of the optimizer batch: same batch, same loss curve.
+    processes = config.num_processes if config.launcher == "accelerate" else 1
+    if accumulate % processes:
+        raise ValueError(
+            f"finetune: num_processes {processes} must divide the optimizer batch of {accumulate} passes "
+            f"(batch_size {config.batch_size} x grad_accum {config.grad_accum}{' of 1 packed row each' if cpu else ''})"
+        )
+    accumulate //= processes
+    # Inside a launched worker (never in the parent: these make the Trainer join a process group).
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = {"ddp_backend": "gloo" if cpu else None, "ddp_find_unused_parameters": False} if launched else {}
     return SFTConfig(
+        **distributed,
         output_dir=str(output_dir),
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
@@ -297,7 +322,12 @@ def train(
     if not progress:
         hf_logging.disable_progress_bar()  # "Loading weights" etc.
     try:
-        metrics = _train_into(tmp, train_ex, eval_ex, stats, config, progress)
+        if config.launcher == "accelerate":
+            from finetune.distributed import launch
+
+            metrics = launch(tmp, train_ex, eval_ex, stats, config, progress)
+        else:
+            metrics = _train_into(tmp, train_ex, eval_ex, stats, config, progress)
         metrics["total_seconds"] = round(time.time() - started, 2)
         _write_json(tmp / "metrics.json", metrics)
         _publish(tmp, out)
@@ -351,6 +381,9 @@ def _train_into(
     trainable, total = _param_counts(trainer.model)
     metrics.update(trainable_params=trainable, total_params=total)
 
+    main = is_main_process()
+    if not main:
+        sample_ex = []  # only rank 0 writes; the others would only repeat its work
     base_answers = _generate(trainer.model, tokenizer, stock, sample_ex, config.sample_max_new_tokens)
     if eval_ex and config.eval_before:
         metrics["eval_loss_before"] = _round(trainer.evaluate()["eval_loss"])
@@ -374,12 +407,20 @@ def _train_into(
         metrics["eval_loss_after"] = _round(trainer.evaluate()["eval_loss"])
 
     tuned_answers = _generate(trainer.model, tokenizer, stock, sample_ex, config.sample_max_new_tokens)
+    if fsdp_enabled():  # every rank takes part in gathering the sharded weights
+        trainer.save_model(str(folder / "_full_state"))
+    if not main:
+        return metrics
     _write_samples(folder, sample_ex, base_answers, tuned_answers)
 
     # Save: the tokenizer with its own template (the markers are for training only).
     tokenizer.chat_template = stock
     model_to_save = trainer.model
-    if config.method == "lora":
+    if fsdp_enabled():  # gathered above by every rank into one full checkpoint
+        (folder / "_full_state").rename(folder / ("adapter" if config.method == "lora" else "model"))
+        tokenizer.save_pretrained(folder / ("adapter" if config.method == "lora" else "model"))
+        model_to_save = None
+    elif config.method == "lora":
         model_to_save.save_pretrained(folder / "adapter")
         tokenizer.save_pretrained(folder / "adapter")
         model_to_save = model_to_save.merge_and_unload() if config.save_merged else None
@@ -398,6 +439,15 @@ def _train_into(
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launched run, or a plain single-process run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def fsdp_enabled() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in {"1", "true"}
 
 
 def _check_out_dir(out: Path) -> None:

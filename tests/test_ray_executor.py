@@ -190,3 +190,44 @@ def test_cli_flags_select_the_executor(tmp_path: Path) -> None:
         Pipeline.from_yaml(path, overrides=["ray.actrs=4"])
     with pytest.raises(ConfigError, match="executor"):
         Pipeline.from_yaml(path, overrides=["executor=slurm"])
+
+
+def test_vllm_on_ray_is_built_up_to_the_engine(cluster) -> None:
+    """The vLLM path needs GPUs and vLLM, which CI lacks: everything up to the engine call
+    is built for real (rows, processor config, the processor and its lazy dataset)."""
+    from datagen.llm import ChatRequest
+    from datagen.llm.ray_pool import (RayVLLMLLM, assemble_vllm_completion, make_ray_backend,
+                                      vllm_processor_config, vllm_rows)
+    from datagen.ray_cluster import RayConfig, connect
+
+    config = RayConfig(address=cluster.address, vllm_replicas=3, tensor_parallel_size=2, vllm_batch_size=16,
+                       vllm_engine_kwargs={"max_model_len": 4096})
+    connect(config)
+    schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}
+    requests = [ChatRequest.chat("a", n=3, seed=5, max_tokens=7, stop=["\n"]),
+                ChatRequest.chat("b", response_format=schema)]
+    rows = vllm_rows(requests)
+    assert [(r["index"], r["sample"], r["sampling_params"].get("seed")) for r in rows] == [
+        (0, 0, 5), (0, 1, 1006), (0, 2, 1007), (1, 0, None)]
+    assert rows[0]["sampling_params"] == {"temperature": 0.7, "top_p": 1.0, "max_tokens": 7, "stop": ["\n"],
+                                          "seed": 5}
+    assert rows[3]["sampling_params"]["structured_outputs"] == {"json": {"type": "object"}}
+    assert rows[3]["messages"] == [{"role": "user", "content": "b"}]
+
+    processor_config = vllm_processor_config("/models/teacher", config)
+    assert processor_config.concurrency == 3 and processor_config.batch_size == 16
+    assert {k: processor_config.engine_kwargs[k] for k in ("tensor_parallel_size", "max_model_len")} == {
+        "tensor_parallel_size": 2, "max_model_len": 4096}
+
+    backend = make_ray_backend("vllm:/models/teacher", {}, config)
+    assert isinstance(backend, RayVLLMLLM) and backend.name == "vllm:/models/teacher"
+    stages = list(backend.processor().stages)
+    assert any("vLLMEngine" in name for name in stages), stages
+    dataset = backend.build(requests)  # lazy: reading it would start the engine replicas
+    assert type(dataset).__name__ == "Dataset"
+
+    samples = {1: {"generated_text": "y", "num_input_tokens": 4, "num_generated_tokens": 7},
+               0: {"generated_text": "x", "num_input_tokens": 4, "num_generated_tokens": 2}}
+    completion = assemble_vllm_completion(requests[0], samples)
+    assert (completion.texts, completion.finish_reasons) == (["x", "y"], ["stop", "length"])
+    assert (completion.prompt_tokens, completion.completion_tokens) == (4, 9)

@@ -283,14 +283,18 @@ class RayVLLMLLM:
         self.name = f"vllm:{model}"
         self.config = config
 
-    def build(self, requests: Sequence[ChatRequest]) -> Any:
-        """The lazy Ray Dataset that runs these requests (nothing executes until it is read)."""
+    def processor(self) -> Any:
+        """The `ray.data.llm` processor: chat template, tokenize, vLLM engine, detokenize."""
         import ray.data.llm as ray_llm
 
+        connect(self.config)
+        build = getattr(ray_llm, "build_processor", None) or ray_llm.build_llm_processor  # renamed in Ray 2.5x
+        return build(vllm_processor_config(self.model, self.config), postprocess=_vllm_output)
+
+    def build(self, requests: Sequence[ChatRequest]) -> Any:
+        """The lazy Ray Dataset that runs these requests (nothing executes until it is read)."""
         ray = connect(self.config)
-        build = getattr(ray_llm, "build_processor", None) or ray_llm.build_llm_processor
-        processor = build(vllm_processor_config(self.model, self.config), postprocess=_vllm_output)
-        return processor(ray.data.from_items(vllm_rows(requests)))
+        return self.processor()(ray.data.from_items(vllm_rows(requests)))
 
     async def generate(
         self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None

@@ -1,0 +1,99 @@
+"""Multi-process fine-tuning: `accelerate launch` runs the same training on every process.
+
+The parent (`train()` with `launcher: accelerate`) prepares the examples exactly as a
+single-process run does, writes them next to the output, and launches `num_processes`
+workers of this module. Each worker builds the same trainer (same split, masking, packing);
+the Trainer sees the launcher's environment and wraps the model in DDP (LoRA: the adapter
+is small, replicate it) or FSDP (full fine-tuning: shard weights, gradients, optimizer
+state). Each process accumulates 1/N of the optimizer batch (see `build_sft_config`), so the
+loss curve is the single-process one. Only rank 0 writes files; the parent publishes them.
+On CPU the processes talk over gloo, which is how the tests check all this without GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from finetune.data import DataStats
+from finetune.train import FinetuneConfig, _train_into, is_main_process, on_cpu
+
+LAUNCH_DIR = "_launch"
+
+
+def strategy(config: FinetuneConfig) -> str:
+    if config.distributed != "auto":
+        return config.distributed
+    return "ddp" if config.method == "lora" else "fsdp"
+
+
+def launch_args(config: FinetuneConfig, port: int) -> list[str]:
+    """`accelerate launch` options for this config (pure; tested directly)."""
+    args = ["--num_processes", str(config.num_processes), "--num_machines", str(config.num_machines),
+            "--machine_rank", str(config.machine_rank), "--main_process_port", str(port),
+            "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if config.main_process_ip:
+        args += ["--main_process_ip", config.main_process_ip]
+    if strategy(config) == "fsdp":
+        args += ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+                 "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_reshard_after_forward", "true"]
+    else:
+        # `--multi_gpu` is accelerate's name for "torchrun N processes"; on a machine without
+        # GPUs the Trainer (use_cpu) runs them on the CPU over gloo.
+        args += ["--multi_gpu"]
+    return args
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch(folder: Path, train_ex: list[Any], eval_ex: list[Any], stats: DataStats, config: FinetuneConfig,
+           progress: bool) -> dict[str, Any]:
+    """Run `num_processes` workers on `folder` and return rank 0's metrics."""
+    spec = folder / LAUNCH_DIR
+    spec.mkdir(parents=True, exist_ok=True)
+    payload = {"train": train_ex, "eval": eval_ex, "stats": stats.as_dict(), "config": config.model_dump(mode="json"),
+               "progress": progress}
+    (spec / "job.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+    port = config.main_process_port or _free_port()
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    if on_cpu(config):
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    if config.num_threads:
+        env["OMP_NUM_THREADS"] = str(config.num_threads)
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_args(config, port),
+               "-m", "finetune.distributed", str(folder)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"finetune: accelerate launch of {config.num_processes} processes failed:\n{tail}")
+    metrics = json.loads((spec / "metrics.json").read_text(encoding="utf-8"))
+    import shutil
+
+    shutil.rmtree(spec, ignore_errors=True)
+    return metrics
+
+
+def main(folder: str) -> None:
+    """One launched worker."""
+    root = Path(folder)
+    job = json.loads((root / LAUNCH_DIR / "job.json").read_text(encoding="utf-8"))
+    config = FinetuneConfig.model_validate(job["config"])
+    metrics = _train_into(root, job["train"], job["eval"], DataStats(**job["stats"]), config,
+                          job["progress"] and is_main_process())
+    if is_main_process():
+        metrics.update(num_processes=config.num_processes, distributed=strategy(config))
+        (root / LAUNCH_DIR / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
