@@ -196,8 +196,13 @@ def test_vllm_on_ray_is_built_up_to_the_engine(cluster) -> None:
     """The vLLM path needs GPUs and vLLM, which CI lacks: everything up to the engine call
     is built for real (rows, processor config, the processor and its lazy dataset)."""
     from datagen.llm import ChatRequest
-    from datagen.llm.ray_pool import (RayVLLMLLM, assemble_vllm_completion, make_ray_backend,
-                                      vllm_processor_config, vllm_rows)
+    from datagen.llm.ray_pool import (
+        RayVLLMLLM,
+        assemble_vllm_completion,
+        make_ray_backend,
+        vllm_processor_config,
+        vllm_rows,
+    )
     from datagen.ray_cluster import RayConfig, connect
 
     config = RayConfig(address=cluster.address, vllm_replicas=3, tensor_parallel_size=2, vllm_batch_size=16,
