@@ -92,6 +92,9 @@ def disconnect() -> None:
 
 def _quiet_progress(ray: Any) -> None:
     """Ray Data draws its own progress bars on stderr; our stages already draw theirs."""
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # "execution finished" per dataset
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

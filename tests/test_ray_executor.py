@@ -236,3 +236,14 @@ def test_vllm_on_ray_is_built_up_to_the_engine(cluster) -> None:
     completion = assemble_vllm_completion(requests[0], samples)
     assert (completion.texts, completion.finish_reasons) == (["x", "y"], ["stop", "length"])
     assert (completion.prompt_tokens, completion.completion_tokens) == (4, 9)
+
+
+def test_fatal_endpoint_error_on_a_worker_stops_the_run_with_its_own_line(tmp_path: Path, cluster, server) -> None:
+    """A wrong key fails on the actors; the driver must end with the same FatalLLMError (one
+    line in the CLI) a local run gives, not a Ray traceback, and nothing is marked done."""
+    from datagen.errors import FatalLLMError
+
+    server.configure(api_key="the-right-key")
+    with pytest.raises(FatalLLMError, match="401"):
+        _run(_config(server.base_url, "ray", cluster.address), tmp_path / "run")
+    assert not list((tmp_path / "run").glob("*/done.json"))

@@ -207,7 +207,31 @@ class _Consumer(threading.Thread):
                     if error:
                         self.errors[int(index)] = str(error)
         except BaseException as exc:  # noqa: BLE001 - re-raised on the driver thread
-            self.failure = exc
+            self.failure = user_error(exc)
+
+
+def user_error(exc: BaseException) -> BaseException:
+    """The error a worker raised, out of Ray's wrappers: a fatal endpoint error (bad key,
+    unknown model) must reach the CLI as the same one line a local run prints."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if _is_datagen_error(current):
+            return type(current)(*current.args)
+        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return exc
+
+
+def _is_datagen_error(exc: BaseException) -> bool:
+    try:
+        from datagen.errors import DatagenError
+    except ImportError:  # before the fail-fast work lands
+        return False
+    return isinstance(exc, DatagenError) and type(exc).__module__.startswith("datagen")
 
 
 def _driver_local_actor(ray: Any, cls: type) -> Any:
