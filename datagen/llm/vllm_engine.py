@@ -119,7 +119,12 @@ class VLLMEngine:
         from tqdm.auto import tqdm
 
         request_ids = llm.enqueue_chat(messages, sampling_params=params, use_tqdm=False)
-        index_of = {str(rid): i for i, rid in enumerate(request_ids)}
+        # vLLM returns its internal ids ("7-1a2b3c4d": ours plus a random suffix) while the
+        # outputs carry the external one ("7"): accept either spelling.
+        index_of: dict[str, int] = {}
+        for i, rid in enumerate(request_ids):
+            index_of[str(rid)] = i
+            index_of.setdefault(str(rid).split("-", 1)[0], i)
         engine = llm.llm_engine
         with tqdm(total=len(request_ids), desc="vllm", unit="req", dynamic_ncols=True) as bar:
             while engine.has_unfinished_requests():
