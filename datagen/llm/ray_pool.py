@@ -82,9 +82,9 @@ class LLMWorker:
     sink: they are results too (counted, dropped by the stage), but must never be cached."""
 
     def __init__(self, spec: str, options: dict[str, Any], sink: Any) -> None:
-        from datagen.llm import make_llm
+        from datagen.llm import make_backend
 
-        self.backend = make_llm(spec, cache=None, **options).inner
+        self.backend = make_backend(spec, **options)
         self.sink = sink
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -115,13 +115,13 @@ class RayPoolLLM:
     """`openai:` and `local:` backends over an actor pool; same identity as the wrapped backend."""
 
     def __init__(self, spec: str, options: dict[str, Any], config: RayConfig) -> None:
-        from datagen.llm import make_llm
+        from datagen.llm import make_backend
 
         self.spec = spec
         self.config = config
-        # Built on the driver only for its identity (name, model, endpoint...): CachedLLM keys
-        # on it, so a run resumes across executors. It never sends a request here.
-        self.local_twin = make_llm(spec, cache=None, **options).inner
+        # Built on the driver only for its identity (name, model, endpoint, weights): CachedLLM
+        # keys on `cache_identity()`, so a run resumes across executors. It never sends a request.
+        self.local_twin = make_backend(spec, **options)
         self.name = self.local_twin.name
         self.backend = self.local_twin.backend
         self.model = self.local_twin.model
@@ -306,6 +306,10 @@ class RayVLLMLLM:
         self.model = model
         self.name = f"vllm:{model}"
         self.config = config
+
+    def cache_identity(self) -> dict[str, Any]:
+        """Not the local vLLM backend's: here each of the n samples is its own row and seed."""
+        return {"model": self.model, "via": "ray.data.llm", "engine_kwargs": self.config.vllm_engine_kwargs}
 
     def processor(self) -> Any:
         """The `ray.data.llm` processor: chat template, tokenize, vLLM engine, detokenize."""
