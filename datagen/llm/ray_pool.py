@@ -61,6 +61,15 @@ class ResultSink:
     def __init__(self) -> None:
         self._done: dict[int, Completion] = {}
         self._fresh: list[int] = []
+        self._fatal: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        """A worker hit an error no retry fixes (bad key, unknown model): stop everyone."""
+        if self._fatal is None:
+            self._fatal = error
+
+    def fatal(self) -> BaseException | None:
+        return self._fatal
 
     def put(self, index: int, completion: Completion) -> None:
         if index not in self._done and completion.ok:
@@ -68,6 +77,8 @@ class ResultSink:
             self._fresh.append(index)
 
     def already_done(self, indices: list[int]) -> list[int]:
+        if self._fatal is not None:  # the run is stopping: send nothing more
+            return list(indices)
         return [i for i in indices if i in self._done]
 
     def drain(self) -> list[tuple[int, Completion]]:
@@ -101,7 +112,15 @@ class LLMWorker:
                 pending.append(self.sink.put.remote(todo[j][0], completion))
 
         requests = [request_from_row(str(text)) for _, text in todo]
-        results = run_sync(self.backend.generate(requests, landed)) if requests else []
+        try:
+            results = run_sync(self.backend.generate(requests, landed)) if requests else []
+        except Exception as exc:
+            if not _is_datagen_error(exc):
+                raise
+            # Handed to the driver as the object itself: Ray's own wrapping of a raised
+            # exception would bury the one-line message under a remote traceback.
+            ray.get([*pending, self.sink.fail.remote(exc)])
+            results = [Completion(error=f"fatal: {exc}")] * len(requests)
         ray.get(pending)  # the batch only counts as done once the sink holds every success
         errors = {todo[j][0]: c.error or "internal: empty completion" for j, c in enumerate(results) if not c.ok}
         return {"index": np.asarray(indices, dtype=np.int64),
@@ -177,6 +196,12 @@ class RayPoolLLM:
                 consumer.join(SINK_POLL_SECONDS)
                 for index, completion in ray.get(sink.drain.remote()):
                     deliver(index, completion)
+                fatal = ray.get(sink.fatal.remote())
+                if fatal is not None:
+                    raise fatal
+            fatal = ray.get(sink.fatal.remote())
+            if fatal is not None:
+                raise fatal
             if consumer.failure is not None:
                 raise consumer.failure
             for index, completion in ray.get(sink.drain.remote()):
@@ -207,23 +232,7 @@ class _Consumer(threading.Thread):
                     if error:
                         self.errors[int(index)] = str(error)
         except BaseException as exc:  # noqa: BLE001 - re-raised on the driver thread
-            self.failure = user_error(exc)
-
-
-def user_error(exc: BaseException) -> BaseException:
-    """The error a worker raised, out of Ray's wrappers: a fatal endpoint error (bad key,
-    unknown model) must reach the CLI as the same one line a local run prints."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        current = todo.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if _is_datagen_error(current):
-            return type(current)(*current.args)
-        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
-    return exc
+            self.failure = exc
 
 
 def _is_datagen_error(exc: BaseException) -> bool:
