@@ -209,6 +209,9 @@ class RayPoolLLM:
             for index, error in errors.items():
                 deliver(index, Completion(error=error))
         finally:
+            # After a fatal error the workers skip what is left (the sink says so): let the
+            # dataset wind down before its sink goes, so it ends quietly.
+            consumer.join(5)
             ray.kill(sink)
         return [r if r is not None else Completion(error="internal: no result from the Ray pool") for r in results]
 
