@@ -48,18 +48,29 @@ def _losses(out: Path) -> list[float]:
     return [h["loss"] for h in json.loads((out / "train_log.json").read_text()) if "loss" in h]
 
 
-def test_two_processes_give_the_single_process_loss_curve(tmp_path: Path, tiny_model_dir: Path) -> None:
-    single = train(_records(), _config(tiny_model_dir), tmp_path / "one", progress=False)
-    double = train(_records(), _config(tiny_model_dir, launcher="accelerate", num_processes=2), tmp_path / "two",
+@pytest.mark.parametrize("method,expected", [("lora", "ddp"), ("full", "fsdp")])
+def test_two_processes_give_the_single_process_loss_curve(tmp_path: Path, tiny_model_dir: Path, method: str,
+                                                          expected: str) -> None:
+    single = train(_records(), _config(tiny_model_dir).model_copy(update={"method": method}), tmp_path / "one",
                    progress=False)
-    assert double["num_processes"] == 2 and double["distributed"] == "ddp"
+    two_processes = _config(tiny_model_dir, launcher="accelerate", num_processes=2).model_copy(update={"method": method})
+    double = train(_records(), two_processes, tmp_path / "two", progress=False)
+    assert double["num_processes"] == 2 and double["distributed"] == expected
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(one) == len(two) == 6
     assert one[0] != one[-1]  # it really trained
     assert two == pytest.approx(one, rel=2e-3, abs=1e-4)
     assert single["steps"] == double["steps"] == 6
-    assert (tmp_path / "two" / "adapter" / "adapter_config.json").exists()
     assert not (tmp_path / "two" / "_launch").exists()
+    if method == "lora":
+        assert (tmp_path / "two" / "adapter" / "adapter_config.json").exists()
+    else:  # FSDP gathered the shards into one full checkpoint: the same weights as 1 process
+        from safetensors.torch import load_file
+
+        a = load_file(tmp_path / "one" / "model" / "model.safetensors")
+        b = load_file(tmp_path / "two" / "model" / "model.safetensors")
+        assert a.keys() == b.keys()
+        assert all((a[k].float() - b[k].float()).abs().max() < 1e-3 for k in a)
 
 
 def test_launch_options_and_batch_split(tiny_model_dir: Path) -> None:
