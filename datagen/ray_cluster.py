@@ -58,6 +58,9 @@ def package_root() -> Path:
 def connect(config: RayConfig) -> Any:
     """Join (or start) the cluster once per process and return the `ray` module.
 
+    Call it from a long-lived thread (the driver's main thread): when it starts a Ray instance
+    here, that instance's daemons get a parent-death signal tied to the calling thread.
+
     Workers get our code through `runtime_env.py_modules`, so a cluster whose nodes never had
     datagen installed still runs it (the same code as the driver, never a stale copy)."""
     try:
@@ -74,8 +77,11 @@ def connect(config: RayConfig) -> Any:
         "env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"},
     }
     options: dict[str, Any] = {"runtime_env": runtime_env, "log_to_driver": False, "logging_level": "WARNING"}
-    if address is None:  # a throwaway instance for this run: no dashboard to serve
+    if address is None:  # a throwaway instance for this run, on this machine: no dashboard to serve,
         options["include_dashboard"] = False
+        # and workers import our code first even where another datagen is installed (editable)
+        paths = [str(root), os.environ.get("PYTHONPATH", "")]
+        runtime_env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     ray.init(address=address, **options)
     _quiet_progress(ray)
     return ray

@@ -161,6 +161,9 @@ class RayPoolLLM:
     ) -> list[Completion]:
         import asyncio
 
+        # Join (or start) the cluster on this thread, not the helper thread below: a Ray
+        # instance started here dies with the thread that started it (parent-death signal).
+        connect(self.config)
         return await asyncio.to_thread(self._generate_blocking, list(requests), on_result)
 
     def _generate_blocking(
@@ -341,6 +344,9 @@ class RayVLLMLLM:
     ) -> list[Completion]:
         import asyncio
 
+        # Join (or start) the cluster on this thread, not the helper thread below: a Ray
+        # instance started here dies with the thread that started it (parent-death signal).
+        connect(self.config)
         return await asyncio.to_thread(self._generate_blocking, list(requests), on_result)
 
     def _generate_blocking(self, requests: list[ChatRequest], on_result: ResultCallback | None) -> list[Completion]:
