@@ -274,7 +274,7 @@ def read_records(path: str | Path) -> list[Record]:
         except ValidationError as exc:
             raise ValueError(f"{where}: {_short(exc)}") from None
         record = parsed.record
-        if not record.instruction.strip():
+        if not record.instruction.strip() and not record.meta.drop_reason:  # a drop may lack one
             raise ValueError(f"{where}: instruction is empty")
         if record.id in first_at:
             first_where, index = first_at[record.id]

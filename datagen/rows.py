@@ -75,9 +75,9 @@ def _instruction_record(row: dict[str, Any], where: str) -> ParsedRow:
     output_key, output = _pick(row, OUTPUT_KEYS, where)
     system_key, system = _pick(row, SYSTEM_KEYS, where)
     used |= {k for k in (input_key, output_key, system_key) if k}
-    messages = None
+    messages, turn_extra = None, []
     if isinstance(row.get("messages"), list):  # our own records keep multi-turn chats here
-        messages, _ = _turns(row["messages"], "messages", where)
+        messages, turn_extra = _turns(row["messages"], "messages", where)
         used.add("messages")
     elif row.get("messages") is None and "messages" in row:
         used.add("messages")
@@ -87,7 +87,8 @@ def _instruction_record(row: dict[str, Any], where: str) -> ParsedRow:
             Message(**m) for m in record.to_messages()
         ]
     record.messages = messages
-    return _finish(record, row, used, where, content=(instruction, input_text, output))
+    parsed = _finish(record, row, used, where, content=(instruction, input_text, output))
+    return _keep_turn_extra(parsed, "messages", turn_extra)
 
 
 def _chat_record(row: dict[str, Any], chat_key: str, where: str) -> ParsedRow:
@@ -111,14 +112,7 @@ def _chat_record(row: dict[str, Any], chat_key: str, where: str) -> ParsedRow:
         messages=msgs if multi_turn or msgs[0].role == "system" else None,
     )
     parsed = _finish(record, row, used, where, content=tuple(m.role + m.content for m in msgs))
-    if turn_extra:
-        extra = dict(parsed.record.meta.model_extra.get("extra") or {})
-        extra[f"{chat_key}_extra"] = turn_extra
-        parsed.record.meta.extra = extra  # type: ignore[attr-defined]
-        parsed.unused_text_keys |= {
-            f"{chat_key}[].{k}" for turn in turn_extra for k, v in turn.items() if _holds_text(v)
-        }
-    return parsed
+    return _keep_turn_extra(parsed, chat_key, turn_extra)
 
 
 def _task_record(row: dict[str, Any], where: str) -> ParsedRow:
@@ -170,6 +164,18 @@ def _finish(
     rid = _text(row["id"], "id", where).strip() if row.get("id") is not None else ""
     record.id = rid or stable_id(*content)
     return ParsedRow(record, bool(rid), {k for k, v in extra.items() if _holds_text(v)})
+
+
+def _keep_turn_extra(parsed: ParsedRow, chat_key: str, turn_extra: list[dict[str, Any]]) -> ParsedRow:
+    """Other keys of chat turns (ShareGPT `markdown`, OpenAI `name`) go to meta.extra too."""
+    if turn_extra:
+        extra = dict((parsed.record.meta.model_extra or {}).get("extra") or {})
+        extra[f"{chat_key}_extra"] = turn_extra
+        parsed.record.meta.extra = extra  # type: ignore[attr-defined]
+        parsed.unused_text_keys |= {
+            f"{chat_key}[].{k}" for turn in turn_extra for k, v in turn.items() if _holds_text(v)
+        }
+    return parsed
 
 
 def _turns(turns: list[Any], key: str, where: str) -> tuple[list[Message], list[dict[str, Any]]]:

@@ -72,6 +72,21 @@ def test_explicit_duplicate_ids(tmp_path: Path) -> None:
     assert message.startswith(f"{clash}:3: duplicate id 'a1'") and f"{clash}:1" in message
 
 
+def test_our_dropped_records_read_back_even_with_an_empty_instruction(tmp_path: Path) -> None:
+    """A generation request that failed leaves a drop with no instruction text; the file of
+    drops is ours and must read back (report, inspection), while input rows still need one."""
+    from datagen.io import write_records
+    from datagen.records import Record, RecordMeta, dropped
+
+    path = write_records([dropped(Record(id="x", instruction="", meta=RecordMeta(source="self_instruct")),
+                                  "llm_error", error="http_500")], tmp_path / "dropped.jsonl")
+    (back,) = read_records(path)
+    assert back.meta.drop_reason == "llm_error" and back.meta.drop_detail == {"error": "http_500"}
+    plain = _jsonl(tmp_path / "in.jsonl", [{"instruction": " ", "output": "x"}])
+    with pytest.raises(ValueError, match="instruction is empty"):
+        read_records(plain)
+
+
 # --------------------------------------------------------------------------- Self-Instruct tasks
 
 
@@ -192,6 +207,15 @@ def test_chat_rows_in_every_common_spelling(tmp_path: Path, capsys) -> None:
     assert records[0].id == "sg1" and records[0].meta.extra == {"model": "gpt-4"}  # type: ignore[attr-defined]
     assert records[3].to_messages()[0] == {"role": "system", "content": "Be brief."}
     assert capsys.readouterr().err == f"{path}: unused keys: model (kept in meta.extra)\n"
+
+
+def test_other_keys_of_chat_turns_are_kept_and_named(tmp_path: Path, capsys) -> None:
+    row = {"conversations": [{"from": "human", "value": "Hi?", "markdown": "**Hi?**"},
+                             {"from": "gpt", "value": "Hello.", "weight": 1}]}
+    path = _jsonl(tmp_path / "sharegpt.jsonl", [row])
+    (record,) = read_records(path)
+    assert record.meta.extra == {"conversations_extra": [{"markdown": "**Hi?**"}, {"weight": 1}]}  # type: ignore[attr-defined]
+    assert capsys.readouterr().err == f"{path}: unused keys: conversations[].markdown (kept in meta.extra)\n"
 
 
 def test_unreadable_rows_name_what_is_wrong(tmp_path: Path) -> None:
