@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from datagen.records import Record, RecordMeta, SeedTask
-from datagen.rows import CHAT_KEYS, INSTRUCTION_KEYS, row_to_record
+from datagen.rows import CHAT_KEYS, INPUT_KEYS, INSTRUCTION_KEYS, OUTPUT_KEYS, SYSTEM_KEYS, row_to_record
 
 FORMATS = ("records", "alpaca", "sharegpt", "messages")
 
@@ -80,7 +80,8 @@ def _file_text(path: Path) -> str:
 
 
 _WS = re.compile(r"[ \t\n\r]*")
-_ROW_KEYS = {*INSTRUCTION_KEYS, *CHAT_KEYS, "instances", "input", "id"}
+# A one-object file holding any of these is one row, not a wrapper around a list of rows.
+_ROW_KEYS = {*INSTRUCTION_KEYS, *INPUT_KEYS, *OUTPUT_KEYS, *SYSTEM_KEYS, *CHAT_KEYS, "instances", "id", "meta"}
 
 
 def _iter_json_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -160,7 +161,7 @@ def _array_items(text: str, start: int, path: Path) -> Iterator[tuple[str, Any]]
 def _document_rows(document: Any, path: Path, line: int) -> Iterator[tuple[str, Any]]:
     """One JSON document: a single row, or rows wrapped as `{"data": [...], ...}`."""
     if isinstance(document, dict) and not (_ROW_KEYS & set(document)):
-        lists = [k for k, v in document.items() if isinstance(v, list) and all(isinstance(x, dict) for x in v)]
+        lists = [k for k, v in document.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
         if len(lists) == 1:
             key = lists[0]
             others = sorted(k for k in document if k != key)

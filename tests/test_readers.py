@@ -295,6 +295,22 @@ def test_non_utf8_and_binary_files_are_one_clear_line(tmp_path: Path, capsys) ->
         assert err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
 
 
+def test_utf16_reads_and_broken_containers_are_one_line(tmp_path: Path) -> None:
+    utf16 = tmp_path / "excel_export.jsonl"
+    utf16.write_text(json.dumps({"instruction": "Caf\u00e9?", "output": "Oui."}, ensure_ascii=False) + "\n", encoding="utf-16")
+    assert [(r.instruction, r.output) for r in read_records(utf16)] == [("Caf\u00e9?", "Oui.")]
+    for name, data, message in [
+        ("cut.jsonl.gz", gzip.compress(b'{"instruction": "x"}\n')[:-6], "not a readable gzip file"),
+        ("cut.parquet", b"PAR1" + b"\x01" * 40, "not a readable parquet file"),
+        ("renamed_parquet.jsonl", b"PAR1" + b"\x01" * 40, "not a readable parquet file"),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ValueError) as info:
+            read_records(path)
+        assert str(info.value).startswith(f"{path}: {message}") and "\n" not in str(info.value)
+
+
 def test_parquet_with_foreign_columns_and_parquet_under_another_name(tmp_path: Path, capsys) -> None:
     import datasets
 
@@ -359,3 +375,51 @@ def test_property_every_row_read_nothing_lost(tmp_path: Path, rows: list[dict], 
     for record, row in zip(records, rows, strict=True):
         if "category" in row:
             assert record.meta.extra["category"] == row["category"]  # type: ignore[attr-defined]
+
+
+_KNOWN_KEYS = ("instruction", "prompt", "question", "input", "context", "output", "response", "answer",
+               "completion", "system", "id", "name", "category", "target", "meta", "messages", "instances")
+_row_of_text = st.dictionaries(
+    st.sampled_from(_KNOWN_KEYS) | st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
+    max_size=7,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(row=_row_of_text)
+def test_property_no_text_value_is_lost_or_unnamed(tmp_path: Path, capsys, row: dict[str, str]) -> None:
+    """Any row: either one clear `path:line:` error, or every text value is used as a field
+    or kept under its key in meta.extra, and the unused ones are named on stderr."""
+    path = _jsonl(tmp_path / "rows.jsonl", [row])
+    capsys.readouterr()
+    try:
+        (record,) = read_records(path)
+    except ValueError as exc:
+        assert str(exc).startswith(f"{path}:1: "), exc
+        return
+    used = {record.instruction, record.input, record.output, record.id}
+    used |= {m.content for m in record.messages or []}
+    extra = (record.meta.model_extra or {}).get("extra") or {}
+    err = capsys.readouterr().err
+    for key, value in row.items():
+        if not value.strip():
+            continue
+        assert value in used or value.strip() == record.id or extra.get(key) == value, (key, value)
+        if key in extra:
+            assert key in err
+    assert set(extra) <= set(row)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+       suffix=st.sampled_from([".jsonl", ".json", ".txt", ".parquet"]))
+def test_property_any_bytes_read_or_one_clear_error(tmp_path: Path, data: bytes, suffix: str) -> None:
+    path = tmp_path / f"f{suffix}"
+    path.write_bytes(data)
+    try:
+        read_records(path)
+    except ValueError as exc:
+        message = str(exc)
+        assert message.startswith(f"{path}:") or message.startswith(f"{path} "), message
+        assert "\n" not in message
