@@ -184,8 +184,6 @@ def _turns(turns: list[Any], key: str, where: str) -> tuple[list[Message], list[
         raise ValueError(f"{where}: '{key}' must be a non-empty list")
     messages, extras = [], []
     for k, turn in enumerate(turns):
-        if isinstance(turn, Message):
-            turn = turn.model_dump()
         if not isinstance(turn, dict):
             raise ValueError(f"{where}: {key}[{k}] must be an object")
         role_key = "role" if "role" in turn else "from"
