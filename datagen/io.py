@@ -266,6 +266,7 @@ def read_records(path: str | Path) -> list[Record]:
     first_at: dict[str, tuple[str, int]] = {}  # id -> (where, index in records)
     occurrences: dict[str, int] = {}
     unused: set[str] = set()
+    not_kept: set[str] = set()
     for location, row in rows:
         where = f"{path}:{location}"
         if not isinstance(row, dict):
@@ -291,7 +292,10 @@ def read_records(path: str | Path) -> list[Record]:
             record.id = f"{base}#{number}"
         first_at[record.id] = (where, len(records))
         unused |= parsed.unused_text_keys
+        not_kept |= parsed.not_kept
         records.append(record)
+    if not_kept:
+        _warn(f"{path}: not kept (binary or not JSON): {', '.join(sorted(not_kept))}")
     if unused:
         _warn(f"{path}: unused keys: {', '.join(sorted(unused))} (kept in meta.extra)")
     return records

@@ -14,6 +14,8 @@ the record's input/output (what evolve, distill and fine-tuning see), and every 
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,7 @@ class ParsedRow:
     record: Record
     explicit_id: bool  # the row named its id (else it is derived from the content)
     unused_text_keys: set[str] = field(default_factory=set)
+    not_kept: set[str] = field(default_factory=set)  # binary / non-JSON values, by key path
 
 
 def row_to_record(row: dict[str, Any], where: str) -> ParsedRow:
@@ -157,13 +160,31 @@ def _finish(
         meta.update(row["meta"])
     elif row.get("meta") is not None:  # a foreign column that happens to be called meta
         used = used - {"meta"}
-    extra = {k: v for k, v in row.items() if k not in used}
+    not_kept: set[str] = set()
+    extra = {k: _json_safe(v, k, not_kept) for k, v in row.items() if k not in used}
     if extra:
         meta["extra"] = {**(meta.get("extra") or {}), **extra}
     record.meta = RecordMeta.model_validate(meta)
     rid = _text(row["id"], "id", where).strip() if row.get("id") is not None else ""
     record.id = rid or stable_id(*content)
-    return ParsedRow(record, bool(rid), {k for k, v in extra.items() if _holds_text(v)})
+    return ParsedRow(record, bool(rid), {k for k, v in extra.items() if _holds_text(v)}, not_kept)
+
+
+def _json_safe(value: Any, key: str, not_kept: set[str]) -> Any:
+    """A value records can carry as JSON: dates become ISO text; bytes (images, audio) and
+    other objects cannot travel, so they become null and their key path is reported."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {k: _json_safe(v, f"{key}.{k}", not_kept) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v, f"{key}[]", not_kept) for v in value]
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    not_kept.add(key)
+    return None
 
 
 def _keep_turn_extra(parsed: ParsedRow, chat_key: str, turn_extra: list[dict[str, Any]]) -> ParsedRow:

@@ -328,6 +328,32 @@ def test_parquet_with_foreign_columns_and_parquet_under_another_name(tmp_path: P
     assert capsys.readouterr().err.count("unused keys: category") == 2
 
 
+def test_binary_and_date_columns_are_named_and_the_records_still_write(tmp_path: Path, capsys) -> None:
+    """A multimodal or logged table: image bytes cannot travel in JSON records, so they are
+    named as not kept; dates become ISO text. Writing the records back must work."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from datagen.io import write_records
+
+    table = pa.table({
+        "prompt": ["Describe it."], "response": ["A cat."],
+        "image": [{"bytes": b"\xff\xd8\xff", "path": "cat.jpg"}],
+        "created": [datetime.datetime(2024, 5, 1, 12, 0)],
+    })
+    path = tmp_path / "llava.parquet"
+    pq.write_table(table, path)
+    (record,) = read_records(path)
+    assert record.meta.extra == {"image": {"bytes": None, "path": "cat.jpg"}, "created": "2024-05-01T12:00:00"}  # type: ignore[attr-defined]
+    err = capsys.readouterr().err
+    assert f"{path}: not kept (binary or not JSON): image.bytes" in err
+    assert f"{path}: unused keys: created, image (kept in meta.extra)" in err
+    out = write_records([record], tmp_path / "out.jsonl")
+    assert read_records(out)[0].meta.extra == record.meta.extra  # type: ignore[attr-defined]
+
+
 def test_dataset_dict_folder_says_which_split_it_read(tmp_path: Path, capsys) -> None:
     import datasets
 
