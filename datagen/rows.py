@@ -190,9 +190,9 @@ def _json_safe(value: Any, key: str, not_kept: set[str]) -> Any:
 def _keep_turn_extra(parsed: ParsedRow, chat_key: str, turn_extra: list[dict[str, Any]]) -> ParsedRow:
     """Other keys of chat turns (ShareGPT `markdown`, OpenAI `name`) go to meta.extra too."""
     if turn_extra:
-        extra = dict((parsed.record.meta.model_extra or {}).get("extra") or {})
+        extra = dict(parsed.record.meta.extra or {})
         extra[f"{chat_key}_extra"] = turn_extra
-        parsed.record.meta.extra = extra  # type: ignore[attr-defined]
+        parsed.record.meta.extra = extra
         parsed.unused_text_keys |= {
             f"{chat_key}[].{k}" for turn in turn_extra for k, v in turn.items() if _holds_text(v)
         }
