@@ -357,7 +357,7 @@ def small_config(**kw: object) -> SelfInstructConfig:
 def test_full_run_on_fake_llm() -> None:
     llm = FakeLLM()
     result = run(seed_records(), fake_ctx(llm), small_config())
-    tasks = {r.meta.model_extra["task_id"] for r in result.kept}
+    tasks = {r.meta.task_id for r in result.kept}
     assert len(tasks) == 12 == result.stats["tasks_kept"]
     assert result.stats["stop_reason"] == "num_instructions_reached"
     assert all(r.meta.source == "self_instruct" and r.output for r in result.kept)
@@ -379,7 +379,7 @@ def test_full_run_on_fake_llm() -> None:
     assert len({r.id for r in result.dropped}) == len(result.dropped)
     by_task: dict[str, list[Record]] = {}
     for r in result.kept:
-        by_task.setdefault(r.meta.model_extra["task_id"], []).append(r)
+        by_task.setdefault(r.meta.task_id, []).append(r)
     assert all(len({r.instruction for r in rs}) == 1 and len(rs) <= 5 for rs in by_task.values())
 
 
