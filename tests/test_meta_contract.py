@@ -64,6 +64,7 @@ def test_truncation_flows_from_distill_into_quality() -> None:
     assert verdict[1] == {"signal": "finish_reason_length"}
 
 
+@pytest.mark.slow  # dedup loads the bundled embedding model
 def test_stages_in_pipeline_order_read_only_what_earlier_stages_wrote(openai_server, tmp_path) -> None:
     """Run every stage in order over the scripted loopback server, tracking which declared meta
     keys each stage reads (attribute access) and which it writes (values changed from default)."""
