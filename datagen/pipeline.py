@@ -48,6 +48,7 @@ class Price(BaseModel):
 
     input_per_million: float = Field(0.0, description="USD per 1M prompt tokens")
     output_per_million: float = Field(0.0, description="USD per 1M completion tokens")
+    batch_share: float = Field(0.5, ge=0, description="share of these prices the Batch API charges")
 
 
 class InputConfig(BaseModel):
@@ -88,6 +89,9 @@ class PipelineConfig(BaseModel):
         description="per-backend options, e.g. {openai: {base_url: ..., max_concurrency: 64}}; keys come from env",
     )
     prices: dict[str, Price] = Field(default_factory=dict, description="backend spec -> USD per 1M tokens")
+    budget_usd: float | None = Field(
+        None, ge=0, description="spending cap of this run directory in USD (all runs of it together); needs prices"
+    )
     prompts_dir: str | None = Field(None, description="folder whose *.txt override the bundled prompts")
     input: InputConfig = Field(default_factory=InputConfig)
     stages: list[dict[str, Any]] = Field(default_factory=list)
@@ -343,6 +347,7 @@ class Pipeline:
     def run(self, run_dir: str | Path | None = None, progress: bool = True) -> RunResult:
         from datagen.io import atomic_write_text, read_records
         from datagen.llm import ResponseCache
+        from datagen.llm.budget import BudgetExceeded, make_budget, rates
         from datagen.stages.context import StageContext
 
         cfg = self.config
@@ -354,16 +359,22 @@ class Pipeline:
         say.header(f"datagen run {cfg.name}: {len(records)} input records → {run_dir}")
 
         llm_options = {k: dict(v) for k, v in cfg.llm_options.items()}
+        cache = ResponseCache(run_dir / "llm_cache.sqlite")
+        budget = make_budget(cfg.budget_usd, cache, cfg.prices)
+        if budget is not None:
+            say.stage(0, 0, "budget", budget.line() + " (earlier runs of this directory included)")
         ctx = StageContext(
             llm_spec=cfg.llm,
-            cache=ResponseCache(run_dir / "llm_cache.sqlite"),
+            cache=cache,
+            budget=budget,
+            prices=rates(cfg.prices),
             seed=cfg.seed,
             progress=progress,
             prompts_dir=Path(cfg.prompts_dir) if cfg.prompts_dir else None,
             llm_options=llm_options,
         )
         global_hash = _json_hash({"seed": cfg.seed, "llm": cfg.llm, "prompts": _prompts_hash(cfg.prompts_dir),
-                                  "llm_options": cfg.llm_options})
+                                  "llm_options": _answer_options(cfg.llm_options)})
         manifest: dict[str, Any] = {
             "name": cfg.name,
             "datagen_version": __version__,
@@ -428,6 +439,12 @@ class Pipeline:
                 say.stage_done(spec.label, len(records), len(result.kept), result.drop_counts(), seconds)
                 faults.at_point(f"after_stage:{spec.label}")
                 records, input_hash = result.kept, output_hash
+        except BudgetExceeded:
+            manifest["status"] = "budget_exhausted"  # the stage has no done.json: a rerun resumes it
+            manifest["budget"] = {"cap_usd": budget.cap if budget else None, "spent_usd": budget.spent if budget else None}
+            self._write_manifest(run_dir, manifest)
+            ctx.close()
+            raise
         except BaseException:
             manifest["status"] = "interrupted"
             self._write_manifest(run_dir, manifest)
@@ -549,12 +566,37 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         help="override a config value; stages by name, e.g. stages.distill.n=4 or llm=openai:gpt-4o-mini")
     parser.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress output")
+    from datagen.cli_common import add_cost_args
+
+    add_cost_args(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print each stage's requests, tokens and dollars (upper bounds) without calling any LLM")
     parser.set_defaults(func=_run_cli)
 
 
+def _answer_options(llm_options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """llm_options minus the ones that only change speed or spending (limits, concurrency,
+    batch mode): raising a rate limit must not make finished stages run again."""
+    from datagen.cli_common import COST_ONLY_OPTIONS
+
+    return {b: {k: v for k, v in opts.items() if k not in COST_ONLY_OPTIONS} for b, opts in llm_options.items()}
+
+
 def _run_cli(args: argparse.Namespace) -> int:
-    pipeline = Pipeline.from_yaml(args.pipeline, overrides=args.overrides)
-    result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress)
+    from datagen.cli_common import cost_overrides
+    from datagen.llm.budget import EXIT_BUDGET, BudgetExceeded
+
+    pipeline = Pipeline.from_yaml(args.pipeline, overrides=args.overrides + cost_overrides(args))
+    if args.dry_run:
+        from datagen.dryrun import print_plan
+
+        print_plan(pipeline)
+        return 0
+    try:
+        result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress)
+    except BudgetExceeded as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BUDGET
     print(f"finished: {len(result.records)} records in {result.run_dir / 'export'}", file=sys.stderr)
     return 0
 

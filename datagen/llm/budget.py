@@ -13,7 +13,9 @@ One `Budget` per run, shared by every backend of that run (each reserves at its 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from datagen.llm.ratelimit import estimate_prompt_tokens
 
@@ -95,3 +97,31 @@ class Budget:
 
     def line(self) -> str:
         return f"budget: spent ${self.spent:.4f} of ${self.cap:.4f}, ${self.left:.4f} left"
+
+
+def rates(prices: Mapping[str, Any]) -> dict[str, Rate]:
+    """The config's `prices` table (pydantic `Price` models or dicts) as `Rate`s."""
+    out = {}
+    for spec, price in prices.items():
+        data = price.model_dump() if hasattr(price, "model_dump") else dict(price)
+        out[spec] = Rate(**data)
+    return out
+
+
+def spent_in_cache(cache: Any, prices: Mapping[str, Any]) -> float:
+    """What the answers already in this cache cost: every row was paid for once. In a run
+    directory the cache is the run's own, so this is the run's spending so far (kill -9
+    safe: rows are committed as replies land). Rows are priced at the regular rate."""
+    table = rates(prices)
+    total = 0.0
+    for backend, model, prompt_tokens, completion_tokens in cache.token_totals():
+        rate = table.get(f"{backend}:{model}")
+        if rate is not None:
+            total += rate.cost(prompt_tokens, completion_tokens)
+    return total
+
+
+def make_budget(cap_usd: float | None, cache: Any, prices: Mapping[str, Any]) -> Budget | None:
+    if cap_usd is None:
+        return None
+    return Budget(cap_usd, already_spent=spent_in_cache(cache, prices) if cache is not None else 0.0)

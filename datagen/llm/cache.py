@@ -54,6 +54,16 @@ class ResponseCache:
             )
             self._conn.commit()
 
+    def token_totals(self) -> list[tuple[str, str, int, int]]:
+        """(backend, model, prompt tokens, completion tokens) summed over stored answers:
+        what they cost, for a budget that spans reruns."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT backend, model, SUM(json_extract(response, '$.prompt_tokens')),"
+                " SUM(json_extract(response, '$.completion_tokens')) FROM completions GROUP BY backend, model"
+            ).fetchall()
+        return [(b, m, int(p or 0), int(c or 0)) for b, m, p, c in rows]
+
     def __len__(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
