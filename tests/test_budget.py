@@ -83,3 +83,31 @@ def test_client_reserves_worst_case_and_settles_real_usage(openai_server):
     with pytest.raises(BudgetExceeded):  # 2000 tokens x $0.001 = $2 worst case > $1 left
         generate_sync(llm, [ChatRequest.chat("long", max_tokens=2000)])
     assert openai_server.stats.requests == 1  # refused before sending
+
+
+def test_dry_run_prints_bounds_and_calls_no_llm(openai_server, tmp_path, capsys, monkeypatch):
+    from datagen.dryrun import plan
+    from datagen.pipeline import Pipeline
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    pipeline = _pipeline(tmp_path, openai_server.base_url)
+    data = yaml.safe_load(pipeline.read_text())
+    data["stages"] = [{"evol_instruct": {"rounds": 2, "max_tokens": 50, "answer_max_tokens": 40}},
+                      {"distill": {"n": 3, "ranker": "judge", "max_tokens": 10, "judge_max_tokens": 20}},
+                      {"quality": {"judge": False}}]
+    pipeline.write_text(yaml.safe_dump(data))
+    assert main(["run", str(pipeline), "--run-dir", str(tmp_path / "run"), "--dry-run", "--budget", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "upper bound" in out and "evol_instruct (iter.)" in out and "against a budget of $1.00" in out
+    assert openai_server.stats.requests == 0  # nothing reached the server
+    assert not (tmp_path / "run").exists()
+    evol, distill, quality = plan(Pipeline.from_yaml(pipeline))
+    # 20 records x 2 rounds x (rewrite + equality check + answer); all may survive both rounds.
+    assert sum(c.requests for c in evol.calls) == 20 * 2 * 3 and evol.records_out == 40
+    assert sum(c.completion_tokens for c in evol.calls) == 20 * 2 * (50 + 16 + 40)
+    # distill: one teacher request per record (n=3 answers of <= 10 tokens), and each of the
+    # 3 candidates judged, plus an upper bound of one retry each.
+    [calls] = distill.calls
+    assert calls.requests == 40 + 40 * 3 * 2
+    assert calls.completion_tokens == 40 * 3 * 10 + 40 * 3 * 2 * 20
+    assert quality.calls == [] and quality.records_out == 40
