@@ -254,13 +254,15 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _cost(usage: dict[str, Any], prices: dict[str, Price]) -> float:
+def _cost(usage: dict[str, Any], prices: dict[str, Price], batch: bool = False) -> float:
+    """USD of a stage's calls; openai:* calls sent through the Batch API at its share."""
     total = 0.0
     for spec, stats in usage.items():
         price = prices.get(spec)
         if price:
-            total += stats["prompt_tokens"] / 1e6 * price.input_per_million
-            total += stats["completion_tokens"] / 1e6 * price.output_per_million
+            usd = stats["prompt_tokens"] / 1e6 * price.input_per_million
+            usd += stats["completion_tokens"] / 1e6 * price.output_per_million
+            total += usd * (price.batch_share if batch and spec.startswith("openai:") else 1.0)
     return round(total, 6)
 
 
@@ -427,7 +429,7 @@ class Pipeline:
                     "drop_reasons": result.drop_counts(),
                     "stats": result.stats,
                     "llm_usage": usage,
-                    "cost_usd": _cost(usage, cfg.prices),
+                    "cost_usd": _cost(usage, cfg.prices, batch=bool(cfg.llm_options.get("openai", {}).get("batch"))),
                     "seconds": round(seconds, 3),
                     "config": config_json,
                 }

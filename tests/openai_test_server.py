@@ -522,7 +522,7 @@ class OpenAITestServer:
                 "id": batch_id, "object": "batch", "endpoint": body.get("endpoint"), "status": "validating",
                 "input_file_id": body["input_file_id"], "output_file_id": None, "error_file_id": None,
                 "created_at": int(time.time()), "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
-                "_lines": lines, "_attempts": attempts, "_due": time.monotonic() + self.config.batch_delay,
+                "_lines": lines, "_attempts": attempts, "_created": time.monotonic(),
                 "_config": self.config,
             }
             self._stats.batches_created += 1
@@ -533,7 +533,7 @@ class OpenAITestServer:
         batch = self._batches[batch_id]
         if batch["status"] in {"validating", "in_progress"}:
             batch["status"] = "in_progress"
-            if time.monotonic() >= batch["_due"]:
+            if time.monotonic() >= batch["_created"] + self.config.batch_delay:  # the delay as configured now
                 self._finish_batch(batch)
         return {k: v for k, v in batch.items() if not k.startswith("_")}
 

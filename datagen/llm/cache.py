@@ -141,7 +141,14 @@ class CachedLLM:
                 if on_result:
                     on_result(dup, copy)
 
-        if to_send:
+        if to_send and getattr(self.inner, "batch", False):
+            # Batch API (openai `batch: true`): custom_id = cache key; batch ids are kept
+            # next to the cache (in a pipeline: the run directory) so a rerun re-attaches.
+            state_dir = self.cache.path.parent if self.cache is not None else None
+            returned = await self.inner.generate_batch(
+                [requests[i] for i in to_send], [keys[i] for i in to_send], state_dir, landed
+            )
+        elif to_send:
             returned = await self.inner.generate([requests[i] for i in to_send], landed)
             for j, completion in enumerate(returned):
                 if results[to_send[j]] is None:  # a backend that did not call back
