@@ -30,7 +30,11 @@ def prompts(count: int, tag: str = "p", **kw) -> list[ChatRequest]:
 
 def test_600_rpm_steady_state_reaches_the_limit_without_429s(openai_server):
     period = 15.0  # a 4x faster "minute" on server and client alike
-    openai_server.configure(rpm_limit=600, limit_period=period)
+    # The server lives in this process: on a loaded machine its thread can stall while the
+    # client keeps its pace, and a 1-second burst allowance would then refuse the backlog
+    # for the server's own stall. It banks 5 s of allowance instead; the limit still binds
+    # (the rate assertion below fails a client faster than the limit).
+    openai_server.configure(rpm_limit=600, limit_period=period, limit_burst_share=1 / 12)
     llm = make(openai_server, max_concurrency=32, max_requests_per_minute=600, rate_period=period)
     results = generate_sync(llm, prompts(200))
     assert all(r.ok for r in results)

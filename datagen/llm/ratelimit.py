@@ -101,12 +101,11 @@ class Ticket:
     settled: bool = False
 
 
-@dataclass(order=True)
+@dataclass
 class _Waiter:
-    sort_key: tuple[int, int]
-    tokens: int = field(compare=False)
-    future: asyncio.Future = field(compare=False)
-    loop: asyncio.AbstractEventLoop = field(compare=False)
+    tokens: int
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
 
 
 class RequestLimiter:
@@ -143,7 +142,7 @@ class RequestLimiter:
         self.requests = self._bucket(requests_per_minute, period, now)
         self.tokens = self._bucket(tokens_per_minute, period, now)
         self._lock = threading.Lock()
-        self._waiters: list[_Waiter] = []
+        self._waiters: list[tuple[int, int, _Waiter]] = []  # heap of (-priority, arrival, waiter)
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -158,9 +157,12 @@ class RequestLimiter:
     async def acquire(self, tokens: int = 0, priority: int = 0) -> Ticket:
         """Wait until this attempt may be sent. Higher `priority` goes first (retries)."""
         loop = asyncio.get_running_loop()
-        waiter = _Waiter((-priority, next(self._order)), tokens, loop.create_future(), loop)
-        with self._lock:
-            heapq.heappush(self._waiters, waiter)
+        with self._lock:  # fast path: nobody queued, a slot free, nothing to wait for
+            now = time.monotonic()
+            if not self._waiters and self.in_flight < max(1, int(self.limit)) and self._wait(tokens, now) <= 0:
+                return self._admit(tokens, now)
+            waiter = _Waiter(tokens, loop.create_future(), loop)
+            heapq.heappush(self._waiters, (-priority, next(self._order), waiter))
         self._pump()
         try:
             return await waiter.future
@@ -253,37 +255,45 @@ class RequestLimiter:
         with self._lock:
             now = time.monotonic()
             while self._waiters:
-                head = self._waiters[0]
+                head = self._waiters[0][2]
                 if head.future.done():  # cancelled while waiting
                     heapq.heappop(self._waiters)
                     continue
                 if self.in_flight >= max(1, int(self.limit)):
                     break
-                wait = self.resume_at - now
-                for bucket, amount in ((self.requests, 1), (self.tokens, head.tokens)):
-                    if bucket is not None and wait <= 0:
-                        wait = bucket.wait_for(amount, now)
+                wait = self._wait(head.tokens, now)
                 if wait > 0:
                     wake_in = wait
                     break
                 heapq.heappop(self._waiters)
-                if self.requests is not None:
-                    self.requests.take(1)
-                if self.tokens is not None:
-                    self.tokens.take(head.tokens)
-                self.in_flight += 1
-                admitted.append((head, Ticket(tokens=head.tokens, admitted=now)))
+                admitted.append((head, self._admit(head.tokens, now)))
         for waiter, ticket in admitted:
             self._resolve(waiter, ticket)
         if wake_in is not None:
             self._schedule(wake_in)
+
+    def _wait(self, tokens: int, now: float) -> float:
+        """Seconds until the cool-down and both buckets let a request of `tokens` through."""
+        wait = self.resume_at - now
+        for bucket, amount in ((self.requests, 1), (self.tokens, tokens)):
+            if bucket is not None and wait <= 0:
+                wait = bucket.wait_for(amount, now)
+        return wait
+
+    def _admit(self, tokens: int, now: float) -> Ticket:
+        if self.requests is not None:
+            self.requests.take(1)
+        if self.tokens is not None:
+            self.tokens.take(tokens)
+        self.in_flight += 1
+        return Ticket(tokens=tokens, admitted=now)
 
     def _schedule(self, delay: float) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # settled from a thread without a loop: wake a waiter's loop
             with self._lock:
-                loops = [w.loop for w in self._waiters if not w.loop.is_closed()]
+                loops = [w.loop for _, _, w in self._waiters if not w.loop.is_closed()]
             if loops:
                 loops[0].call_soon_threadsafe(self._schedule, delay)
             return
