@@ -115,3 +115,32 @@ def test_kill_9_while_polling_then_rerun_reattaches(openai_server, tmp_path):
     cache = ResponseCache(cache_path)
     assert len(cache) == 12
     cache.close()
+
+
+def test_pipeline_with_batch_flag_sends_batches_and_costs_the_batch_price(openai_server, tmp_path, monkeypatch):
+    import yaml
+
+    from datagen.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    config = {
+        "name": "batched",
+        "llm": "openai:test",
+        "llm_options": {"openai": {"base_url": openai_server.base_url, "batch_options": FAST}},
+        "prices": {"openai:test": {"input_per_million": 100.0, "output_per_million": 1000.0}},
+        "input": {"path": str(ROOT / "seeds" / "seed_tasks.jsonl"), "limit": 12},
+        "stages": [{"distill": {"n": 2, "ranker": "none", "max_tokens": 10}}],
+        "export": {"formats": ["records"]},
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(path), "--run-dir", str(run_dir), "--no-progress", "--batch", "--budget", "5"]) == 0
+    stats = openai_server.stats
+    assert stats.requests == 0 and stats.batches_created == 1 and stats.batch_requests == 12
+    assert (run_dir / "batches.json").exists()
+    done = json.loads((run_dir / "distill" / "done.json").read_text())
+    usage = done["llm_usage"]["openai:test"]
+    full = (usage["prompt_tokens"] * 100.0 + usage["completion_tokens"] * 1000.0) / 1e6
+    assert done["cost_usd"] == pytest.approx(full / 2, abs=1e-6)
+    assert done["out"] == 12

@@ -358,7 +358,12 @@ class OpenAICompatLLM:
         tokens = 0
         if self.limiter.tokens is not None:
             tokens = estimate_prompt_tokens(req.messages) + req.max_tokens * n
-        ticket = await self.limiter.acquire(tokens, priority=number - 1)  # retries go first
+        try:
+            ticket = await self.limiter.acquire(tokens, priority=number - 1)  # retries go first
+        except BaseException:
+            if reservation is not None and self.budget is not None:
+                self.budget.settle(reservation, None)
+            raise
         started = time.monotonic()
         status: int | None = None
         headers: Any = None
