@@ -364,7 +364,7 @@ class Pipeline:
         cache = ResponseCache(run_dir / "llm_cache.sqlite")
         budget = make_budget(cfg.budget_usd, cache, cfg.prices)
         if budget is not None:
-            say.stage(0, 0, "budget", budget.line() + " (earlier runs of this directory included)")
+            say.stage(0, 0, "budget", budget.line().removeprefix("budget: ") + " (earlier runs of this directory included)")
         ctx = StageContext(
             llm_spec=cfg.llm,
             cache=cache,

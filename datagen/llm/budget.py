@@ -12,6 +12,7 @@ One `Budget` per run, shared by every backend of that run (each reserves at its 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ class BudgetExceeded(Exception):
         self.spent, self.cap = spent, cap
         super().__init__(
             f"budget: stopped at the cap: spent ${spent:.4f} of ${cap:.4f}, ${max(0.0, cap - spent):.4f} left "
-            f"(next request's worst case did not fit; rerun with a higher --budget to resume from the cache)"
+            f"(the next request's worst case does not fit; rerun with a higher --budget to resume from the cache)"
         )
 
 
@@ -82,6 +83,24 @@ class Budget:
                 batch: bool = False) -> Reservation:
         worst = rate.cost(estimate_prompt_tokens(messages), max_tokens * n, batch)
         return self.reserve_usd(worst, batch)
+
+    async def reserve_when_settled(self, rate: Rate, messages: tuple[tuple[str, str], ...], max_tokens: int,
+                                   n: int = 1) -> Reservation:
+        """Like `reserve`, but a request that does not fit only because others are in flight
+        waits for them to settle (their real cost is usually below their worst case, which
+        frees money); the budget stops when it still does not fit with nothing in flight."""
+        worst = rate.cost(estimate_prompt_tokens(messages), max_tokens * n)
+        while True:
+            with self._lock:
+                if self.stopped:
+                    raise BudgetExceeded(self.spent, self.cap, self.reserved)
+                if self.spent + self.reserved + worst <= self.cap + 1e-12:
+                    self.reserved += worst
+                    return Reservation(worst)
+                if self.reserved <= 1e-12:
+                    self.stopped = True
+                    raise BudgetExceeded(self.spent, self.cap, self.reserved)
+            await asyncio.sleep(0.02)
 
     def settle(self, reservation: Reservation, rate: Rate | None, prompt_tokens: int = 0,
                completion_tokens: int = 0) -> float:

@@ -354,7 +354,7 @@ class OpenAICompatLLM:
         """One HTTP attempt between the budget/limiter's admission and its settlement."""
         reservation = None
         if self.budget is not None and self.price is not None:
-            reservation = self.budget.reserve(self.price, req.messages, req.max_tokens, n)
+            reservation = await self.budget.reserve_when_settled(self.price, req.messages, req.max_tokens, n)
         tokens = 0
         if self.limiter.tokens is not None:
             tokens = estimate_prompt_tokens(req.messages) + req.max_tokens * n

@@ -52,11 +52,11 @@ class StageContext:
         return bar
 
     def spend_line(self, since: float, calls_before: int) -> str:
-        """`12.3 req/s, 45.6k tok, $0.0123/$1.00` for the progress bar: what a paid run costs, live."""
+        """`12.3 req/s, 45,600 tok, $0.0123/$1.00` for the progress bar: what a paid run costs, live."""
         calls = sum(llm.usage.calls for llm in self._llms.values())
         tokens = sum(llm.usage.prompt_tokens + llm.usage.completion_tokens for llm in self._llms.values())
         rate = (calls - calls_before) / max(1e-9, time.monotonic() - since)
-        line = f"{rate:.1f} req/s, {tokens / 1000:.1f}k tok"
+        line = f"{rate:.1f} req/s, {tokens:,} tok"
         if self.budget is not None:
             line += f", {self.budget.describe()}"
         return line
@@ -81,8 +81,7 @@ class _SpendBar(tqdm):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._since = time.monotonic()
-        self._last = 0.0
+        self._since = self._last = time.monotonic()
         self._calls_before = 0
 
     def update(self, n: float | None = 1) -> bool | None:
