@@ -149,16 +149,17 @@ def run_wrk(base_url: str, concurrency: int, seconds: int) -> dict:
     return {"rps": float(match.group(1)), "seconds": seconds, **server_counts(base_url)}
 
 
-def run_ours(base_url: str, count: int, concurrency: int) -> dict:
+def run_ours(base_url: str, count: int, concurrency: int, use_cache: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cache = ResponseCache(Path(tmp) / "cache.sqlite")
+        cache = ResponseCache(Path(tmp) / "cache.sqlite") if use_cache else None
         llm = make_llm("openai:test", cache=cache, base_url=base_url, api_key="bench", max_concurrency=concurrency)
         requests = [ChatRequest.chat(f"datagen request {i}", max_tokens=32) for i in range(count)]
         control(base_url, "reset", {})
         t0 = time.perf_counter()
         results = generate_sync(llm, requests)
         seconds = time.perf_counter() - t0
-        cache.close()
+        if cache is not None:
+            cache.close()
     return {"rps": count / seconds, "seconds": seconds, "ok": sum(r.ok for r in results), **server_counts(base_url)}
 
 
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         run_ours(base_url, 256, 64)  # warm-up: imports, first connections; not measured
         rows["wrk (ceiling)"] = run_wrk(base_url, args.concurrency, args.wrk_seconds)
         rows["datagen (cache on)"] = run_ours(base_url, args.count, args.concurrency)
+        rows["datagen (no cache)"] = run_ours(base_url, args.count, args.concurrency, use_cache=False)
         if not args.no_peers:
             rows["distilabel 1.5.3"] = run_peer(args.distilabel_python, DISTILABEL, base_url, args.count,
                                                 args.concurrency)

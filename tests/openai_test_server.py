@@ -21,6 +21,10 @@ misbehaving proxy sends), empty (200 with `choices: []`), disconnect (the connec
 closed without a reply). Also: `latency` and per-prompt `prompt_latency`, `barrier=k` (hold
 replies until k requests are in flight at once), `single_choice` (answer n>1 with one
 choice, like llama.cpp), `api_key` (401 for any other bearer token).
+Cost control: `rpm_limit` / `tpm_limit` (enforced token buckets, 429 + Retry-After past
+them, x-ratelimit-* headers on every reply), `capacity` (latency grows with the requests in
+flight, like a saturated inference server), and the Batch API (`/v1/files`, `/v1/batches`
+with `batch_delay`, `batch_fail_rate`, `batch_expire_rate`).
 
 Script use (another process, e.g. a pipeline reliability test or the throughput bench):
     python tests/openai_test_server.py --port 8000 --latency 0.2 --rate-429 0.1
@@ -687,6 +691,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--single-choice", action="store_true", help="answer n>1 with one choice")
     parser.add_argument("--api-key", default=None, help="require this bearer token (else 401)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rpm-limit", type=int, default=0, help="enforced requests per minute (429 past it)")
+    parser.add_argument("--tpm-limit", type=int, default=0, help="enforced tokens per minute (429 past it)")
+    parser.add_argument("--capacity", type=int, default=0, help="slots: latency grows with in-flight / capacity")
+    parser.add_argument("--batch-delay", type=float, default=0.5, help="seconds until a batch completes")
     args = parser.parse_args(argv)
     server = OpenAITestServer(
         host=args.host,
@@ -706,6 +714,10 @@ def main(argv: list[str] | None = None) -> None:
         single_choice=args.single_choice,
         api_key=args.api_key,
         seed=args.seed,
+        rpm_limit=args.rpm_limit,
+        tpm_limit=args.tpm_limit,
+        capacity=args.capacity,
+        batch_delay=args.batch_delay,
     )
     try:
         server.serve_forever()
