@@ -14,11 +14,6 @@ from datagen.records import Record, StageResult
 from datagen.stages.context import StageContext
 
 OUTPUT_FORMATS = ("records", "alpaca", "sharegpt", "messages")
-# openai options that change how fast or how a run pays, never an answer: not part of a
-# stage's config hash (raising a limit must not re-run finished stages).
-COST_ONLY_OPTIONS = frozenset({"max_requests_per_minute", "max_tokens_per_minute", "adaptive_concurrency",
-                               "latency_ceiling", "rate_period", "batch", "batch_options"})
-
 
 def add_cost_args(parser: argparse.ArgumentParser) -> None:
     """Limits and a spending cap for paid endpoints (openai:*); see README "Cost control"."""
@@ -51,7 +46,8 @@ def add_llm_args(parser: argparse.ArgumentParser, default: str | None = None) ->
         help="backend spec: local (embedded SmolLM2, default), local:PATH, openai:MODEL, vllm:MODEL",
     )
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (else $OPENAI_BASE_URL)")
-    parser.add_argument("--max-concurrency", type=int, default=64, help="in-flight requests for openai:* (default 64)")
+    parser.add_argument("--max-concurrency", type=int, default=None,
+                        help="in-flight requests for openai:* (default: the backend's, 64)")
     parser.add_argument(
         "--cache",
         default=None,
@@ -60,14 +56,20 @@ def add_llm_args(parser: argparse.ArgumentParser, default: str | None = None) ->
     parser.add_argument("--no-cache", action="store_true", help="call the backend even for requests seen before")
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same dataset (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--max-error-rate", type=float, default=0.02,
+                        help="fail (exit 3, nothing written) when more than this share of LLM requests failed "
+                        "(default 0.02); finished calls stay cached, so a rerun re-sends only the failures")
     add_cost_args(parser)
     parser.add_argument("--price", default=None, metavar="IN,OUT",
                         help="USD per 1M prompt and completion tokens, e.g. 0.15,0.60 (for --budget)")
 
 
-def add_io_args(parser: argparse.ArgumentParser, input_required: bool = True) -> None:
+def add_io_args(parser: argparse.ArgumentParser, input_required: bool = True,
+                input_aliases: tuple[str, ...] | list[str] = ()) -> None:
     parser.add_argument(
         "--input",
+        *input_aliases,
+        dest="input",
         required=input_required,
         help="records to read: our records / Alpaca / ShareGPT / messages (.json, .jsonl), parquet or a HF dataset folder",
     )
@@ -89,7 +91,9 @@ def context_from_args(args: argparse.Namespace) -> StageContext:
     if not getattr(args, "no_cache", False):
         cache = ResponseCache(args.cache or (cache_root() / "llm_cache.sqlite"))
     options: dict[str, dict[str, Any]] = {}
-    openai_opts: dict[str, Any] = {"max_concurrency": getattr(args, "max_concurrency", 64)}
+    openai_opts: dict[str, Any] = {}
+    if getattr(args, "max_concurrency", None):
+        openai_opts["max_concurrency"] = args.max_concurrency
     if getattr(args, "base_url", None):
         openai_opts["base_url"] = args.base_url
     for flag in ("max_requests_per_minute", "max_tokens_per_minute", "batch"):
@@ -146,9 +150,12 @@ def run_stage_cli(args: argparse.Namespace, run: Any, config: Any, records: list
     """Read --input, run one stage with a context built from the flags, write --out/--dropped."""
     if records is None:
         records = read_input(args.input)
+    from datagen.errors import check_error_rate
+
     ctx = context_from_args(args)
     try:
         result = run(records, ctx, config)
+        check_error_rate(getattr(args, "command", "stage"), ctx.usage(), getattr(args, "max_error_rate", 0.02))
         write_result(result, args, ctx)
     except BudgetExceeded as exc:  # answers so far are in the cache; nothing written half
         print(str(exc), file=sys.stderr)

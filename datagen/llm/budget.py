@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from datagen.errors import DatagenError
 from datagen.llm.ratelimit import estimate_prompt_tokens
 
 # `datagen run` / stage commands exit with this when the cap stops them (EX_TEMPFAIL:
@@ -38,8 +39,10 @@ class Rate:
         return usd * self.batch_share if batch else usd
 
 
-class BudgetExceeded(Exception):
-    """The cap stopped the run. Not a ValueError: the run is fine, just out of money."""
+class BudgetExceeded(DatagenError):
+    """The cap stopped the run. Not a ValueError (bad input): the run is fine, just out of money."""
+
+    exit_code = EXIT_BUDGET
 
     def __init__(self, spent: float, cap: float, reserved: float = 0.0):
         self.spent, self.cap = spent, cap

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from datagen.errors import failure_reason
 from datagen.llm import ChatRequest, generate_sync
 from datagen.records import Message, Record, StageResult, dropped
 
@@ -53,7 +54,9 @@ class DistillConfig(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1, description="teacher nucleus sampling")
     max_tokens: int = Field(1024, ge=1, description="teacher token limit per candidate")
     ranker: Literal["judge", "reward_model", "none"] = Field(
-        "judge", description="how candidates are scored: LLM judge, local reward model, or not at all"
+        "judge",
+        description="how candidates are scored: LLM judge, local reward model, or not at all "
+        "(reward_model when only reward_model is given)",
     )
     judge: str | None = Field(None, description="backend spec of the judge (default: the teacher's)")
     judge_max_tokens: int = Field(256, ge=1, description="token limit of a judge reply")
@@ -83,6 +86,13 @@ class DistillConfig(BaseModel):
     )
     system_prompt: str | None = Field(None, description="system message for the teacher only (not stored)")
     llm: str | None = Field(None, description="teacher backend spec (default: the pipeline's)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reward_model_implies_its_ranker(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("reward_model") and "ranker" not in data:
+            return {**data, "ranker": "reward_model"}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:
@@ -170,8 +180,9 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
     # Candidates per record; failed requests are settled right away.
     pending: list[tuple[Record, list[dict[str, str]], list[dict[str, Any]]]] = []
     for record, context, completion in zip(todo, contexts, completions, strict=True):
-        if completion.error:
-            out_dropped.append(dropped(record, "llm_error", step="teacher", error=completion.error))
+        if completion.error:  # blank candidates are judged below (no_valid_candidate)
+            out_dropped.append(dropped(record, failure_reason(completion) or "llm_error", step="teacher",
+                                       error=completion.error))
             continue
         candidates: list[dict[str, Any]] = [
             {"text": text, "score": None, "finish_reason": reason}
@@ -221,10 +232,10 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
     best_scores: list[float] = []
     for record, context, candidates in pending:
         out = record.model_copy(deep=True)
-        out.meta.candidates = candidates  # type: ignore[attr-defined]
+        out.meta.candidates = candidates
         out.meta.model = teacher.name
         if record.output.strip() and not config.include_existing:
-            out.meta.previous_output = record.output  # type: ignore[attr-defined]
+            out.meta.previous_output = record.output
         if not any(c["text"].strip() for c in candidates):
             out_dropped.append(dropped(out, "no_valid_candidate", candidates=len(candidates)))
             continue
@@ -233,17 +244,17 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
         if unscored and config.on_unscored == "keep":
             # The judge failed on every candidate: fall back to the unranked choice, marked.
             best = best_candidate(candidates, False, config.prefer_complete)
-            out.meta.unscored = True  # type: ignore[attr-defined]
+            out.meta.unscored = True
         if best is None:
             out_dropped.append(dropped(out, "unscored", ranker=config.ranker))
             continue
         winner = candidates[best]
-        out.meta.best_candidate = best  # type: ignore[attr-defined]
+        out.meta.best_candidate = best
         if score_key is not None and not unscored:
             out.meta.scores[score_key] = float(winner["score"])
             best_scores.append(float(winner["score"]))
         out.output = winner["text"]  # also on a drop: shows what fell short
-        out.meta.answer_finish_reason = winner["finish_reason"]  # type: ignore[attr-defined]
+        out.meta.answer_finish_reason = winner["finish_reason"]
         if config.min_score is not None and not unscored and float(winner["score"]) < config.min_score:
             out_dropped.append(
                 dropped(out, "below_min_score", score=winner["score"], min_score=config.min_score)
@@ -254,7 +265,7 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
                 Message(role="assistant", content=winner["text"])
             ]
         kept.append(out)
-    stats["winner_truncated"] = sum(r.meta.answer_finish_reason == "length" for r in kept)  # type: ignore[attr-defined]
+    stats["winner_truncated"] = sum(r.meta.answer_finish_reason == "length" for r in kept)
     if best_scores:
         stats["mean_best_score"] = sum(best_scores) / len(best_scores)
     return StageResult(kept=kept, dropped=out_dropped, stats=stats)
@@ -340,52 +351,14 @@ def reward_scores(
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_common import add_io_args, add_llm_args
+    from datagen.cli_config import add_stage_command
 
-    parser = subparsers.add_parser(
-        "distill",
+    add_stage_command(
+        subparsers, "distill", DistillConfig, run,
         help="a teacher answers each instruction n times; the best answer (judge or reward model) is kept",
         description=(
-            "Best-of-n distillation: --llm answers every instruction --n times; candidates are ranked by an LLM "
-            "judge (--judge, default the teacher) or a local reward model (--reward-model). All candidates and "
+            "Best-of-n distillation: --llm answers every instruction --n times; candidates are ranked by an LLM\n"
+            "judge (--judge, default the teacher) or a local reward model (--reward-model). All candidates and\n"
             "scores stay in meta. Works on any instruction file (records, Alpaca, ShareGPT, messages)."
         ),
     )
-    add_io_args(parser)
-    parser.add_argument("--n", type=int, default=None, help="candidates per instruction (default 4)")
-    parser.add_argument("--judge", default=None, help="judge backend spec (default: the --llm teacher)")
-    parser.add_argument(
-        "--reward-model", default=None, help="local AutoModelForSequenceClassification folder"
-    )
-    parser.add_argument(
-        "--ranker",
-        choices=["judge", "reward_model", "none"],
-        default=None,
-        help="default: reward_model when --reward-model is given, else judge",
-    )
-    parser.add_argument(
-        "--min-score", type=float, default=None, help="drop records whose best score is lower"
-    )
-    parser.add_argument("--temperature", type=float, default=None, help="teacher temperature (default 0.8)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="teacher token limit (default 1024)")
-    parser.add_argument("--judge-max-tokens", type=int, default=None, help="judge token limit (default 256)")
-    parser.add_argument("--system-prompt", default=None, help="system message for the teacher (not stored)")
-    parser.add_argument(
-        "--include-existing", action="store_true", help="the record's current output competes as a candidate"
-    )
-    add_llm_args(parser)
-    parser.set_defaults(func=_cli)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    from datagen.cli_common import options_from_args, run_stage_cli
-
-    overrides = options_from_args(
-        args,
-        ("n", "judge", "reward_model", "min_score", "temperature", "max_tokens", "judge_max_tokens", "system_prompt"),
-    )
-    overrides["ranker"] = args.ranker or ("reward_model" if args.reward_model else "judge")
-    if args.include_existing:
-        overrides["include_existing"] = True
-    config = DistillConfig(**overrides)
-    return run_stage_cli(args, run, config)

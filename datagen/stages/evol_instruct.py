@@ -37,6 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from datagen.errors import failure_reason
 from datagen.llm import ChatRequest, Completion, generate_sync
 from datagen.parsing import parse_yes_no
 from datagen.prompts import render
@@ -302,8 +303,9 @@ def _evolve(
     stats["requests"] += len(requests)
     completions = generate_sync(llm, requests, lambda i, c: bar.update(1))
     for attempt, completion in zip(attempts, completions, strict=True):
-        if completion.error:
-            attempt.fail("llm_error", step="evolve", op=attempt.op, round=rnd, error=completion.error)
+        failed = failure_reason(completion)
+        if failed and failed != "empty_reply":  # an empty rewrite is `empty_evolution` below
+            attempt.fail(failed, step="evolve", op=attempt.op, round=rnd, error=completion.error)
             continue
         text = clean_evolution(completion.text)
         if not text:
@@ -329,8 +331,8 @@ def _evolve(
                 evol_op=attempt.op,
                 round=rnd,
                 model=llm.name,
-                root_id=getattr(parent_meta, "root_id", None) or attempt.parent.id,
-                evol_depth=int(getattr(parent_meta, "evol_depth", 0) or 0) + 1,
+                root_id=parent_meta.root_id or attempt.parent.id,
+                evol_depth=parent_meta.evol_depth + 1,
             ),
         )
 
@@ -377,15 +379,15 @@ def _check_and_answer(
         child = attempt.child
         assert child is not None
         common = {"op": attempt.op, "round": child.meta.round}
-        errors = {kind: c.error for kind, c in got.items() if c.error}
+        errors = {kind: c for kind, c in got.items() if c.error}
         equality, answer = got.get("equality"), got.get("answer")
         verdict = parse_yes_no(equality.text) if equality is not None and not equality.error else None
         if answer is not None and not answer.error:
             # Kept on the record either way: on a drop it shows what the rule saw.
             child.output = answer.text
         if errors:
-            kind, error = next(iter(errors.items()))
-            attempt.fail("llm_error", step=kind, error=error, **common)
+            kind, failed_call = next(iter(errors.items()))
+            attempt.fail(failure_reason(failed_call) or "llm_error", step=kind, error=failed_call.error, **common)
         elif equality is not None and verdict is False:
             attempt.fail("no_information_gain", reply=equality.text[:200], **common)
         elif answer is not None and is_refusal(answer.text, config.refusal_phrases, config.refusal_max_words):
@@ -397,7 +399,7 @@ def _check_and_answer(
                 stats["equality_unparsed"] += 1  # lenient: an unreadable check does not veto
             if answer is not None:
                 finish = answer.finish_reasons[0] if answer.finish_reasons else "stop"
-                child.meta.answer_finish_reason = finish  # type: ignore[attr-defined]
+                child.meta.answer_finish_reason = finish
                 stats["answers_truncated"] += finish == "length"
             continue
         attempt.rejected, attempt.child = child, None
@@ -442,60 +444,17 @@ def parse_ops(spec: str) -> dict[str, float]:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_common import add_io_args, add_llm_args
+    from datagen.cli_config import add_stage_command
 
-    parser = subparsers.add_parser(
-        "evolve",
+    add_stage_command(
+        subparsers, "evolve", EvolConfig, run,
         help="Evol-Instruct: rewrite instructions into harder / rarer ones over several rounds",
         description=(
-            "Evolve every instruction of a file for M rounds (in-depth: "
-            + ", ".join(IN_DEPTH_OPS)
-            + "; in-breadth: breadth). Failed rewrites are dropped with their reason and the parent "
-            "tries again next round. Works on any instruction file (records, Alpaca, ShareGPT, messages)."
+            "Evolve every instruction of a file for M rounds (in-depth: " + ", ".join(IN_DEPTH_OPS)
+            + "; in-breadth: breadth).\nFailed rewrites are dropped with their reason and the parent tries again "
+            "next round.\nWorks on any instruction file (records, Alpaca, ShareGPT, messages).\n"
+            'Op weights: --ops "deepen=1,breadth=2" (unlisted ops are not used).'
         ),
+        aliases={"keep_originals": ["--originals"]},
+        value_parsers={"ops": parse_ops},
     )
-    add_io_args(parser)
-    parser.add_argument("--rounds", type=int, default=None, help="evolution rounds (default 4)")
-    parser.add_argument(
-        "--ops",
-        default=None,
-        help='op weights, e.g. "deepen=1,breadth=2" (unlisted ops are not used; default: all ops, weight 1). '
-        f"Ops: {', '.join(OPS)}",
-    )
-    parser.add_argument("--temperature", type=float, default=None, help="rewrite temperature (default 0.7)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="rewrite token limit (default 512)")
-    parser.add_argument(
-        "--answer-max-tokens", type=int, default=None, help="answer token limit (default 512)"
-    )
-    parser.add_argument(
-        "--no-answer", action="store_true", help="do not answer rewrites (skips the response rules)"
-    )
-    parser.add_argument(
-        "--no-equality-check", action="store_true", help="skip the LLM no-information-gain check"
-    )
-    parser.add_argument(
-        "--final-only", action="store_true", help="emit only the last evolution of each chain"
-    )
-    parser.add_argument(
-        "--no-originals", action="store_true", help="do not emit the input records themselves"
-    )
-    add_llm_args(parser)
-    parser.set_defaults(func=_cli)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    from datagen.cli_common import options_from_args, run_stage_cli
-
-    overrides = options_from_args(args, ("rounds", "temperature", "max_tokens", "answer_max_tokens"))
-    if args.ops:
-        overrides["ops"] = parse_ops(args.ops)
-    if args.no_answer:
-        overrides["answer"] = False
-    if args.no_equality_check:
-        overrides["equality_check"] = False
-    if args.final_only:
-        overrides["keep_all_rounds"] = False
-    if args.no_originals:
-        overrides["keep_originals"] = False
-    config = EvolConfig(**overrides)
-    return run_stage_cli(args, run, config)
