@@ -111,3 +111,16 @@ def test_dry_run_prints_bounds_and_calls_no_llm(openai_server, tmp_path, capsys,
     assert calls.requests == 40 + 40 * 3 * 2
     assert calls.completion_tokens == 40 * 3 * 10 + 40 * 3 * 2 * 20
     assert quality.calls == [] and quality.records_out == 40
+
+
+def test_stage_command_budget_stops_with_exit_75_and_writes_nothing(openai_server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    out = tmp_path / "out.jsonl"
+    code = main(["distill", "--input", str(ROOT / "seeds" / "seed_tasks.jsonl"), "--out", str(out),
+                 "--llm", "openai:test", "--base-url", openai_server.base_url, "--cache", str(tmp_path / "c.sqlite"),
+                 "--n", "1", "--ranker", "none", "--max-tokens", "10", "--no-progress",
+                 "--budget", "0.05", "--price", "100,1000"])
+    assert code == EXIT_BUDGET
+    assert "budget: stopped at the cap" in capsys.readouterr().err
+    assert not out.exists()
+    assert 0 < openai_server.stats.requests < 175
