@@ -69,7 +69,8 @@ def test_failed_and_expired_requests_are_resubmitted(openai_server, tmp_path):
     cache.close()
 
 
-def test_batch_cost_uses_the_batch_price(openai_server, tmp_path):
+def test_batch_cost_uses_the_batch_price(openai_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATAGEN_CACHE", str(tmp_path))  # no cache: batch ids go to the user cache dir
     budget = Budget(10.0)
     rate = Rate(100.0, 1000.0, batch_share=0.5)
     llm = make_llm("openai:test", cache=None, base_url=openai_server.base_url, api_key="k", batch=True,
@@ -77,6 +78,7 @@ def test_batch_cost_uses_the_batch_price(openai_server, tmp_path):
     results = generate_sync(llm, prompts(6, "c"))
     full = sum(rate.cost(r.prompt_tokens, r.completion_tokens) for r in results)
     assert budget.spent == pytest.approx(full / 2) and budget.reserved == pytest.approx(0.0)
+    assert (tmp_path / "batches.json").exists()
 
 
 SCRIPT = """

@@ -71,7 +71,11 @@ class BatchRunner:
         max_rounds: int = 4,
     ):
         self.client = client
-        self.state_path = Path(state_dir or Path.cwd()) / "batches.json"
+        if state_dir is None:  # no cache, so no run directory: keep the ids in the user cache
+            from datagen.paths import cache_root
+
+            state_dir = cache_root()
+        self.state_path = Path(state_dir) / "batches.json"
         self.max_requests = max_requests_per_file
         self.max_bytes = max_bytes_per_file
         self.poll_initial = poll_initial
