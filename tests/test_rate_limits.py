@@ -165,3 +165,28 @@ def test_retries_are_admitted_before_first_attempts():
                                               ("1h2m3.5s", 3723.5), ("soon", None), (None, None)])
 def test_parse_reset(raw, seconds):
     assert parse_reset(raw) == seconds
+
+
+def test_aimd_halves_once_per_round_trip_and_grows_by_one_per_window():
+    async def scenario() -> list[float]:
+        limiter = RequestLimiter(16, latency_ceiling=1.0)
+        seen = []
+        tickets = [await limiter.acquire() for _ in range(8)]  # all admitted before any cut
+        for ticket in tickets:  # eight timeouts of one window: one cut, not eight
+            limiter.settle(ticket, timed_out=True)
+        seen.append(limiter.limit)
+        ticket = await limiter.acquire()  # admitted after the cut: a new window
+        limiter.settle(ticket, latency=2.0, status=200)  # slower than the ceiling
+        seen.append(limiter.limit)
+        for _ in range(4):  # four good replies at limit 4: +1/4 each, about +1 per window
+            ticket = await limiter.acquire()
+            limiter.settle(ticket, latency=0.1, status=200)
+        seen.append(limiter.limit)
+        ticket = await limiter.acquire()
+        limiter.settle(ticket, status=None)  # a connection error is no evidence either way
+        seen.append(limiter.limit)
+        return seen
+
+    halved, quartered, grown, unchanged = asyncio.run(scenario())
+    assert halved == 8 and quartered == 4
+    assert 4.9 < grown < 5.0 and unchanged == grown

@@ -245,7 +245,7 @@ class RequestLimiter:
                 self._last_cut = now
                 self.cuts += 1
                 self.lowest_limit = min(self.lowest_limit, self.limit)
-        elif status is None or status < 400:
+        elif status is not None and status < 400:
             self.limit = min(float(self.max_concurrency), self.limit + 1.0 / self.limit)
 
     def _pump(self) -> None:
