@@ -51,13 +51,13 @@ class StagePlan:
     calls: list[Calls] = field(default_factory=list)
     iterative: bool = False
 
-    def usd(self, table: dict[str, Rate]) -> float | None:
+    def usd(self, table: dict[str, Rate], batch: bool = False) -> float | None:
         total, priced = 0.0, False
         for call in self.calls:
             rate = table.get(call.spec)
             if rate is not None:
                 priced = True
-                total += rate.cost(call.prompt_tokens, call.completion_tokens)
+                total += rate.cost(call.prompt_tokens, call.completion_tokens, batch and call.spec.startswith("openai:"))
             elif call.spec.startswith("openai") and call.requests:
                 return None  # a paid endpoint without a price: unknown, not free
         return total if priced or not self.calls else 0.0
@@ -102,13 +102,15 @@ def print_plan(pipeline: Any, out: TextIO = sys.stdout) -> list[StagePlan]:
     cfg = pipeline.config
     table = rates(cfg.prices)
     plans = plan(pipeline)
-    print(f"dry run of {pipeline.source}: no LLM is called; every figure is an upper bound", file=out)
+    batch = bool(cfg.llm_options.get("openai", {}).get("batch"))
+    print(f"dry run of {pipeline.source}: no LLM is called; every figure is an upper bound"
+          + ("; openai:* at the Batch API price" if batch else ""), file=out)
     header = (f"{'stage':<22} {'backend':<22} {'requests':>10} {'prompt tok':>13} {'compl. tok':>13} {'USD':>11}"
               f" {'records':>9}")
     print(header, file=out)
     total_usd, unknown = 0.0, False
     for stage in plans:
-        usd = stage.usd(table)
+        usd = stage.usd(table, batch)
         if usd is None:
             unknown = True
         else:
