@@ -198,7 +198,9 @@ class RequestLimiter:
                 self._apply_headers(now, headers)
             if self.adaptive:
                 self._adapt(ticket, now, latency, status, timed_out)
-        self._pump()
+            queued = bool(self._waiters)
+        if queued:
+            self._pump()
 
     # ---- inside ---------------------------------------------------------------------
     def _cool_down(self, now: float, seconds: float) -> None:
