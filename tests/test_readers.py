@@ -426,7 +426,7 @@ def test_property_no_text_value_is_lost_or_unnamed(tmp_path: Path, capsys, row: 
         return
     used = {record.instruction, record.input, record.output, record.id}
     used |= {m.content for m in record.messages or []}
-    extra = (record.meta.model_extra or {}).get("extra") or {}
+    extra = record.meta.extra or {}
     err = capsys.readouterr().err
     for key, value in row.items():
         if not value.strip():
