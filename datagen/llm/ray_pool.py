@@ -13,11 +13,12 @@ usual `CachedLLM`, so the cache key, the cache file and resume are exactly the l
 - `vllm:` -> `RayVLLMLLM`: `ray.data.llm` vLLM engine replicas (replicas, tensor parallel
   size and batch size from the `ray:` config); rows stream back to the driver as they finish.
 
-Global limits: the actors split the backend's `max_concurrency` between them, so the cluster
-keeps the bound a local run has, and every completion passes through the driver's
-`CachedLLM`, so token and cost accounting (and a spend budget checked there) see the whole
-cluster. A global requests-per-second limiter is not wired in yet: it belongs in one actor
-that hands out permits, asked by each worker's client before each attempt.
+Global limits: the actors split the backend's `max_concurrency` and its per-minute request
+and token rates between them (`actor_options`), so the cluster keeps the bounds a local run
+has, and every completion passes through the driver's `CachedLLM`, so token accounting sees
+the whole cluster. Not done yet: a spend budget (`budget_usd`) and shared 429 cool-downs
+across actors; they belong in one actor that hands out permits, asked by each worker's client
+before each attempt. A budget is refused under this executor rather than silently per actor.
 """
 
 from __future__ import annotations
@@ -49,6 +50,25 @@ def request_from_row(text: str) -> ChatRequest:
 def split_concurrency(total: int, actors: int) -> int:
     """Requests in flight per actor so that all actors together stay within `total`."""
     return max(1, total // max(1, actors))
+
+
+def actor_options(backend: str, options: dict[str, Any], config: RayConfig, default_concurrency: int) -> dict[str, Any]:
+    """Each actor's share of the run's limits: concurrency and per-minute rates are split
+    across the actors, so the cluster as a whole keeps the bounds a local run has."""
+    if backend != "openai":
+        return dict(options)
+    if options.get("budget") is not None:
+        raise ValueError("budget_usd: not enforced across a Ray cluster yet (each actor would keep its own "
+                         "count); run this with executor: local, or without a budget")
+    if options.get("batch"):
+        raise ValueError("batch: the Batch API runs from one process; use executor: local for it")
+    shared = {k: v for k, v in options.items() if k not in {"budget", "price"}}
+    total = int(options.get("max_concurrency") or default_concurrency)
+    shared["max_concurrency"] = config.max_concurrency or split_concurrency(total, config.actors)
+    for key in ("max_requests_per_minute", "max_tokens_per_minute"):
+        if options.get(key):
+            shared[key] = float(options[key]) / config.actors
+    return shared
 
 
 # --------------------------------------------------------------------------- the actors
@@ -145,10 +165,8 @@ class RayPoolLLM:
         self.backend = self.local_twin.backend
         self.model = self.local_twin.model
         self.supports_json_schema = self.local_twin.supports_json_schema
-        self.actor_options = dict(options)
-        if self.backend == "openai":
-            total = int(options.get("max_concurrency", getattr(self.local_twin, "max_concurrency", 64)))
-            self.actor_options["max_concurrency"] = config.max_concurrency or split_concurrency(total, config.actors)
+        self.actor_options = actor_options(self.backend, options, config,
+                                           getattr(self.local_twin, "max_concurrency", 64))
 
     def __getattr__(self, name: str) -> Any:
         # Anything else the cache may ask for identity (base_url, model_path, ...) is the twin's.
