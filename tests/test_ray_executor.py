@@ -247,3 +247,19 @@ def test_fatal_endpoint_error_on_a_worker_stops_the_run_with_its_own_line(tmp_pa
     with pytest.raises(FatalLLMError, match="401"):
         _run(_config(server.base_url, "ray", cluster.address), tmp_path / "run")
     assert not list((tmp_path / "run").glob("*/done.json"))
+
+
+def test_actor_options_split_the_runs_limits() -> None:
+    from datagen.llm.ray_pool import actor_options
+    from datagen.ray_cluster import RayConfig
+
+    options = {"base_url": "http://x/v1", "max_concurrency": 64, "max_requests_per_minute": 600,
+               "max_tokens_per_minute": 90000, "price": object()}
+    shared = actor_options("openai", options, RayConfig(actors=4), 64)
+    assert (shared["max_concurrency"], shared["max_requests_per_minute"], shared["max_tokens_per_minute"]) == (
+        16, 150.0, 22500.0)
+    assert "price" not in shared and shared["base_url"] == "http://x/v1"
+    assert actor_options("openai", options, RayConfig(actors=4, max_concurrency=8), 64)["max_concurrency"] == 8
+    with pytest.raises(ValueError, match="budget_usd: not enforced across a Ray cluster"):
+        actor_options("openai", {**options, "budget": object()}, RayConfig(), 64)
+    assert actor_options("local", {"batch_size": 4}, RayConfig(), 64) == {"batch_size": 4}
