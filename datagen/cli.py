@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "datagen.stages.dedup",
     "datagen.stages.quality",
     "finetune.cli",
+    "datagen.eval",
     "datagen.pipeline",
     "datagen.report",
     "datagen.io",
