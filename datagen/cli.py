@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "datagen.stages.distill",
     "datagen.stages.dedup",
     "datagen.stages.quality",
+    "datagen.stages.decontaminate",
     "finetune.cli",
     "datagen.eval",
     "datagen.pipeline",

@@ -18,7 +18,6 @@ model against the reference answers when the data has them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from datagen.records import Record
+from datagen.stages.decontaminate import held_out_fingerprint
 
 REFERENCE = "reference"
 
@@ -328,18 +328,6 @@ def length_controlled_win_rate(
 
 # ---------------------------------------------------------------------------------------------
 # was the held-out set kept out of the training data?
-
-
-def held_out_fingerprint(path: str | Path) -> str:
-    """sha256 of a held-out file's bytes (of every file, in name order, for a folder).
-
-    The decontaminate stage records this for each set it screened against; eval compares."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def find_run_dir(model_dir: Path) -> Path | None:

@@ -33,6 +33,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "distill": ("datagen.stages.distill", "DistillConfig"),
     "dedup": ("datagen.stages.dedup", "DedupConfig"),
     "quality": ("datagen.stages.quality", "QualityConfig"),
+    "decontaminate": ("datagen.stages.decontaminate", "DecontaminateConfig"),
 }
 ALIASES = {"evolve": "evol_instruct", "filter": "quality", "self-instruct": "self_instruct"}
 EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "records", "hf")
