@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from datagen.parsing import EMPTY_INPUT_MARKERS
 from datagen.records import Record, RecordMeta, StageResult, dropped, stable_id
 
 if TYPE_CHECKING:
@@ -302,11 +303,7 @@ _INSTANCE_FIELD = re.compile(
     r"\s*\d{0,2}\s*(?:[*_]+\s*)?[:\uff1a]\s*(?:[*_]+)?\s*(?P<rest>.*)$",
     re.I,
 )
-_EMPTY_INPUTS = {
-    "", "none", "(none)", "<none>", "n/a", "na", "(n/a)", "null", "-", "nothing", "empty", "(empty)",
-    "no input", "(no input)", "<noinput>", "<no input>", "not applicable", "(not applicable)",
-    "\u65e0", "\uff08\u65e0\uff09",
-}  # fmt: skip
+_EMPTY_INPUTS = EMPTY_INPUT_MARKERS
 
 
 def _label_kind(label: str) -> str:
