@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,59 @@ def run_eval(
 
 
 # ---------------------------------------------------------------------------------------------
+# the pipeline's `eval:` section
+
+
+def validate_pipeline_eval(data: dict[str, Any], source: str) -> None:
+    """Config errors of the `eval:` section, phrased like every other pipeline key."""
+    from pydantic import ValidationError
+
+    from datagen.pipeline import ConfigError, _check_keys, _format_validation
+
+    options = data["eval"]
+    _check_keys(options, EvalConfig, "eval.", source)
+    try:
+        config = EvalConfig.model_validate(options)
+    except ValidationError as exc:
+        raise _format_validation(exc, "eval.", source) from None
+    if not config.models and data.get("finetune") is None:
+        raise ConfigError(f"{source}: eval.models: name the models to compare (there is no finetune: section to "
+                          "provide a base and a tuned model)")
+
+
+def run_pipeline_eval(pipeline: Any, run_dir: Path, progress: bool) -> dict[str, Any]:
+    """Evaluate after fine-tuning: by default the base model (baseline) against the tuned one,
+    with the run's LLM cache and the run's own decontamination record. Returns the summary
+    the manifest keeps (eval.json has every answer and verdict)."""
+    from datagen.llm import ResponseCache
+    from datagen.stages.context import StageContext
+
+    cfg = pipeline.config
+    config = EvalConfig.model_validate(cfg.eval)
+    config = config.model_copy(update={"data": str(pipeline._resolve(config.data))})
+    if not config.models:
+        base = (cfg.finetune or {}).get("base_model")
+        config = config.model_copy(update={"models": [f"local:{base}" if base else "local", f"local:{run_dir / 'model'}"]})
+    ctx = StageContext(
+        llm_spec=cfg.llm,
+        cache=ResponseCache(run_dir / "llm_cache.sqlite"),
+        seed=cfg.seed,
+        progress=progress,
+        prompts_dir=Path(cfg.prompts_dir) if cfg.prompts_dir else None,
+        llm_options={k: dict(v) for k, v in cfg.llm_options.items()},
+    )
+    try:
+        report = run_eval(config, run_dir / "eval", ctx, training_runs=[run_dir])
+    finally:
+        ctx.close()
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(summary_table(report))
+    return {key: report[key] for key in ("data", "prompts", "models", "judge", "contamination", "pairs", "loss")}
+
+
+# ---------------------------------------------------------------------------------------------
 # data and models
 
 
@@ -193,15 +247,24 @@ def item_from_record(record: Record, system_prompt: str | None = None) -> EvalIt
 
 
 def resolve_model_spec(spec: str) -> str:
-    """`local:RUN/model` (a `datagen finetune` output folder) means its merged model, `RUN/model/model`."""
+    """A bare HF folder or `org/name` id means `local:` it; `local:RUN/model` (a `datagen finetune`
+    output folder) means its merged model, `RUN/model/model`. Other specs pass unchanged."""
+    from datagen.llm import BACKENDS
+
     backend, _, path = spec.partition(":")
+    if backend not in BACKENDS and (Path(spec).exists() or _HF_ID.match(spec)):
+        backend, path = "local", spec
     if backend == "local" and path:
         folder = Path(path)
         if not (folder / "config.json").exists() and (folder / "model" / "config.json").exists():
             return f"local:{folder / 'model'}"
-        if not folder.exists():
+        if not folder.exists() and not _HF_ID.match(path):
             raise FileNotFoundError(f"{spec}: no such model folder")
+        return f"local:{path}"
     return spec
+
+
+_HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def local_model_dir(spec: str) -> Path | None:

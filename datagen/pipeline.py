@@ -94,6 +94,9 @@ class PipelineConfig(BaseModel):
     stages: list[dict[str, Any]] = Field(default_factory=list)
     export: ExportConfig = Field(default_factory=ExportConfig)
     finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig options; omit to skip training")
+    eval: dict[str, Any] | None = Field(
+        None, description="EvalConfig options: judge the tuned model against the base on held-out data after training"
+    )
 
     def stage_specs(self) -> list[StageSpec]:
         specs, seen = [], {}
@@ -173,6 +176,10 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
             FinetuneConfig.model_validate(data["finetune"])
         except ValidationError as exc:
             raise _format_validation(exc, "finetune.", source) from None
+    if data.get("eval") is not None:
+        from datagen.eval import validate_pipeline_eval
+
+        validate_pipeline_eval(data, source)
     for fmt in (data.get("export") or {}).get("formats", []) or []:
         if fmt not in EXPORT_FORMATS:
             raise ConfigError(f"{source}: export.formats: unknown format {fmt!r}{_suggest(str(fmt), list(EXPORT_FORMATS))}")
@@ -440,6 +447,11 @@ class Pipeline:
         faults.at_point("after_export")
         if cfg.finetune is not None:
             manifest["finetune"] = self._finetune(records, run_dir, input_hash, progress, say)
+        if cfg.eval is not None:
+            from datagen.eval import run_pipeline_eval
+
+            self._write_manifest(run_dir, manifest)
+            manifest["eval"] = run_pipeline_eval(self, run_dir, progress)
         manifest["llm_usage_total"] = _sum_usage(manifest["stages"])
         manifest["cost_usd_total"] = round(sum(s.get("cost_usd", 0.0) for s in manifest["stages"]), 6)
         manifest["status"] = "finished"
