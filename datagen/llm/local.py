@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from datagen.llm.base import ChatRequest, Completion, ResultCallback
+from datagen.paths import cache_root, folder_fingerprint
+
+__all__ = ["LocalLLM", "cache_root", "embedded_model_dir", "gguf_package_dir"]
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERT_LOCK = threading.Lock()
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DATAGEN_CACHE", Path.home() / ".cache" / "datagen"))
 
 
 def embedded_model_dir() -> Path:
@@ -115,6 +114,18 @@ class LocalLLM:
         self._model: Any = None
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The weights themselves (a fingerprint of the folder) and the dtype; for the embedded
+        default, the GGUF it is converted from."""
+        if self.model_path is not None:
+            weights = folder_fingerprint(self.model_path)
+        else:
+            try:
+                weights = folder_fingerprint(gguf_package_dir() / GGUF_NAME)
+            except RuntimeError:  # not installed: loading will say so in one line
+                weights = "embedded:missing"
+        return {"weights": weights, "dtype": self.dtype}
 
     def _load(self) -> None:
         with self._load_lock:
