@@ -162,6 +162,7 @@ def build_report(run_dir: Path) -> str:
             r.get("instruction", ""), r.get("input", ""), r.get("output", ""),
             f"{meta.get('source', '')} {op}".strip(), scores)) + "</tr>")
     sections.append("</table>")
+    sections.append(profile_section(run_dir, stages))
     sections.append(decontamination_section(run_dir, stages))
     if manifest.get("finetune"):
         sections.append(finetune_section(run_dir, manifest["finetune"]))
@@ -361,6 +362,88 @@ def decontamination_section(run_dir: Path, stages: list[dict[str, Any]]) -> str:
                 parts.append(f"<tr><td>{html.escape(how)}</td><td>{html.escape(d.get('text', ''))}</td>"
                              f"<td>{html.escape(held)}</td></tr>")
             parts.append("</table>")
+    return "".join(parts)
+
+
+def run_profiles(run_dir: Path, stages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The dataset profile of the run's input and of each stage's kept records, cached in
+    `profile.json` by each stage's output hash so `datagen report` does not re-embed."""
+    from datagen.io import atomic_write_text, read_records
+    from datagen.profile import profile_records
+
+    cache_path = run_dir / "profile.json"
+    cache = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.exists() else {}
+    inputs = _run_inputs(run_dir)
+    seeds = [r.instruction for r in inputs]
+    wanted = [("input", (json.loads((run_dir / "manifest.json").read_text()).get("input") or {}).get("sha256"))]
+    wanted += [(s["label"], s.get("output_hash")) for s in stages]
+    profiles: dict[str, dict[str, Any]] = {}
+    for label, digest in wanted:
+        cached = cache.get(label)
+        if cached and digest and cached.get("hash") == digest:
+            profiles[label] = cached["profile"]
+            continue
+        if label == "input":
+            records, against = inputs, []
+        else:
+            path = run_dir / label / "kept.jsonl"
+            if not path.exists():
+                continue
+            records, against = read_records(path), seeds
+        try:
+            profiles[label] = profile_records(records, against)
+        except (RuntimeError, OSError) as exc:  # no embedding model: profile without the spread
+            profiles[label] = profile_records(records, against, embed=False) | {"embed_error": str(exc)[:200]}
+        cache[label] = {"hash": digest, "profile": profiles[label]}
+    atomic_write_text(cache_path, json.dumps(cache))
+    return profiles
+
+
+def _run_inputs(run_dir: Path) -> list[Any]:
+    """The records the run started from (what ROUGE-L novelty is measured against), if still readable."""
+    import yaml
+
+    from datagen.io import default_seeds_path, read_records
+
+    config_path = run_dir / "config.yaml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    source = ((config or {}).get("input") or {})
+    path = Path(source["path"]) if source.get("path") else default_seeds_path()
+    if not path.exists():
+        return []
+    try:
+        records = read_records(path)
+    except ValueError:
+        return []
+    return records[: source.get("limit")] if source.get("limit") else records
+
+
+def profile_section(run_dir: Path, stages: list[dict[str, Any]]) -> str:
+    if not stages:
+        return ""
+    profiles = run_profiles(run_dir, stages)
+    parts = ["<h2>Dataset profile</h2><p>Per stage (kept records). ROUGE-L: F1 of each instruction to the most "
+             "similar instruction of the run's input (lower = newer). Distinct-n: unique word n-grams / all n-grams. "
+             "Spread: mean cosine between all pairs of embedded records (lower = more varied) and the clusters a "
+             "greedy pass at cosine 0.6 finds.</p><table><tr><th>stage</th><th>records</th><th>distinct-1 / -2 "
+             "instructions</th><th>distinct-1 / -2 answers</th><th>mean ROUGE-L to input</th><th>mean pairwise "
+             "cosine</th><th>clusters</th><th>leading verbs (distinct)</th><th>top leading verbs</th></tr>"]
+    for label, p in profiles.items():
+        top = ", ".join(f"{verb} {count}" for verb, count in list(p["leading_verbs"].items())[:6])
+        parts.append(f"<tr><td>{html.escape(label)}</td><td>{p['records']}</td>"
+                     f"<td>{p['distinct_1_instruction']:.3f} / {p['distinct_2_instruction']:.3f}</td>"
+                     f"<td>{p['distinct_1_answer']:.3f} / {p['distinct_2_answer']:.3f}</td>"
+                     f"<td>{_num(p['rouge_l_to_seed_mean'], 3)}</td><td>{_num(p['mean_pairwise_cosine'], 3)}</td>"
+                     f"<td>{p['clusters'] if p['clusters'] is not None else '-'}</td>"
+                     f"<td>{p['distinct_leading_verbs']}</td><td>{html.escape(top)}</td></tr>")
+    parts.append("</table>")
+    final = profiles.get(stages[-1]["label"])
+    if final:
+        parts.append("<h3>Export</h3>")
+        parts.append(svg_histogram(final["rouge_l_to_seed"], "ROUGE-L to the nearest input instruction",
+                                   x_label="ROUGE-L F1 to the most similar input instruction"))
+        verbs = list(final["leading_verbs"].items())[:15]
+        parts.append(svg_bars([v for v, _ in verbs], [c for _, c in verbs], "Leading words of the instructions"))
     return "".join(parts)
 
 

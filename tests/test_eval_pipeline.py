@@ -97,6 +97,11 @@ def test_pipeline_eval_section_and_report(tmp_path: Path, tiny_model_dir: Path, 
     assert "Loss per optimizer step" in html and "<polyline" in html
     assert "base model</th><th>tuned model" in html
     assert "words per answer" in html  # labelled histogram axes
+    assert "<h2>Dataset profile</h2>" in html and "ROUGE-L to the nearest input instruction" in html
+    profile = json.loads((run_dir / "profile.json").read_text())
+    assert set(profile) == {"input", "decontaminate"}
+    assert profile["decontaminate"]["profile"]["rouge_l_to_seed"] == [1.0] * (len(QA) - 1)  # nothing new here
+    assert profile["decontaminate"]["profile"]["clusters"] >= 1
 
 
 def test_eval_refuses_a_set_the_run_did_not_screen(tmp_path: Path, tiny_model_dir: Path):
