@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "datagen.stages.decontaminate",
     "finetune.cli",
     "datagen.eval",
+    "datagen.study",
     "datagen.pipeline",
     "datagen.report",
     "datagen.io",

@@ -166,6 +166,7 @@ def build_report(run_dir: Path) -> str:
     sections.append(decontamination_section(run_dir, stages))
     if manifest.get("finetune"):
         sections.append(finetune_section(run_dir, manifest["finetune"]))
+    sections.append(study_section(run_dir))
     sections.append(evaluation_section(run_dir))
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
              "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}"
@@ -335,6 +336,34 @@ def evaluation_section(run_dir: Path) -> str:
             parts.append(f"<tr><td>{html.escape(spec)}</td><td>{_num(loss.get('loss'))}</td>"
                          f"<td>{_num(loss.get('perplexity'), 3)}</td><td>{loss.get('tokens')}</td></tr>")
         parts.append("</table>")
+    return "".join(parts)
+
+
+def study_section(run_dir: Path) -> str:
+    """`datagen study`: base, raw and curated side by side in one table."""
+    path = run_dir / "study" / "study.json"
+    if not path.exists():
+        return ""
+    study = json.loads(path.read_text(encoding="utf-8"))
+    parts = ["<h2>Study: curated vs raw</h2>"]
+    if study.get("smoke_run"):
+        parts.append("<p style='color:#a60;font-weight:bold'>Smoke run (embedded model and/or no GPU): these numbers "
+                     "only show that the machinery works; they say nothing about curation.</p>")
+    parts.append(f"<p>raw pool: the {study['raw_pool']} records kept by <code>{html.escape(study['raw_stage'])}</code>, "
+                 f"subsampled to the curated subset's {study['curated_tokens']} training tokens.</p>")
+    others = ["base", "raw", "reference"]
+    parts.append("<table><tr><th>model</th><th>training records</th><th>training tokens</th><th>loss on references"
+                 "</th>" + "".join(f"<th>win-rate vs {o} [95 % CI] (length-controlled)</th>" for o in others) + "</tr>")
+    for row in study["table"]:
+        cells = []
+        for other in others:
+            entry = row.get(f"vs_{other}")
+            cells.append("-" if not entry else f"{_num(entry['win_rate'], 3)} [{_num(entry['ci95'][0], 3)}, "
+                         f"{_num(entry['ci95'][1], 3)}] ({_num(entry['lc_win_rate'], 3)})")
+        parts.append(f"<tr><td>{html.escape(row['model'])}</td><td>{row.get('records') or '-'}</td>"
+                     f"<td>{row.get('tokens') or '-'}</td><td>{_num(row.get('loss'))}</td>"
+                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
     return "".join(parts)
 
 

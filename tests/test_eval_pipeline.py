@@ -136,3 +136,69 @@ def test_eval_loss_matches_the_trainers_eval_loss(tmp_path: Path, tiny_model_dir
     assert ours["loss"] == pytest.approx(metrics["eval_loss_after"], abs=1e-4)
     base = teacher_forced_loss(tiny_model_dir, eval_ex)
     assert base["loss"] == pytest.approx(metrics["eval_loss_before"], abs=1e-4)
+
+
+def test_study_trains_both_arms_on_equal_tokens_and_evaluates(tmp_path: Path, tiny_model_dir: Path, openai_server):
+    import yaml
+
+    from datagen.study import load_study, match_token_budget, run_study
+
+    data, held = _files(tmp_path)
+    bad = [{"instruction": f"Explain topic {i} carefully.", "output": "I'm sorry, but I cannot help with that."}
+           for i in range(4)]
+    with data.open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in bad)
+    spec = {
+        "name": "study", "llm": "openai:judge", "llm_options": {"openai": {"base_url": openai_server.base_url}},
+        "input": {"path": str(data)},
+        "stages": [{"decontaminate": {"held_out": [str(held)], "semantic": False}}, {"quality": {"judge": False, "min_output_words": 1}}],
+        "export": {"formats": ["records"]},
+        "study": {"raw_stage": "decontaminate", "held_out": str(held),
+                  "finetune": {"base_model": str(tiny_model_dir), "method": "full", "max_steps": 1, "max_length": 128,
+                               "num_threads": 1, "eval_fraction": 0, "sample_prompts": 0},
+                  "eval": {"max_tokens": 4, "bootstrap_samples": 100}},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    pipeline, study = load_study(path)
+    openai_server.responder = longer_wins
+    try:
+        result = run_study(pipeline, study, tmp_path / "run", progress=False)
+    finally:
+        openai_server.responder = None
+    arms = result["arms"]
+    assert arms["curated"]["records"] == len(QA) - 1  # the refusals were curated away
+    assert result["raw_pool"] == len(QA) - 1 + len(bad)
+    assert arms["raw"]["tokens"] >= result["curated_tokens"] == arms["curated"]["tokens"]
+    assert [row["model"] for row in result["table"]] == ["base", "raw", "curated"]
+    assert set(result["table"][2]) >= {"vs_base", "vs_raw", "vs_reference", "loss"}
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Study: curated vs raw" in html and "Smoke run" in html
+
+    # equal budgets: the subset stops at the first record that reaches the budget
+    pool = [Record(id=str(i), instruction="x", output="y") for i in range(10)]
+    chosen = match_token_budget(pool, lambda r: 10, 35)
+    assert len(chosen) == 4 and chosen == sorted(chosen, key=lambda r: int(r.id))
+
+
+def test_study_config_errors(tmp_path: Path):
+    import yaml
+
+    from datagen.pipeline import ConfigError
+    from datagen.study import load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"stages": [{"dedup": {}}], "study": {"raw_stage": "dedupe", "held_out": "h"}}))
+    with pytest.raises(ConfigError, match="study.raw_stage: 'dedupe' is not a stage"):
+        load_study(path)
+    path.write_text(yaml.safe_dump({"stages": [{"dedup": {}}], "finetune": {}, "study": {"raw_stage": "dedup",
+                                                                                          "held_out": "h"}}))
+    with pytest.raises(ConfigError, match="put it under study.finetune"):
+        load_study(path)
+
+
+def test_shipped_study_pipeline_loads():
+    from datagen.study import load_study
+
+    pipeline, study = load_study(Path(__file__).resolve().parent.parent / "pipelines" / "study.yaml")
+    assert study.raw_stage == "decontaminate" and pipeline.config.stage_specs()
