@@ -456,15 +456,19 @@ def profile_section(run_dir: Path, stages: list[dict[str, Any]]) -> str:
              "Spread: mean cosine between all pairs of embedded records (lower = more varied) and the clusters a "
              "greedy pass at cosine 0.6 finds.</p><table><tr><th>stage</th><th>records</th><th>distinct-1 / -2 "
              "instructions</th><th>distinct-1 / -2 answers</th><th>mean ROUGE-L to input</th><th>mean pairwise "
-             "cosine</th><th>clusters</th><th>leading verbs (distinct)</th><th>top leading verbs</th></tr>"]
+             "cosine</th><th>clusters</th><th>leading verbs (distinct)</th><th>top leading verbs</th><th>mean words "
+             "instruction / answer</th><th>mean scores</th></tr>"]
     for label, p in profiles.items():
         top = ", ".join(f"{verb} {count}" for verb, count in list(p["leading_verbs"].items())[:6])
+        scores = ", ".join(f"{key} {_mean(values):.2f} (n={len(values)})" for key, values in sorted(p["scores"].items()))
         parts.append(f"<tr><td>{html.escape(label)}</td><td>{p['records']}</td>"
                      f"<td>{p['distinct_1_instruction']:.3f} / {p['distinct_2_instruction']:.3f}</td>"
                      f"<td>{p['distinct_1_answer']:.3f} / {p['distinct_2_answer']:.3f}</td>"
                      f"<td>{_num(p['rouge_l_to_seed_mean'], 3)}</td><td>{_num(p['mean_pairwise_cosine'], 3)}</td>"
                      f"<td>{p['clusters'] if p['clusters'] is not None else '-'}</td>"
-                     f"<td>{p['distinct_leading_verbs']}</td><td>{html.escape(top)}</td></tr>")
+                     f"<td>{p['distinct_leading_verbs']}</td><td>{html.escape(top)}</td>"
+                     f"<td>{_mean(p['instruction_words']):.1f} / {_mean(p['answer_words']):.1f}</td>"
+                     f"<td>{html.escape(scores)}</td></tr>")
     parts.append("</table>")
     final = profiles.get(stages[-1]["label"])
     if final:
@@ -474,6 +478,10 @@ def profile_section(run_dir: Path, stages: list[dict[str, Any]]) -> str:
         verbs = list(final["leading_verbs"].items())[:15]
         parts.append(svg_bars([v for v, _ in verbs], [c for _, c in verbs], "Leading words of the instructions"))
     return "".join(parts)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 def _num(value: Any, digits: int = 4) -> str:
