@@ -187,7 +187,7 @@ def _run(llm: Any, requests: list[ChatRequest], ctx: Any, desc: str) -> list[Com
 # pairwise: which of two answers is better, asked in both orders
 
 Winner = str  # "A", "B" or "tie"
-_WINNER_WORD = re.compile(r"\b(?:winner|better(?:\s+answer)?|verdict|choice)\b\W{0,6}(?:is\s+)?(?:answer\s+)?(A|B|tie)\b", re.I)
+_WINNER_WORD = re.compile(r"\b(?:winner|better(?:\s+answer)?|verdict|choice)\b\W{0,6}(?:is\s+)?(?:answer\s+)?((?-i:A|B)|tie)\b", re.I)
 _BRACKETED = re.compile(r"\[\[\s*(A|B|tie|C)\s*\]\]", re.I)  # MT-Bench's "[[A]]"
 _LONE = re.compile(r"^\W*(?:answer\s+)?(A|B|tie)\W*$", re.I)
 

@@ -51,6 +51,7 @@ def test_combine_orders(forward, backward, expected):
         ("My verdict: [[A]]", "A"),
         ("Winner: B, because it is correct.", "B"),
         ("The better answer is A.", "A"),
+        ("The better answer is a matter of taste.", None),  # the article, not answer A
         ("A", "A"),
         ("tie.", "tie"),
         ("Both answers have merits.", None),
