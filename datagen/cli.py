@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "datagen.eval",
     "datagen.study",
     "datagen.pipeline",
+    "datagen.bundled",
     "datagen.report",
     "datagen.io",
 ]
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         # A failure we expect and explain: the LLM endpoint, a stage that mostly failed.
         print(f"datagen: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except (ValueError, FileNotFoundError, UnicodeDecodeError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, UnicodeDecodeError) as exc:
         # Bad input: one clear line, no traceback.
         print(f"datagen: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

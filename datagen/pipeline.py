@@ -348,9 +348,9 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Pipeline:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such pipeline file")
+        from datagen.bundled import resolve_pipeline
+
+        path = resolve_pipeline(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
@@ -600,7 +600,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("pipeline", help="pipeline YAML file (see pipelines/)")
+    parser.add_argument("pipeline", help="pipeline YAML file, or the name of a bundled one (`datagen pipelines`)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value; stages by name, e.g. stages.distill.n=4 or llm=openai:gpt-4o-mini")
     parser.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")

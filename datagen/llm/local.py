@@ -66,12 +66,35 @@ def _convert_gguf(target: Path) -> None:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    _check_tokenizer_round_trip(tmp)
     if target.exists():  # another process finished first; theirs is as good as ours
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         tmp.replace(target)
+
+
+def _check_tokenizer_round_trip(folder: Path) -> None:
+    """Refuse a conversion whose tokenizer cannot read text back.
+
+    Some transformers releases (seen with 5.3, which `model2vec[distill]` pins) convert the
+    GGUF vocabulary so that every space becomes an unknown token: the model then generates
+    garbage and every stage silently drops everything. Better one clear line now."""
+    import shutil
+
+    import transformers
+    from transformers import AutoTokenizer
+
+    probe = "Hello world.\n\nThe end: 3.5 apples"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    back = tokenizer.decode(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    if back != probe:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RuntimeError(
+            f"transformers {transformers.__version__} converted the embedded model's tokenizer wrongly "
+            f"({probe!r} came back as {back[:60]!r}); install transformers>=5.19 and rerun"
+        )
 
 
 class _TailStopCriteria:

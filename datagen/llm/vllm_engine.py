@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from datagen.errors import FatalLLMError
+from datagen.errors import FatalLLMError, classify_bad_request
 from datagen.llm.base import ChatRequest, Completion, ResultCallback
 from datagen.paths import folder_fingerprint
 
@@ -115,13 +115,26 @@ class VLLMEngine:
         return [r if r is not None else Completion(error="vllm_error: no output") for r in results]
 
     def _stream(self, llm: Any, messages: list[Any], params: list[Any], land: ResultCallback) -> None:
-        """Queue every request, then step the engine and hand out each one as it finishes."""
+        """Queue every request, then step the engine and hand out each one as it finishes.
+
+        Requests are queued one by one: vLLM validates at queue time, and a prompt longer
+        than the model's context must fail alone (`context_too_long`), not sink the batch."""
         from tqdm.auto import tqdm
 
-        request_ids = llm.enqueue_chat(messages, sampling_params=params, use_tqdm=False)
-        index_of = {str(rid): i for i, rid in enumerate(request_ids)}
+        index_of: dict[str, int] = {}
+        for i, (conversation, sampling) in enumerate(zip(messages, params, strict=True)):
+            try:
+                [rid] = llm.enqueue_chat([conversation], sampling_params=[sampling], use_tqdm=False)
+            except Exception as exc:  # noqa: BLE001 - this request's own problem
+                text = " ".join(str(exc).split())[:300]
+                land(i, Completion(error=f"{classify_bad_request(text) or 'vllm_error'}: {text}"))
+                continue
+            # vLLM returns its internal id ("7-1a2b3c4d": ours plus a random suffix) while the
+            # outputs carry the external one ("7"): accept either spelling.
+            index_of[str(rid)] = i
+            index_of.setdefault(str(rid).split("-", 1)[0], i)
         engine = llm.llm_engine
-        with tqdm(total=len(request_ids), desc="vllm", unit="req", dynamic_ncols=True) as bar:
+        with tqdm(total=len(messages), desc="vllm", unit="req", dynamic_ncols=True) as bar:
             while engine.has_unfinished_requests():
                 for output in engine.step():
                     if output.finished and str(output.request_id) in index_of:

@@ -619,9 +619,8 @@ def _judge(
         todo, completions, strict=True
     ):  # results applied in request order: deterministic
         rec = updated.setdefault(i, records[i].model_copy(deep=True))
-        failed = failure_reason(completion)
-        if failed:
-            verdicts[i] = (failed, {"error": (completion.error or "empty reply")[:300]})
+        if completion.error or not completion.texts:
+            verdicts[i] = (failure_reason(completion) or "llm_error", {"error": (completion.error or "no reply")[:300]})
             continue
         score, reason = parse_judgement(completion.text)
         if score is None:

@@ -420,8 +420,7 @@ class _Candidate:
 
 
 def _seed_task(record: Record) -> _Task:
-    extra = record.meta.model_extra or {}
-    raw = extra.get("instances")
+    raw = record.meta.instances
     instances = []
     if isinstance(raw, list):
         for item in raw:
