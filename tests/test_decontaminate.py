@@ -108,7 +108,7 @@ def test_cli_and_pipeline_stage(tmp_path: Path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "clean.jsonl"
     code = main(["decontaminate", "--input", str(data), "--held-out", str(_held_out(tmp_path)), "--out", str(out),
-                 "--no-progress", "--no-semantic"])
+                 "--no-semantic"])
     assert code == 0
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["instruction"] for r in kept] == [CLEAN[0]]

@@ -177,37 +177,18 @@ def _detail(item: HeldOutItem, method: str, field_name: str, text: str, **extra:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_common import add_io_args
+    from datagen.cli_config import add_stage_command
 
-    defaults = DecontaminateConfig(held_out=["-"])
-    parser = subparsers.add_parser(
-        "decontaminate",
+    add_stage_command(
+        subparsers, "decontaminate", DecontaminateConfig, run,
         help="drop records that overlap held-out evaluation sets (n-grams, embeddings)",
         description=(
-            f"Drop records whose instruction or answer shares a {defaults.ngram}-word n-gram with a held-out prompt "
-            "or reference, or whose instruction is an embedding paraphrase of a held-out prompt. Each dropped "
-            "record names the held-out item it matched."
+            "Drop records whose instruction or answer shares a word n-gram (--ngram) with a held-out prompt or\n"
+            "reference, or whose instruction is an embedding paraphrase of a held-out prompt (--threshold).\n"
+            "Each dropped record names the held-out item it matched.\n"
+            "Example: datagen decontaminate --input train.jsonl --held-out heldout.jsonl --out clean.jsonl"
         ),
+        aliases={"held_out": ["--held-out-sets"]},
+        value_parsers={"held_out": lambda text: [part for part in text.split(",") if part]},
+        with_llm=False,
     )
-    add_io_args(parser)
-    parser.add_argument("--held-out", nargs="+", required=True, help="held-out set files (any supported format)")
-    parser.add_argument("--ngram", type=int, default=defaults.ngram, help=f"n-gram size (default {defaults.ngram})")
-    parser.add_argument("--threshold", type=float, default=defaults.threshold,
-                        help=f"embedding similarity counted as a match (default {defaults.threshold})")
-    parser.add_argument("--no-semantic", action="store_true", help="n-grams only, no embeddings")
-    parser.add_argument("--no-answers", action="store_true", help="compare instructions only")
-    parser.add_argument("--model", default=None, help="embedding model (default: the project's default)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    from datagen.cli_common import read_input, write_result
-
-    config = DecontaminateConfig(
-        held_out=args.held_out, ngram=args.ngram, threshold=args.threshold, semantic=not args.no_semantic,
-        check_answers=not args.no_answers, model=args.model,
-    )
-    result = run(read_input(args.input), StageContext(progress=not args.no_progress), config)
-    write_result(result, args)
-    return 0
