@@ -454,7 +454,7 @@ def summary_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
     table = Table(title=f"datagen eval: {report['prompts']} prompts, judge {report['judge']}")
-    for column in ("first vs second", "win-rate", "95% CI", "LC win-rate", "W/T/L", "flips", "words"):
+    for column in ("first vs second", "win-rate", "95% CI", "LC win-rate", "W/T/L", "flips", "unjudged", "words"):
         table.add_column(column, justify="left" if column == "first vs second" else "right")
     for pair in report["pairs"]:
         low, high = pair["ci95"]
@@ -465,6 +465,7 @@ def summary_table(report: dict[str, Any]) -> Any:
             _fmt(pair["lc_win_rate"]),
             f"{pair['wins']}/{pair['ties']}/{pair['losses']}",
             str(pair["order_inconsistent"]),
+            str(pair["unjudged"]),
             f"{pair['words_first']:.0f} vs {pair['words_second']:.0f}",
         )
     for spec, loss in report.get("loss", {}).items():
@@ -547,6 +548,6 @@ def _eval_cli(args: argparse.Namespace) -> int:
         report = run_eval(config, args.out, ctx)
     finally:
         ctx.close()
-    Console().print(summary_table(report))
+    Console(width=None if sys.stdout.isatty() else 160).print(summary_table(report))  # logs keep full specs
     print(f"wrote {Path(args.out) / 'eval.json'}")
     return 0
