@@ -21,7 +21,6 @@ COMMAND_MODULES = [
     "datagen.stages.dedup",
     "datagen.stages.quality",
     "datagen.stages.decontaminate",
-    "finetune.cli",
     "datagen.eval",
     "datagen.study",
     "datagen.pipeline",
@@ -47,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
         module.register_cli(subparsers)
+    # Plugins (the `finetune` package's `datagen finetune`) add their own commands.
+    from datagen.plugins import plugin, plugin_names
+
+    for name in plugin_names():
+        registered = plugin(name)
+        if hasattr(registered, "register_cli"):
+            registered.register_cli(subparsers)
     return parser
 
 

@@ -8,7 +8,7 @@ because judges also favour length, with both answers' mean lengths and a length-
 win-rate (AlpacaEval 2, simplified: a logistic regression of the preference on the
 standardised length difference, read off at a difference of zero). Local models also get the
 teacher-forced loss on the reference answers, computed exactly like the training eval loss
-(`finetune.loss`). Everything lands in `eval.json`; the run report draws it.
+(the `finetune` plugin's `teacher_forced_loss`). Everything lands in `eval.json`; the run report draws it.
 
 The first model listed is the baseline: every later model is compared against every earlier
 one ("later vs earlier": a win-rate above 0.5 means the later model is better), and every
@@ -298,8 +298,9 @@ def answer_prompts(ctx: Any, spec: str, items: list[EvalItem], config: EvalConfi
 
 
 def reference_loss(model_dir: Path, items: list[EvalItem], max_length: int) -> dict[str, Any]:
-    from finetune.loss import teacher_forced_loss
+    from datagen.plugins import plugin
 
+    teacher_forced_loss = plugin("finetune").teacher_forced_loss
     examples = [{"id": item.id, "messages": [*item.prompt, {"role": "assistant", "content": item.reference}]}
                 for item in items]
     result = teacher_forced_loss(model_dir, examples, max_length=max_length)

@@ -50,6 +50,7 @@ class Price(BaseModel):
 
     input_per_million: float = Field(0.0, description="USD per 1M prompt tokens")
     output_per_million: float = Field(0.0, description="USD per 1M completion tokens")
+    batch_share: float = Field(0.5, ge=0, description="share of these prices the Batch API charges")
 
 
 class InputConfig(BaseModel):
@@ -90,6 +91,9 @@ class PipelineConfig(BaseModel):
         description="per-backend options, e.g. {openai: {base_url: ..., max_concurrency: 64}}; keys come from env",
     )
     prices: dict[str, Price] = Field(default_factory=dict, description="backend spec -> USD per 1M tokens")
+    budget_usd: float | None = Field(
+        None, ge=0, description="spending cap of this run directory in USD (all runs of it together); needs prices"
+    )
     prompts_dir: str | None = Field(None, description="folder whose *.txt override the bundled prompts")
     max_error_rate: float = Field(
         0.02, ge=0, le=1,
@@ -175,8 +179,9 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
         except ValidationError as exc:
             raise _format_validation(exc, f"stages[{index}].{raw_name}.", source) from None
     if data.get("finetune") is not None:
-        from finetune.train import FinetuneConfig
+        from datagen.plugins import plugin
 
+        FinetuneConfig = plugin("finetune").FinetuneConfig  # noqa: N806 - a class, as imported
         _check_keys(data["finetune"], FinetuneConfig, "finetune.", source)
         try:
             FinetuneConfig.model_validate(data["finetune"])
@@ -293,13 +298,15 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _cost(usage: dict[str, Any], prices: dict[str, Price]) -> float:
+def _cost(usage: dict[str, Any], prices: dict[str, Price], batch: bool = False) -> float:
+    """USD of a stage's calls; openai:* calls sent through the Batch API at its share."""
     total = 0.0
     for spec, stats in usage.items():
         price = prices.get(spec)
         if price:
-            total += stats["prompt_tokens"] / 1e6 * price.input_per_million
-            total += stats["completion_tokens"] / 1e6 * price.output_per_million
+            usd = stats["prompt_tokens"] / 1e6 * price.input_per_million
+            usd += stats["completion_tokens"] / 1e6 * price.output_per_million
+            total += usd * (price.batch_share if batch and spec.startswith("openai:") else 1.0)
     return round(total, 6)
 
 
@@ -386,6 +393,7 @@ class Pipeline:
     def run(self, run_dir: str | Path | None = None, progress: bool = True) -> RunResult:
         from datagen.io import atomic_write_text, read_records
         from datagen.llm import ResponseCache
+        from datagen.llm.budget import BudgetExceeded, make_budget, rates
         from datagen.stages.context import StageContext
 
         cfg = self.config
@@ -397,9 +405,15 @@ class Pipeline:
         say.header(f"datagen run {cfg.name}: {len(records)} input records → {run_dir}")
 
         llm_options = {k: dict(v) for k, v in cfg.llm_options.items()}
+        cache = ResponseCache(run_dir / "llm_cache.sqlite")
+        budget = make_budget(cfg.budget_usd, cache, cfg.prices)
+        if budget is not None:
+            say.stage(0, 0, "budget", budget.line().removeprefix("budget: ") + " (earlier runs of this directory included)")
         ctx = StageContext(
             llm_spec=cfg.llm,
-            cache=ResponseCache(run_dir / "llm_cache.sqlite"),
+            cache=cache,
+            budget=budget,
+            prices=rates(cfg.prices),
             seed=cfg.seed,
             progress=progress,
             prompts_dir=Path(cfg.prompts_dir) if cfg.prompts_dir else None,
@@ -465,7 +479,7 @@ class Pipeline:
                     "drop_reasons": result.drop_counts(),
                     "stats": result.stats,
                     "llm_usage": usage,
-                    "cost_usd": _cost(usage, cfg.prices),
+                    "cost_usd": _cost(usage, cfg.prices, batch=bool(cfg.llm_options.get("openai", {}).get("batch"))),
                     "seconds": round(seconds, 3),
                     "config": config_json,
                 }
@@ -477,6 +491,12 @@ class Pipeline:
                 say.stage_done(spec.label, len(records), len(result.kept), result.drop_counts(), seconds)
                 faults.at_point(f"after_stage:{spec.label}")
                 records, input_hash = result.kept, output_hash
+        except BudgetExceeded:
+            manifest["status"] = "budget_exhausted"  # the stage has no done.json: a rerun resumes it
+            manifest["budget"] = {"cap_usd": budget.cap if budget else None, "spent_usd": budget.spent if budget else None}
+            self._write_manifest(run_dir, manifest)
+            ctx.close()
+            raise
         except BaseException as exc:
             manifest["status"] = "failed" if isinstance(exc, DatagenError) else "interrupted"
             if isinstance(exc, DatagenError):
@@ -519,7 +539,10 @@ class Pipeline:
 
     def _finetune(self, records: list[Record], run_dir: Path, data_hash: str, progress: bool,
                   say: _Console) -> dict[str, Any]:
-        from finetune.train import FinetuneConfig, train
+        from datagen.plugins import plugin
+
+        finetune = plugin("finetune")
+        FinetuneConfig, train = finetune.FinetuneConfig, finetune.train  # noqa: N806
 
         config = FinetuneConfig.model_validate(self.config.finetune or {})
         model_dir = run_dir / "model"
@@ -605,12 +628,29 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         help="override a config value; stages by name, e.g. stages.distill.n=4 or llm=openai:gpt-4o-mini")
     parser.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress output")
+    from datagen.cli_common import add_cost_args
+
+    add_cost_args(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print each stage's requests, tokens and dollars (upper bounds) without calling any LLM")
     parser.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    pipeline = Pipeline.from_yaml(args.pipeline, overrides=args.overrides)
-    result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress)
+    from datagen.cli_common import cost_overrides
+    from datagen.llm.budget import EXIT_BUDGET, BudgetExceeded
+
+    pipeline = Pipeline.from_yaml(args.pipeline, overrides=args.overrides + cost_overrides(args))
+    if args.dry_run:
+        from datagen.dryrun import print_plan
+
+        print_plan(pipeline)
+        return 0
+    try:
+        result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress)
+    except BudgetExceeded as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BUDGET
     print(f"finished: {len(result.records)} records in {result.run_dir / 'export'}", file=sys.stderr)
     return 0
 

@@ -84,9 +84,12 @@ def run_study(pipeline: Any, study: StudyConfig, run_dir: Path | None = None, pr
     from datagen.eval import EvalConfig, run_eval, summary_table
     from datagen.io import atomic_write_text, read_records
     from datagen.llm import ResponseCache
+    from datagen.plugins import plugin
     from datagen.report import write_report
     from datagen.stages.context import StageContext
-    from finetune.train import FinetuneConfig, resolve_base_model, train
+
+    finetune = plugin("finetune")
+    FinetuneConfig, resolve_base_model, train = finetune.FinetuneConfig, finetune.resolve_base_model, finetune.train  # noqa: N806
 
     result = pipeline.run(run_dir=run_dir, progress=progress)
     run_dir = result.run_dir
@@ -142,8 +145,9 @@ def token_counter(model_dir: str) -> Any:
     """Tokens of a record as a training conversation (chat template of the base model)."""
     from transformers import AutoTokenizer
 
-    from finetune.data import record_to_example
+    from datagen.plugins import plugin
 
+    record_to_example = plugin("finetune").record_to_example
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     def count(record: Record) -> int:

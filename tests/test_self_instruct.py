@@ -21,10 +21,9 @@ from datagen.stages.self_instruct import (
     count_words,
     filter_reason,
     guess_is_classification,
-    parse_instances,
-    parse_task_list,
     run,
 )
+from datagen.stages.self_instruct_replies import parse_instances, parse_task_list
 
 # ------------------------------------------------------------------ parse_task_list
 
@@ -499,7 +498,7 @@ def test_cli_parser_accepts_documented_options() -> None:
             "d.jsonl",
         ]
     )
-    assert args.num == 3 and args.format == "alpaca" and args.llm == "local" and callable(args.func)
+    assert args.num_instructions == 3 and args.format == "alpaca" and args.llm == "local" and callable(args.func)
 
 
 def test_cli_writes_chosen_format_from_bundled_seeds(tmp_path, monkeypatch) -> None:

@@ -60,6 +60,9 @@ class DistillConfig(BaseModel):
     )
     judge: str | None = Field(None, description="backend spec of the judge (default: the teacher's)")
     judge_max_tokens: int = Field(256, ge=1, description="token limit of a judge reply")
+    judge_scale: tuple[int, int] = Field(
+        (1, 10), description="the judge's whole-number scale (low, high); min_score is on it for the judge"
+    )
     reward_model: str | None = Field(
         None, description="local folder of an AutoModelForSequenceClassification"
     )
@@ -71,7 +74,7 @@ class DistillConfig(BaseModel):
         None, description="torch device for the reward model (default: cuda if present)"
     )
     min_score: float | None = Field(
-        None, description="drop the record when its best score is below this (judge: 1-10; reward: logit)"
+        None, description="drop the record when its best score is below this (judge: on judge_scale; reward: logit)"
     )
     prefer_complete: bool = Field(
         True, description="a complete candidate always beats one truncated at max_tokens, whatever the scores"
@@ -206,6 +209,8 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
             judge_llm,
             [(conversation_text(c), cand["text"]) for _, c, cand in valid],
             ctx,
+            low=config.judge_scale[0],
+            high=config.judge_scale[1],
             max_tokens=config.judge_max_tokens,
             desc="distill: judge",
         )
@@ -214,6 +219,7 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
             cand["reason"] = result.reason
         stats.update(judge_stats(results))
         stats["judge_requests"] = len(results)
+        stats["judge_scale"] = list(config.judge_scale)
     elif config.ranker == "reward_model" and valid:
         scores = reward_scores(
             config.reward_model or "",
