@@ -88,7 +88,7 @@ def context_from_args(args: argparse.Namespace) -> StageContext:
     from datagen.llm.local import cache_root
 
     cache = None
-    if not getattr(args, "no_cache", False):
+    if hasattr(args, "cache") and not getattr(args, "no_cache", False):  # no --cache flag: a stage without LLM
         cache = ResponseCache(args.cache or (cache_root() / "llm_cache.sqlite"))
     options: dict[str, dict[str, Any]] = {}
     openai_opts: dict[str, Any] = {}

@@ -42,6 +42,8 @@ def _plain_type(annotation: Any) -> Any:
 
 
 def _describe_default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
     if info.default_factory is not None:
         value = info.default_factory()  # type: ignore[call-arg]
     else:

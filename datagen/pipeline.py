@@ -35,6 +35,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "distill": ("datagen.stages.distill", "DistillConfig"),
     "dedup": ("datagen.stages.dedup", "DedupConfig"),
     "quality": ("datagen.stages.quality", "QualityConfig"),
+    "decontaminate": ("datagen.stages.decontaminate", "DecontaminateConfig"),
 }
 ALIASES = {"evolve": "evol_instruct", "filter": "quality", "self-instruct": "self_instruct"}
 EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "records", "hf")
@@ -107,6 +108,9 @@ class PipelineConfig(BaseModel):
                                "embeddings on a Ray cluster (never changes the data, so not in any stage hash)")
     ray: RayConfig = Field(default_factory=RayConfig, description="cluster address and pool sizes for executor: ray")
     finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig options; omit to skip training")
+    eval: dict[str, Any] | None = Field(
+        None, description="EvalConfig options: judge the tuned model against the base on held-out data after training"
+    )
 
     def stage_specs(self) -> list[StageSpec]:
         specs, seen = [], {}
@@ -187,6 +191,10 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
             FinetuneConfig.model_validate(data["finetune"])
         except ValidationError as exc:
             raise _format_validation(exc, "finetune.", source) from None
+    if data.get("eval") is not None:
+        from datagen.eval import validate_pipeline_eval
+
+        validate_pipeline_eval(data, source)
     for fmt in (data.get("export") or {}).get("formats", []) or []:
         if fmt not in EXPORT_FORMATS:
             raise ConfigError(f"{source}: export.formats: unknown format {fmt!r}{_suggest(str(fmt), list(EXPORT_FORMATS))}")
@@ -508,6 +516,11 @@ class Pipeline:
         faults.at_point("after_export")
         if cfg.finetune is not None:
             manifest["finetune"] = self._finetune(records, run_dir, input_hash, progress, say)
+        if cfg.eval is not None:
+            from datagen.eval import run_pipeline_eval
+
+            self._write_manifest(run_dir, manifest)
+            manifest["eval"] = run_pipeline_eval(self, run_dir, progress)
         manifest["llm_usage_total"] = _sum_usage(manifest["stages"])
         manifest["cost_usd_total"] = round(sum(s.get("cost_usd", 0.0) for s in manifest["stages"]), 6)
         manifest["status"] = "finished"

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from datagen.errors import failure_reason
 from datagen.llm.base import Completion
+from datagen.parsing import EMPTY_INPUT_MARKERS
 from datagen.records import Record, StageResult, dropped
 from datagen.stages.context import StageContext
 
@@ -110,6 +111,17 @@ class QualityConfig(BaseModel):
     )
     max_instruction_overlap: float = Field(
         0.8, ge=0.0, le=1.0, description="drop when answer and instruction overlap this much (word-bigram F1)"
+    )
+    check_context: bool = Field(
+        True,
+        description="drop records that need context they lack: an instruction pointing at an input that is "
+        "empty (missing_input), a placeholder input like <noinput> or N/A (placeholder_input), an answer pointing "
+        "at a link, image or attachment (unreachable_reference), an answer that only restates the instruction "
+        "(restates_instruction)",
+    )
+    placeholder_inputs: list[str] = Field(
+        default_factory=lambda: sorted(EMPTY_INPUT_MARKERS - {""}),
+        description="inputs (case, spacing and surrounding punctuation ignored) that stand for 'no input'",
     )
 
     judge: bool = Field(True, description="score each record with an LLM judge (1-5)")
@@ -285,6 +297,99 @@ def heuristic_verdict(record: Record, config: QualityConfig) -> Verdict:
 
 
 # ---------------------------------------------------------------------------------------------
+# context heuristics: records that need something they cannot have (AlpacaDataCleaned's list)
+
+# An instruction pointing at material it should come with: "the following text", "this
+# passage", "the given table". "the" alone only with nouns that are almost always such material.
+_MATERIAL = (
+    r"passages?|texts?|paragraphs?|articles?|sentences?|tables?|data(?:set)?|code|snippets?|lists?|documents?|"
+    r"essays?|poems?|story|stories|emails?|letters?|reviews?|excerpts?|statements?|inputs?|tweets?|"
+    r"conversations?|dialogues?|equations?|programs?|functions?|paragraph|words?|phrases?|numbers?|array|"
+    r"string|json|csv|query|recipe|song|lyrics|report|summary|description"
+)
+_POINTS_AT_INPUT = re.compile(
+    rf"\b(?:following|given|above|below|provided|attached|accompanying|this|these|that|said)\s+(?:(?!an?\s)\w+\s+)?"
+    rf"(?:{_MATERIAL})\b|\bthe\s+(?:passage|paragraph|excerpt|text|table|snippet|article)\b(?!\s+(?:of|about|on)\b)",
+    re.I,
+)
+# Material given inline makes the reference fine: "Rewrite the following sentence: I am happy."
+_INLINE_AFTER_COLON = re.compile(r"[:\n]\s*\S+(?:\s+\S+){2,}")
+_INLINE_QUOTED = re.compile(r"[\"\u201c\u2018'`]\S+(?:\s+\S+){2,}?[\"\u201d\u2019'`]")
+_UNREACHABLE = [
+    ("image", re.compile(r"!\[[^\]]*\]|<img\b|\[(?:image|picture|photo|figure)[^\]]*\]|\b(?:as )?(?:shown|seen|depicted) "
+                         r"(?:in|on) the (?:image|picture|photo|figure|diagram|screenshot|chart)\b", re.I)),
+    ("attachment", re.compile(r"\b(?:see|find|check|open|refer to) (?:the )?attach(?:ed|ment)|\battached (?:is|are|you will"
+                              r" find|please find)\b|\bplease find attached\b|\b(?:i have|i've) attached\b", re.I)),
+    ("link", re.compile(r"https?://|\bwww\.[\w-]+\.\w+|\[[^\]]+\]\([^)]+\)|\bclick (?:here|the link|on the link)\b", re.I)),
+]
+_RESTATE_FILLER = frozenset(
+    "sure here is are the a an okay ok certainly of course following below it this these i will ill let me you your "
+    "s answer response".split()
+)
+
+
+def check_missing_input(instruction: str, input_text: str) -> Verdict:
+    """The instruction points at material ("the following passage") but there is no input and
+    the instruction does not carry the material itself (after a colon, or quoted)."""
+    if input_text.strip():
+        return None
+    match = _POINTS_AT_INPUT.search(instruction)
+    if not match:
+        return None
+    rest = instruction[match.start() :]
+    if _INLINE_AFTER_COLON.search(rest) or _INLINE_QUOTED.search(instruction):
+        return None
+    return "missing_input", {"phrase": match.group(0)}
+
+
+def check_placeholder_input(input_text: str, placeholders: list[str]) -> Verdict:
+    """An input that only says "there is no input" ("<noinput>", "N/A"), or one of blanks only."""
+    if not input_text:
+        return None  # no input at all is normal: many tasks have none
+    folded = " ".join(input_text.casefold().split()).strip(" .:;\"'")
+    if not folded or folded in {p.casefold() for p in placeholders}:
+        return "placeholder_input", {"input": input_text[:40]}
+    return None
+
+
+def check_unreachable_reference(instruction: str, output: str) -> Verdict:
+    """The answer points at a link, an image or an attachment the reader cannot have. A link is
+    fine when the instruction asks for one."""
+    asks_for_link = re.search(r"\b(?:url|link|website|web ?site|web address|markdown|html)\b", instruction, re.I)
+    for kind, pattern in _UNREACHABLE:
+        if kind == "link" and asks_for_link:
+            continue
+        match = pattern.search(output)
+        if match:
+            return "unreachable_reference", {"kind": kind, "match": match.group(0)[:80]}
+    return None
+
+
+def check_restates_instruction(instruction: str, output: str, min_words: int = 3) -> Verdict:
+    """An answer made only of the instruction's own words ("Sure! Here is a poem about cats:"):
+    with the conversational filler removed, every word already occurs in the instruction."""
+    words = [w for w in _norm_words(output) if w not in _RESTATE_FILLER]
+    if len(words) < min_words:
+        return None
+    known = set(_norm_words(instruction))
+    if all(w in known for w in words):
+        return "restates_instruction", {"words": len(words)}
+    return None
+
+
+def context_verdict(record: Record, config: QualityConfig) -> Verdict:
+    """The first context heuristic that rejects `record` (see QualityConfig.check_context)."""
+    if not config.check_context:
+        return None
+    verdict = check_placeholder_input(record.input, config.placeholder_inputs)
+    verdict = verdict or check_missing_input(record.instruction, record.input)
+    verdict = verdict or check_unreachable_reference(record.instruction, record.output)
+    if not verdict and not record.meta.is_classification:
+        verdict = check_restates_instruction(record.instruction, record.output)
+    return verdict
+
+
+# ---------------------------------------------------------------------------------------------
 # LLM judge
 
 def parse_judgement(text: str) -> tuple[float | None, str]:
@@ -383,7 +488,7 @@ def run(records: list[Record], ctx: StageContext, config: QualityConfig) -> Stag
 
     if config.heuristics:
         for i, rec in enumerate(records):
-            verdict = heuristic_verdict(rec, config)
+            verdict = heuristic_verdict(rec, config) or context_verdict(rec, config)
             if verdict:
                 verdicts[i] = verdict
     stats["heuristic_drops"] = len(verdicts)
