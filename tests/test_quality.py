@@ -10,8 +10,8 @@ import pytest
 from datagen.llm.base import ChatRequest, Completion, UsageStats
 from datagen.records import Record, RecordMeta
 from datagen.stages.context import StageContext
-from datagen.stages.quality import (
-    QualityConfig,
+from datagen.stages.quality import QualityConfig, parse_judgement, run
+from datagen.stages.quality_checks import (
     check_copies_instruction,
     check_empty,
     check_length,
@@ -19,8 +19,6 @@ from datagen.stages.quality import (
     check_repetition,
     check_truncated,
     heuristic_verdict,
-    parse_judgement,
-    run,
 )
 
 GOOD = (
@@ -358,7 +356,7 @@ def test_judge_over_real_openai_server_uses_json_schema(openai_server):
     ],
 )
 def test_missing_input(instruction, input_text, flagged):
-    from datagen.stages.quality import check_missing_input
+    from datagen.stages.quality_checks import check_missing_input
 
     verdict = check_missing_input(instruction, input_text)
     assert (verdict is not None and verdict[0] == "missing_input") is flagged, verdict
@@ -370,7 +368,8 @@ def test_missing_input(instruction, input_text, flagged):
      ("", False), ("Nairobi is the capital of Kenya.", False), ("0", False)],
 )
 def test_placeholder_input(input_text, flagged):
-    from datagen.stages.quality import QualityConfig, check_placeholder_input
+    from datagen.stages.quality import QualityConfig
+    from datagen.stages.quality_checks import check_placeholder_input
 
     verdict = check_placeholder_input(input_text, QualityConfig().placeholder_inputs)
     assert (verdict is not None and verdict[0] == "placeholder_input") is flagged
@@ -389,7 +388,7 @@ def test_placeholder_input(input_text, flagged):
     ],
 )
 def test_unreachable_reference(instruction, output, kind):
-    from datagen.stages.quality import check_unreachable_reference
+    from datagen.stages.quality_checks import check_unreachable_reference
 
     verdict = check_unreachable_reference(instruction, output)
     assert (verdict[1]["kind"] if verdict else None) == kind
@@ -406,7 +405,7 @@ def test_unreachable_reference(instruction, output, kind):
     ],
 )
 def test_restates_instruction(instruction, output, flagged):
-    from datagen.stages.quality import check_restates_instruction
+    from datagen.stages.quality_checks import check_restates_instruction
 
     verdict = check_restates_instruction(instruction, output)
     assert (verdict is not None and verdict[0] == "restates_instruction") is flagged
