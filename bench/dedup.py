@@ -433,7 +433,7 @@ def main() -> int:
         result["keep_rule"] = keep_rule_effect(texts, pairs_a, threshold, semhash_keep)
         save()
     result["vectors"] = []
-    for n in args.sizes:
+    for n in (n for n in args.sizes if n > 0):  # --sizes 0 skips the synthetic rows
         result["vectors"].append(bench_vectors(n, n <= args.full_brute_max, args.dim, nprobe))
         save()
     save()
@@ -506,6 +506,8 @@ def print_tables(result: dict) -> None:
             f"{row['brute_seconds'] / row['ours_seconds']:>7.1f}x {row['ours_planted_recall']:>15.4f} "
             f"{row['recall_vs_exact_planted']:>9.4f} {vs_exact:>18} {prec:>9}  {row['load_average']}"
         )
+    if not result["vectors"]:
+        return
     last = result["vectors"][-1]
     print(
         f"{last['n']:,} vectors: ours {last['ours_seconds']:.1f}s (goal < 60 s; load avg {last['load_average']}) vs "

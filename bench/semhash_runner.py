@@ -34,11 +34,11 @@ def main(argv: list[str]) -> int:
     result = semhash.self_deduplicate(threshold=threshold)
     done = time.perf_counter()
     removed = sorted(int(d.record["id"]) for d in result.filtered)
-    import semhash as semhash_pkg
+    from importlib.metadata import version
 
     json.dump(
         {
-            "semhash_version": getattr(semhash_pkg, "__version__", "?"),
+            "semhash_version": version("semhash"),
             "load_seconds": round(loaded - started, 3),
             "embed_seconds": round(embedded - loaded, 3),
             "index_seconds": round(indexed - embedded, 3),

@@ -213,7 +213,7 @@ def test_ivf_path_above_ivf_threshold():
     vectors, pairs = clustered(600, dups=50, seed=3)
     ivf = semantic_dedup(vectors, threshold=0.9, ivf_threshold=100, nprobe=4)
     assert ivf.stats["index"] == "ivf"
-    assert ivf.stats["nlist"] == round(math.sqrt(4 * 600))
+    assert ivf.stats["nlist"] == round(math.sqrt(2 * 600))
     flat = semantic_dedup(vectors, threshold=0.9, ivf_threshold=10_000)
     assert flat.stats["index"] == "flat"
     caught = [not (ivf.keep[i] and ivf.keep[j]) for i, j in pairs]
@@ -221,7 +221,7 @@ def test_ivf_path_above_ivf_threshold():
     gone = np.flatnonzero(~ivf.keep)
     assert ivf.keep[ivf.kept_by[gone]].all()
     # IVF with every cell probed is exact.
-    full = semantic_dedup(vectors, threshold=0.9, ivf_threshold=100, nlist=8, nprobe=8)
+    full = semantic_dedup(vectors, threshold=0.9, ivf_threshold=100, nlist=8, nprobe=8, probe_margin=2.0)
     assert full.keep.tolist() == flat.keep.tolist()
 
 
@@ -230,7 +230,7 @@ def test_cell_join_with_every_cell_probed_is_the_exact_greedy():
     must give exactly the O(N^2) definition, for any priority order."""
     vectors, _ = clustered(500, dups=60, seed=11)
     rank = np.random.default_rng(2).permutation(500)
-    ivf = semantic_dedup(vectors, rank=rank, threshold=0.9, ivf_threshold=10, nlist=6, nprobe=6)
+    ivf = semantic_dedup(vectors, rank=rank, threshold=0.9, ivf_threshold=10, nlist=6, nprobe=6, probe_margin=2.0)
     assert ivf.stats["index"] == "ivf" and ivf.stats["mean_probes"] == 6
     order = np.argsort(rank)
     expected = np.empty(500, dtype=bool)
@@ -301,12 +301,23 @@ def planted() -> list[Record]:
 
 
 @pytest.mark.slow
-def test_real_model_finds_planted_duplicates(planted, tmp_path):
-    result = run(planted, StageContext(progress=False), DedupConfig())
+@pytest.mark.parametrize(
+    "embedder, false_drops",
+    [
+        ("minilm", set()),
+        # The static model averages token vectors: "good morning" / "good night" differ in one
+        # content word and score 0.93 (MiniLM: 0.84), so r3 goes for r12. The price of ~200x
+        # speed, measured on real text in bench/dedup.py (precision 0.94 vs 0.98 at 0.9).
+        ("static", {"r3"}),
+    ],
+)
+def test_real_model_finds_planted_duplicates(planted, tmp_path, embedder, false_drops):
+    config = DedupConfig(embedder=embedder)
+    result = run(planted, StageContext(progress=False), config)
     kept_ids = {r.id for r in result.kept}
     gone = {r.id: r for r in result.dropped}
     # r0/r6 go for r7 (best judge score); r8 and r9 for the earlier r2 and r5 (equal priority).
-    assert set(gone) == {"r0", "r6", "r8", "r9"}
+    assert set(gone) == {"r0", "r6", "r8", "r9"} | false_drops
     assert gone["r8"].meta.drop_detail["kept_id"] == "r2" and gone["r9"].meta.drop_detail["kept_id"] == "r5"
     assert "r7" in kept_ids  # judge score wins over input order
     assert gone["r0"].meta.drop_detail["kept_id"] == "r7"
@@ -318,10 +329,11 @@ def test_real_model_finds_planted_duplicates(planted, tmp_path):
     for r in result.kept:
         assert r.meta.scores["max_sim"] < 0.9
     # Different tasks all survive.
-    assert {"r1", "r3", "r4", "r10", "r11", "r12"} <= kept_ids
+    assert {"r1", "r3", "r4", "r10", "r11", "r12"} - false_drops <= kept_ids
 
     # IVF with every cell probed gives the same answer on the same texts.
-    ivf = run(planted, StageContext(progress=False), DedupConfig(ivf_threshold=4, nlist=2, nprobe=2))
+    every_cell = {"ivf_threshold": 4, "nlist": 2, "nprobe": 2, "probe_margin": 2.0}
+    ivf = run(planted, StageContext(progress=False), config.model_copy(update=every_cell))
     assert ivf.stats["index"] == "ivf"
     assert [r.id for r in ivf.kept] == [r.id for r in result.kept]
 
@@ -338,6 +350,8 @@ def test_real_model_finds_planted_duplicates(planted, tmp_path):
             str(src),
             "--threshold",
             "0.9",
+            "--embedder",
+            embedder,
             "--out",
             str(out),
             "--dropped",
@@ -355,10 +369,10 @@ def test_real_model_finds_planted_duplicates(planted, tmp_path):
 def test_embed_texts_normalised_float32():
     from datagen.embed import embed_texts, record_text
 
-    vectors = embed_texts(["one", "two three", ""], progress=False)
+    vectors = embed_texts(["one", "two three", ""], model="minilm", progress=False)
     assert vectors.dtype == np.float32 and vectors.shape == (3, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert embed_texts([], progress=False).shape == (0, 384)
+    assert embed_texts([], model="minilm", progress=False).shape == (0, 384)
     r = Record(id="x", instruction="Do it", input="data", output="done")
     assert record_text(r, "instruction") == "Do it"
     assert record_text(r, "instruction_input") == "Do it\n\ndata"
