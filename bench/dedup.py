@@ -1,26 +1,33 @@
-"""Semantic dedup benchmark: ours (FAISS) vs brute-force numpy, at 100k and 1M vectors, plus
-10k real instructions end to end (embed with the bundled model + dedup).
+"""Dedup benchmark: embedders, the stage end to end, semhash side by side, and FAISS-cell
+search vs brute force at 100k and 1M vectors (the 1M time is the last line).
 
-Vectors. Embedding 1M texts with MiniLM on this 2-core machine would take ~35 min (~500
-sentences/s), so the 100k / 1M rows use SYNTHETIC 384-d unit vectors shaped like sentence
-embeddings: topical clusters (typical within-cluster cosine ~0.4) plus 5% planted near
-duplicates (a copy of another vector plus noise, cosine ~0.92-0.99 to its source). Recall =
-share of planted pairs of which at least one member was dropped.
+1. Embedders, same texts (`--quality-n`, default 5000): the static model (model2vec,
+   distilled from the bundled MiniLM) and the bundled MiniLM transformer. Texts/s, then exact
+   greedy dedup at thresholds 0.70-0.95: planted recall and precision (see
+   `bench/dedup_corpus.py`: real sentences from the seed tasks and installed packages'
+   docstrings, not chat instructions, plus planted paraphrase-like copies; precision = share
+   of drops that belong to a planted pair, a lower bound).
+2. End to end (`--e2e`, default 100k texts of the same kind): the real stage (`run`: exact
+   dedup, static embedding, search) timed; MiniLM's time for the same texts is estimated from
+   its texts/s in (1) and labelled so (it would take most of an hour here).
+3. semhash (own venv, `/tmp/semhash-venv`: `python3 -m venv /tmp/semhash-venv &&
+   /tmp/semhash-venv/bin/pip install semhash`): same texts, same static model folder, same
+   threshold. Time, recall, precision, Jaccard of the removed sets. Then the keep rule: every
+   record gets a seeded random 1-5 score; ours keeps the better-scored record of a duplicate
+   pair, semhash the first: the share of planted pairs whose survivor is the better one.
+4. Vectors: SYNTHETIC unit vectors (`--dim`, default 256 = the static model's width; 1M real
+   texts do not exist here) shaped like sentence embeddings: topical clusters plus 5% planted
+   near duplicates (cosine ~0.92-0.99 to their source). Both methods run the same greedy rule
+   (keep in order; drop only for an already-kept vector with cosine >= 0.9); ours is
+   `semantic_dedup` with the stage defaults (exact k-NN up to 50k vectors, k-means cells and a
+   BLAS self-join above), the baseline exact all-pairs numpy matmul: run fully at 100k, at 1M
+   ESTIMATED from timed sample rows and labelled so. "vs exact" = planted recall over that of
+   exact search (a planted pair is caught by exact search iff its cosine >= threshold).
 
-Both methods run the same greedy rule (keep in order; drop a vector only for an already-kept
-one with cosine >= 0.9). They differ only in how neighbours are found:
-- ours: `datagen.stages.dedup.semantic_dedup` (IVF above 50k vectors: IndexIVFFlat,
-  nlist = 4 sqrt(N), nprobe 8, k = 32 with re-query of cut-off rows), the stage's defaults;
-- baseline: exact all-pairs cosines by blocked numpy matmul. At 100k it runs fully and its
-  result is the exact answer ours is compared with; at 1M (10^12 pairs) it is ESTIMATED from
-  timing a sample of row blocks against all 1M vectors, and labelled as an estimate.
+Every timed row carries the load average: this machine has 2 cores shared by several jobs.
 
-End to end: 10k instructions generated from templates (seeded), 10% of them planted
-paraphrases of others (case/punctuation changes, "please"/"can you" wrappers, synonym swaps),
-embedded with the bundled all-MiniLM-L6-v2 and deduplicated by the real stage (`run`).
-
-    python bench/dedup.py                 # ~15 min measured here with the 2 cores shared (load ~6)
-    python bench/dedup.py --sizes 100000  # skip 1M
+    python bench/dedup.py                        # ~20 min on the shared 2 cores (load ~8)
+    python bench/dedup.py --e2e 0 --sizes 1000000 # only the 1M row
 """
 
 from __future__ import annotations
