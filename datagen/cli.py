@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from datagen import __version__
+from datagen.errors import EXIT_BAD_INPUT, DatagenError
 
 # Each module exposes `register_cli(subparsers)`; it adds its sub-command(s) and sets
 # `func(args) -> int` as the handler. Imports of heavy libraries stay inside handlers so
@@ -20,6 +22,7 @@ COMMAND_MODULES = [
     "datagen.stages.quality",
     "finetune.cli",
     "datagen.pipeline",
+    "datagen.bundled",
     "datagen.report",
     "datagen.io",
 ]
@@ -55,10 +58,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished LLM calls are in the cache; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except DatagenError as exc:
+        # A failure we expect and explain: the LLM endpoint, a stage that mostly failed.
+        print(f"datagen: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except (ValueError, FileNotFoundError, FileExistsError, UnicodeDecodeError) as exc:
         # Bad input: one clear line, no traceback.
-        print(f"datagen: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"datagen: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (RuntimeError, OSError, ImportError) as exc:
+        # A missing package or model, a full disk: still one line (DATAGEN_DEBUG=1 shows the traceback).
+        if os.environ.get("DATAGEN_DEBUG"):
+            raise
+        print(f"datagen: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ def add_llm_args(parser: argparse.ArgumentParser, default: str | None = None) ->
     parser.add_argument("--no-cache", action="store_true", help="call the backend even for requests seen before")
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same dataset (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--max-error-rate", type=float, default=0.02,
+                        help="fail (exit 3, nothing written) when more than this share of LLM requests failed "
+                        "(default 0.02); finished calls stay cached, so a rerun re-sends only the failures")
 
 
 def add_io_args(parser: argparse.ArgumentParser, input_required: bool = True) -> None:
@@ -98,9 +101,12 @@ def run_stage_cli(args: argparse.Namespace, run: Any, config: Any, records: list
     """Read --input, run one stage with a context built from the flags, write --out/--dropped."""
     if records is None:
         records = read_input(args.input)
+    from datagen.errors import check_error_rate
+
     ctx = context_from_args(args)
     try:
         result = run(records, ctx, config)
+        check_error_rate(args.command, ctx.usage(), getattr(args, "max_error_rate", 0.02))
         write_result(result, args, ctx)
     finally:
         ctx.close()

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datagen import __version__, faults
+from datagen.errors import DatagenError, StageFailed, check_error_rate
 from datagen.records import Record, StageResult
 
 # stage name -> (module, config class). Aliases let YAML use the CLI's verbs too.
@@ -89,6 +90,11 @@ class PipelineConfig(BaseModel):
     )
     prices: dict[str, Price] = Field(default_factory=dict, description="backend spec -> USD per 1M tokens")
     prompts_dir: str | None = Field(None, description="folder whose *.txt override the bundled prompts")
+    max_error_rate: float = Field(
+        0.02, ge=0, le=1,
+        description="a stage whose failed LLM requests exceed this share fails (not marked done); "
+        "a rerun re-sends only the failed calls",
+    )
     input: InputConfig = Field(default_factory=InputConfig)
     stages: list[dict[str, Any]] = Field(default_factory=list)
     export: ExportConfig = Field(default_factory=ExportConfig)
@@ -224,13 +230,42 @@ def _json_hash(obj: Any) -> str:
 
 
 def _prompts_hash(prompts_dir: str | None) -> str:
+    """The bundled prompts and the override folder the stages will really use (the config's
+    `prompts_dir`, else `DATAGEN_PROMPTS`): editing either reruns the stages."""
+    import os
+
     from datagen.prompts import builtin_prompts_dir
 
+    override = prompts_dir or os.environ.get("DATAGEN_PROMPTS")
     digest = hashlib.sha256()
-    for folder in [builtin_prompts_dir()] + ([Path(prompts_dir)] if prompts_dir else []):
+    for folder in [builtin_prompts_dir()] + ([Path(override)] if override else []):
         for path in sorted(Path(folder).glob("*.txt")):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+# Stage config fields that name a backend spec (the teacher, the judge).
+_BACKEND_FIELDS = ("llm", "judge")
+
+
+def _backend_identities(cfg: PipelineConfig, specs: list[StageSpec]) -> dict[str, Any]:
+    """What each backend the run uses would answer with: endpoint (also one taken from the
+    environment), weights, output-changing engine options. Speed settings (concurrency,
+    timeouts, retries, rate limits) are left out, so tuning them never reruns a stage."""
+    from datagen.llm import make_backend, parse_spec
+
+    names = {cfg.llm}
+    for spec in specs:
+        for field_name in _BACKEND_FIELDS:
+            value = getattr(spec.config, field_name, None)
+            if isinstance(value, str) and value:
+                names.add(value)
+    identities = {}
+    for name in sorted(names):
+        backend, _ = parse_spec(name)
+        inner = make_backend(name, **cfg.llm_options.get(backend, {}))
+        identities[name] = inner.cache_identity() if hasattr(inner, "cache_identity") else {}
+    return identities
 
 
 def _records_jsonl(records: list[Record]) -> str:
@@ -305,9 +340,9 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Pipeline:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such pipeline file")
+        from datagen.bundled import resolve_pipeline
+
+        path = resolve_pipeline(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
@@ -363,8 +398,9 @@ class Pipeline:
             prompts_dir=Path(cfg.prompts_dir) if cfg.prompts_dir else None,
             llm_options=llm_options,
         )
+        specs = cfg.stage_specs()
         global_hash = _json_hash({"seed": cfg.seed, "llm": cfg.llm, "prompts": _prompts_hash(cfg.prompts_dir),
-                                  "llm_options": cfg.llm_options})
+                                  "backends": _backend_identities(cfg, specs)})
         manifest: dict[str, Any] = {
             "name": cfg.name,
             "datagen_version": __version__,
@@ -376,7 +412,6 @@ class Pipeline:
         }
         outcomes: list[StageOutcome] = []
         self._write_manifest(run_dir, manifest)
-        specs = cfg.stage_specs()
         try:
             for number, spec in enumerate(specs, start=1):
                 stage_dir = run_dir / spec.label
@@ -404,6 +439,12 @@ class Pipeline:
                 kept_text = _records_jsonl(result.kept)
                 atomic_write_text(stage_dir / "kept.jsonl", kept_text)
                 atomic_write_text(stage_dir / "dropped.jsonl", _records_jsonl(result.dropped))
+                try:
+                    check_error_rate(spec.label, usage, cfg.max_error_rate)
+                except StageFailed:
+                    manifest["stages"].append({"label": spec.label, "stage": spec.name, "status": "failed",
+                                               "llm_usage": usage, "drop_reasons": result.drop_counts()})
+                    raise
                 output_hash = sha256_bytes(kept_text.encode("utf-8"))
                 done = {
                     "stage": spec.name,
@@ -429,8 +470,10 @@ class Pipeline:
                 say.stage_done(spec.label, len(records), len(result.kept), result.drop_counts(), seconds)
                 faults.at_point(f"after_stage:{spec.label}")
                 records, input_hash = result.kept, output_hash
-        except BaseException:
-            manifest["status"] = "interrupted"
+        except BaseException as exc:
+            manifest["status"] = "failed" if isinstance(exc, DatagenError) else "interrupted"
+            if isinstance(exc, DatagenError):
+                manifest["error"] = str(exc)
             self._write_manifest(run_dir, manifest)
             ctx.close()
             raise
@@ -550,7 +593,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("pipeline", help="pipeline YAML file (see pipelines/)")
+    parser.add_argument("pipeline", help="pipeline YAML file, or the name of a bundled one (`datagen pipelines`)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value; stages by name, e.g. stages.distill.n=4 or llm=openai:gpt-4o-mini")
     parser.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")

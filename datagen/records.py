@@ -54,17 +54,33 @@ class Message(BaseModel):
 
 
 class RecordMeta(BaseModel):
-    """Lineage and scores. Extra keys are allowed so a stage can keep e.g. all candidates."""
+    """The contract between stages: every key a stage writes for a later one is declared here.
+
+    A stage that reads a key reads a declared field, so a writer and a reader can never drift
+    apart silently (a misspelt key once disabled the truncation filter). Extra keys are still
+    allowed, for what users' own files carry (`extra`) and for forward compatibility, but no
+    stage of ours reads an undeclared key (tests/test_meta_contract.py checks it)."""
 
     model_config = ConfigDict(extra="allow")
 
-    source: str = "unknown"
-    parent_id: str | None = None
-    evol_op: str | None = None
-    round: int = 0
-    scores: dict[str, float] = Field(default_factory=dict)
-    model: str | None = None
+    # lineage
+    source: str = Field("unknown", description="which stage or file made the record")
+    parent_id: str | None = Field(None, description="the record this one was evolved from")
+    root_id: str | None = Field(None, description="the first ancestor of an evolution chain")
+    evol_op: str | None = Field(None, description="the Evol-Instruct operation that made it")
+    evol_depth: int = Field(0, description="how many evolutions separate it from its root")
+    round: int = Field(0, description="Self-Instruct / Evol-Instruct round that made it")
+    model: str | None = Field(None, description="backend spec that wrote the answer")
     is_classification: bool | None = None
+    # answers and their scores
+    answer_finish_reason: str | None = Field(None, description="finish reason of the kept answer ('length' = cut off)")
+    scores: dict[str, float] = Field(default_factory=dict, description="judge / reward / quality scores by name")
+    candidates: list[dict[str, Any]] | None = Field(None, description="distill: every candidate with score")
+    best_candidate: int | None = Field(None, description="distill: index of the kept candidate")
+    previous_output: str | None = Field(None, description="distill: the answer the record came with")
+    unscored: bool | None = Field(None, description="distill: kept without a judge score (on_unscored=keep)")
+    quality_judge_reason: str | None = Field(None, description="quality: the judge's one-line reason")
+    # drops
     drop_reason: str | None = None
     drop_detail: dict[str, Any] | None = None
 

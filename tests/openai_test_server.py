@@ -43,7 +43,8 @@ from typing import Any
 
 from aiohttp import web
 
-FAULT_KINDS = ("429", "500", "400", "401", "timeout", "malformed", "html", "empty", "disconnect")
+FAULT_KINDS = ("429", "500", "400", "401", "timeout", "malformed", "html", "empty", "disconnect", "404",
+               "context")
 
 
 @dataclass
@@ -65,10 +66,13 @@ class ServerConfig:
     rate_disconnect: float = 0.0
     fail_first: int = 0  # the first k attempts of each distinct prompt fail with `fail_kind`
     fail_kind: str = "429"
+    fail_prompts: tuple[str, ...] = ()  # when set, `fail_first` applies to these prompts only
     retry_after: float | None = 1.0  # Retry-After header on 429s (None: no header)
     timeout_sleep: float = 30.0  # how long a "timeout" fault stalls before answering
     single_choice: bool = False  # answer n>1 with one choice, like llama.cpp's server
     api_key: str | None = None  # when set, any other bearer token gets a 401
+    served_models: tuple[str, ...] | None = None  # when set, any other `model` gets a 404 (as vLLM does)
+    max_prompt_words: int | None = None  # longer prompts get vLLM's context-length 400
     seed: int = 0  # salt of the random fault draws
 
     def __post_init__(self) -> None:
@@ -288,8 +292,9 @@ class OpenAITestServer:
 
     # ---- handlers --------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
+        served = self.config.served_models or ("test",)
         return web.json_response(
-            {"object": "list", "data": [{"id": "test", "object": "model", "owned_by": "test"}]}
+            {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "test"} for name in served]}
         )
 
     async def _control_configure(self, request: web.Request) -> web.Response:
@@ -309,7 +314,7 @@ class OpenAITestServer:
     def _choose_fault(self, config: ServerConfig, prompt: str, attempt: int, auth: str) -> str | None:
         if config.api_key is not None and auth != f"Bearer {config.api_key}":
             return "401"
-        if attempt <= config.fail_first:
+        if attempt <= config.fail_first and (not config.fail_prompts or prompt in config.fail_prompts):
             return config.fail_kind
         rates = (
             ("429", config.rate_429),
@@ -355,6 +360,10 @@ class OpenAITestServer:
             entry = RequestLog(prompt=prompt, attempt=attempt, start=start, n=n, seed=seed)
             stats.log.append(entry)
         fault = self._choose_fault(config, prompt, attempt, auth)
+        if fault is None and config.served_models is not None and body.get("model") not in config.served_models:
+            fault = "404"
+        if fault is None and config.max_prompt_words is not None and _words(prompt) > config.max_prompt_words:
+            fault = "context"
         entry.outcome = fault or "ok"
         try:
             if config.barrier > 0:
@@ -399,6 +408,13 @@ class OpenAITestServer:
             return _error(400, "the test server rejects this request", "invalid_request_error")
         if fault == "401":
             return _error(401, "invalid api key", "invalid_api_key")
+        if fault == "404":
+            return _error(404, "The model does not exist.", "model_not_found")
+        if fault == "context":
+            limit = config.max_prompt_words or 0
+            return _error(400, f"This model's maximum context length is {limit} tokens. However, you requested "
+                          "more tokens in the messages. Please reduce the length of the messages.",
+                          "invalid_request_error")
         if fault == "malformed":
             return web.Response(status=200, text='{"id": "x", "choices": [', content_type="application/json")
         if fault == "html":

@@ -111,24 +111,28 @@ def test_retry_after_above_our_backoff_ceiling_still_honoured(openai_server):
     assert second.start - first.end >= 0.2 - 0.01
 
 
-@pytest.mark.parametrize("kind", ["400", "401"])
-def test_client_errors_are_not_retried(openai_server, kind):
-    openai_server.configure(fail_first=100, fail_kind=kind)
+def test_client_errors_are_not_retried(openai_server):
+    openai_server.configure(fail_first=100, fail_kind="400")
     llm = make(openai_server)
     [result] = generate_sync(llm, [ChatRequest.chat("bad")])
     assert openai_server.stats.requests == 1
     assert isinstance(result, Completion) and not result.ok
-    assert result.error.startswith(f"http_{kind}")
-    assert llm.usage.errors == {f"http_{kind}": 1}
+    assert result.error.startswith("http_400")
+    assert llm.usage.errors == {"http_400": 1}
 
 
-def test_wrong_api_key_is_401_sent_once(openai_server):
+def test_wrong_api_key_stops_at_once_with_one_line(openai_server):
+    """A 401 is fatal (no retry, no more requests); the line names the fix, never the key."""
+    from datagen.errors import FatalLLMError
+
     openai_server.configure(api_key="the-right-key")
-    llm = make(openai_server)
-    results = generate_sync(llm, prompts(2))
-    assert [r.error.split(":")[0] for r in results] == ["http_401", "http_401"]
-    assert openai_server.stats.requests == 2
-    assert SECRET not in " ".join(r.error for r in results)
+    llm = make(openai_server, max_concurrency=1)
+    with pytest.raises(FatalLLMError) as raised:
+        generate_sync(llm, prompts(2))
+    assert openai_server.stats.requests == 1
+    message = str(raised.value)
+    assert "401" in message and "check OPENAI_API_KEY" in message and "invalid api key" in message
+    assert "\n" not in message and SECRET not in message
 
 
 # ---- concurrency, order, n -----------------------------------------------------------

@@ -152,3 +152,26 @@ def test_resolved_config_written_without_secrets(tmp_path: Path, responding_serv
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert b"sk-do-not-leak-4242" not in path.read_bytes(), path
+
+
+def test_bundled_pipelines_resolve_from_any_folder(tmp_path, monkeypatch, capsys) -> None:
+    """`datagen run quickstart` works outside the checkout; `init` copies one out to edit."""
+    from datagen.bundled import bundled_pipelines, resolve_pipeline
+    from datagen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert {"quickstart", "alpaca", "evol", "full"} <= set(bundled_pipelines())
+    for spelling in ("quickstart", "quickstart.yaml", "pipelines/quickstart.yaml"):
+        assert resolve_pipeline(spelling) == bundled_pipelines()["quickstart"]
+    assert Pipeline.from_yaml("quickstart").config.name == "quickstart"
+    with pytest.raises(FileNotFoundError, match="bundled: "):
+        resolve_pipeline("quikstart")
+    assert main(["pipelines"]) == 0
+    assert "quickstart" in capsys.readouterr().out
+    assert main(["init", "quickstart"]) == 0
+    copied = tmp_path / "quickstart.yaml"
+    assert copied.read_text() == bundled_pipelines()["quickstart"].read_text()
+    assert main(["init", "quickstart"]) == 2  # exists: refuses without --force
+    assert "exists" in capsys.readouterr().err
+    # The copy is what runs now (a local file wins over the bundled name).
+    assert resolve_pipeline("quickstart.yaml") == Path("quickstart.yaml")

@@ -155,3 +155,25 @@ def test_api_key_never_written(tmp_path: Path, scripted_server, baseline) -> Non
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("kill_after", [25, 45])
+def test_kill9_with_64_requests_in_flight_repays_at_most_the_in_flight_ones(
+    tmp_path: Path, scripted_server, baseline, kill_after: int
+) -> None:
+    """At concurrency 64 a kill lands while many requests are on the wire. Those (and only
+    those) may be paid again: every request the server answered before the kill was either
+    committed (never re-sent) or was still in flight from the client's side."""
+    scripted_server.configure(latency=0.02)  # keeps requests in flight when the kill lands
+    config_path = tmp_path / "p.yaml"
+    config_path.write_text(yaml.safe_dump(_config(scripted_server.base_url, 64)))
+    run_dir = tmp_path / "run"
+    killed = _run(config_path, run_dir, {"DATAGEN_KILL_AFTER_CALLS": str(kill_after)})
+    assert killed.returncode == -signal.SIGKILL
+    sent_before_kill = scripted_server.stats.requests
+    in_flight_at_kill = sent_before_kill - kill_after  # sent, but not committed when it died
+    assert in_flight_at_kill > 0  # the kill really hit requests on the wire
+    resumed = _run(config_path, run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _exports(run_dir) == baseline["exports"]
+    assert scripted_server.stats.requests <= baseline["requests"] + in_flight_at_kill

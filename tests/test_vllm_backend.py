@@ -126,6 +126,55 @@ def test_vllm_engine_backend(model_dir, tmp_path):
     assert isinstance(data["score"], int) and isinstance(data["reason"], str)
 
 
+STREAM_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import sys
+
+    from datagen.llm import ChatRequest, ResponseCache, generate_sync, make_llm
+
+
+    def main():
+        llm = make_llm("vllm:" + sys.argv[1], cache=ResponseCache(sys.argv[2]), dtype="bfloat16",
+                       enforce_eager=True, max_model_len=1024, seed=0)
+        requests = [ChatRequest.chat("Say hi.", temperature=0, max_tokens=2),
+                    ChatRequest.chat("Tell a long story about the sea.", temperature=0, max_tokens=96),
+                    ChatRequest.chat("x " * 3000, temperature=0, max_tokens=4)]
+        seen = []
+
+        def landed(i, completion):
+            engine = llm.inner._llm.llm_engine
+            # Committed before this callback? Still other work running in the engine?
+            seen.append({"i": i, "in_cache": len(llm.cache), "engine_busy": engine.has_unfinished_requests(),
+                         "error": completion.error})
+
+        generate_sync(llm, requests, on_result=landed)
+        print("RESULT " + json.dumps(seen), flush=True)
+
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def test_vllm_engine_commits_each_request_as_it_finishes(model_dir, tmp_path):
+    """The short request is in the cache while the long one is still being generated, so a
+    crash mid-batch loses only what was still running; a too-long prompt is its own drop."""
+    script = tmp_path / "stream.py"
+    script.write_text(STREAM_SCRIPT)
+    proc = subprocess.run([VLLM_PYTHON, str(script), str(model_dir), str(tmp_path / "c.sqlite")],
+                          env=vllm_env(), capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"vLLM run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    seen = json.loads(lines[-1][len("RESULT ") :])
+    by_index = {entry["i"]: entry for entry in seen}
+    assert by_index[0]["error"] is None and by_index[1]["error"] is None
+    assert by_index[0]["engine_busy"], "the short answer landed only after the whole batch finished"
+    assert by_index[0]["in_cache"] >= 1  # committed the moment it landed
+    assert (by_index[2]["error"] or "").startswith(("context_too_long", "vllm_error")), by_index[2]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -203,9 +252,14 @@ def test_openai_client_against_vllm_server(vllm_server):
     assert isinstance(data["score"], int) and isinstance(data["reason"], str)
     assert long.finish_reasons == ["length"] and long.completion_tokens == 4
     assert llm.usage.prompt_tokens > 0 and llm.usage.completion_tokens > 0
-    # A malformed request is the server's 400, reported once and not retried.
-    [bad] = generate_sync(llm, [ChatRequest.chat("x", max_tokens=100000)])
-    assert bad.error is not None and bad.error.startswith("http_400"), bad.error
+    # A prompt beyond the model's context is that record's own drop reason, sent once, and the
+    # client goes on (issue 10: vLLM's 400 for a 22k-character prompt used to be an llm_error).
+    from datagen.errors import failure_reason
+
+    [bad] = generate_sync(llm, [ChatRequest.chat("word " * 4500, max_tokens=16)])
+    assert failure_reason(bad) == "context_too_long", bad.error
+    [fine] = generate_sync(llm, [ChatRequest.chat("Name a fruit.", max_tokens=8, temperature=0)])
+    assert fine.ok
 
 
 if __name__ == "__main__":  # pragma: no cover - handy: python tests/test_vllm_backend.py

@@ -16,6 +16,7 @@ __all__ = [
     "ResponseCache",
     "UsageStats",
     "generate_sync",
+    "make_backend",
     "make_llm",
     "parse_spec",
 ]
@@ -34,22 +35,25 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return backend, model or None
 
 
-def make_llm(spec: str, cache: ResponseCache | str | Path | None = None, **options: Any) -> CachedLLM:
-    """Build a backend from its spec; `options` go to the backend (e.g. base_url, max_concurrency)."""
+def make_backend(spec: str, **options: Any) -> LLM:
+    """The bare backend for a spec (nothing loaded yet: models load on first use)."""
     backend, model = parse_spec(spec)
-    inner: Any
     if backend == "local":
         from datagen.llm.local import LocalLLM
 
-        inner = LocalLLM(model, **options)
-    elif backend == "openai":
+        return LocalLLM(model, **options)
+    if backend == "openai":
         from datagen.llm.openai_compat import OpenAICompatLLM
 
-        inner = OpenAICompatLLM(model or "", **options)
-    else:
-        from datagen.llm.vllm_engine import VLLMEngine
+        return OpenAICompatLLM(model or "", **options)
+    from datagen.llm.vllm_engine import VLLMEngine
 
-        inner = VLLMEngine(model or "", **options)
+    return VLLMEngine(model or "", **options)
+
+
+def make_llm(spec: str, cache: ResponseCache | str | Path | None = None, **options: Any) -> CachedLLM:
+    """Build a backend from its spec; `options` go to the backend (e.g. base_url, max_concurrency)."""
+    inner = make_backend(spec, **options)
     if cache is not None and not isinstance(cache, ResponseCache):
         cache = ResponseCache(cache)
     return CachedLLM(inner, cache)

@@ -67,8 +67,10 @@ class ChatRequest:
         once per request, thousands of times per stage.)"""
         return json.dumps({f: getattr(self, f) for f in _REQUEST_FIELDS}, sort_keys=True, ensure_ascii=False)
 
-    def cache_key(self, backend: str, model: str) -> str:
-        payload = json.dumps([backend, model, self.canonical()], ensure_ascii=False)
+    def cache_key(self, backend: str, model: str, identity: str = "") -> str:
+        """`identity` is the backend's `cache_identity()` as JSON: endpoint, weights, engine options."""
+        parts = [backend, model, identity, self.canonical()] if identity else [backend, model, self.canonical()]
+        payload = json.dumps(parts, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -87,6 +89,11 @@ class Completion:
     @property
     def ok(self) -> bool:
         return self.error is None and bool(self.texts)
+
+    @property
+    def is_empty(self) -> bool:
+        """Answered with nothing: never cached, so a rerun asks again."""
+        return not any(text.strip() for text in self.texts)
 
     @property
     def text(self) -> str:
@@ -123,6 +130,11 @@ class LLM(Protocol):
     model: str
     supports_json_schema: bool
 
+    def cache_identity(self) -> dict[str, Any]:
+        """Everything besides the request that changes an answer (endpoint, weights, engine
+        options), and nothing that only changes speed. It is part of every cache key."""
+        ...
+
     async def generate(
         self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
     ) -> list[Completion]:
@@ -142,6 +154,12 @@ class UsageStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+    def failed_requests(self) -> int:
+        """Failures that say something is wrong with the endpoint, not with one record."""
+        from datagen.errors import counts_against_error_rate
+
+        return sum(count for kind, count in self.errors.items() if counts_against_error_rate(kind))
 
     def add(self, completion: Completion) -> None:
         self.requests += 1

@@ -2,16 +2,21 @@
 
 Each completion is committed the moment it arrives, so a run killed mid-batch resumes
 without paying for the calls it already made, and an identical rerun makes zero calls.
-Failed requests are never cached: a rerun retries them.
+Failed requests and empty replies are never cached: a rerun retries them. The key holds
+the backend's identity (endpoint, a fingerprint of local weights, output-changing engine
+options), so retraining a model into the same folder never serves its old answers.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from datagen import faults
 from datagen.llm.base import LLM, ChatRequest, Completion, ResultCallback, UsageStats
@@ -74,12 +79,24 @@ class CachedLLM:
         self.model = inner.model
         self.supports_json_schema = inner.supports_json_schema
         self.usage = UsageStats()
+        identity = inner.cache_identity() if hasattr(inner, "cache_identity") else {}
+        self.identity = json.dumps(identity, sort_keys=True, ensure_ascii=False, default=str)
+
+    def cache_identity(self) -> dict[str, Any]:
+        return json.loads(self.identity)
+
+    def key(self, request: ChatRequest) -> str:
+        """The cache key of `request` as this backend will really send it: a response_format
+        the backend cannot honour is not sent, so it must not split the cache either."""
+        if request.response_format and not self.supports_json_schema:
+            request = dataclasses.replace(request, response_format=None)
+        return request.cache_key(self.backend, self.model, self.identity)
 
     async def generate(
         self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
     ) -> list[Completion]:
         requests = list(requests)
-        keys = [r.cache_key(self.backend, self.model) for r in requests]
+        keys = [self.key(r) for r in requests]
         hits = self.cache.get_many(keys) if self.cache is not None else {}
         results: list[Completion | None] = [None] * len(requests)
         # Identical requests inside one batch are sent once: same semantics as the cache.
@@ -110,7 +127,7 @@ class CachedLLM:
 
         def landed(j: int, completion: Completion) -> None:
             i = to_send[j]
-            if completion.ok and self.cache is not None:
+            if completion.ok and not completion.is_empty and self.cache is not None:
                 self.cache.put(keys[i], self.backend, self.model, requests[i], completion)
                 faults.after_committed_call()
             results[i] = completion
@@ -123,7 +140,7 @@ class CachedLLM:
                 copy = Completion(
                     texts=list(completion.texts),
                     finish_reasons=list(completion.finish_reasons),
-                    cached=completion.ok,
+                    cached=completion.ok and not completion.is_empty,
                     error=completion.error,
                 )
                 results[dup] = copy

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from datagen.llm.base import ChatRequest, Completion, ResultCallback
+from datagen.paths import cache_root, folder_fingerprint
+
+__all__ = ["LocalLLM", "cache_root", "embedded_model_dir", "gguf_package_dir"]
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERT_LOCK = threading.Lock()
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DATAGEN_CACHE", Path.home() / ".cache" / "datagen"))
 
 
 def embedded_model_dir() -> Path:
@@ -67,12 +66,35 @@ def _convert_gguf(target: Path) -> None:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    _check_tokenizer_round_trip(tmp)
     if target.exists():  # another process finished first; theirs is as good as ours
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         tmp.replace(target)
+
+
+def _check_tokenizer_round_trip(folder: Path) -> None:
+    """Refuse a conversion whose tokenizer cannot read text back.
+
+    Some transformers releases (seen with 5.3, which `model2vec[distill]` pins) convert the
+    GGUF vocabulary so that every space becomes an unknown token: the model then generates
+    garbage and every stage silently drops everything. Better one clear line now."""
+    import shutil
+
+    import transformers
+    from transformers import AutoTokenizer
+
+    probe = "Hello world.\n\nThe end: 3.5 apples"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    back = tokenizer.decode(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    if back != probe:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RuntimeError(
+            f"transformers {transformers.__version__} converted the embedded model's tokenizer wrongly "
+            f"({probe!r} came back as {back[:60]!r}); install transformers>=5.19 and rerun"
+        )
 
 
 class _TailStopCriteria:
@@ -115,6 +137,18 @@ class LocalLLM:
         self._model: Any = None
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The weights themselves (a fingerprint of the folder) and the dtype; for the embedded
+        default, the GGUF it is converted from."""
+        if self.model_path is not None:
+            weights = folder_fingerprint(self.model_path)
+        else:
+            try:
+                weights = folder_fingerprint(gguf_package_dir() / GGUF_NAME)
+            except RuntimeError:  # not installed: loading will say so in one line
+                weights = "embedded:missing"
+        return {"weights": weights, "dtype": self.dtype}
 
     def _load(self) -> None:
         with self._load_lock:

@@ -6,6 +6,12 @@ only burns quota). Waits are jittered exponential unless the server says `Retry-
 A request that still fails comes back as a `Completion` with `error` set, so the stage can
 count it and the rest of the batch survives.
 
+Some failures are not one request's: a wrong key (401/403), a model the server does not
+serve (404), a request shape the server rejects every time (the same 400 for different
+requests), or an endpoint that refuses every connection. Those raise `FatalLLMError` after
+cancelling everything not yet answered, so a run stops within the requests in flight
+instead of turning thousands of paid calls into dropped records.
+
 Why aiohttp and not the `openai` SDK: the SDK spends 1.4-3.7 ms of CPU per request on
 request transformation, response models and (with httpx) a connection pool that scans every
 connection on each request. At 256 requests in flight against a 200 ms server that is the
@@ -34,12 +40,21 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from datagen.errors import FatalLLMError, classify_bad_request
 from datagen.llm.base import ChatRequest, Completion, ResultCallback
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRYABLE_STATUS = {408, 409, 425, 429}
+# The same 400 for this many different requests, before the endpoint has answered any request
+# at all, means the request shape is wrong (a bad option, max_tokens beyond the model), not
+# the records. Once it has answered, a 400 is one record's, and `max_error_rate` watches them.
+REPEATED_BAD_REQUEST_LIMIT = 3
+# "Too long" / "filtered" are normally one record's; only this many in a row with no answer is a shape error.
+REPEATED_PER_RECORD_LIMIT = 8
+# This many requests in a row failing to connect at all (after their retries): the endpoint is gone.
+UNREACHABLE_LIMIT = 16
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
@@ -61,14 +76,20 @@ class BadBodyError(ValueError):
     """A 200 reply that is not a chat completion (truncated JSON, an HTML page from a proxy...)."""
 
 
+class _Cancelled(Exception):
+    """The run is stopping for a fatal error: this request is not sent."""
+
+
 def is_retryable(exc: BaseException) -> bool:
+    """Only what a later attempt can fix: server hiccups, overload, network trouble, garbage
+    bodies. Never a programming or config error (a ValueError from our own code included)."""
     if isinstance(exc, HTTPStatusError):
         return exc.status in RETRYABLE_STATUS or exc.status >= 500
     if isinstance(exc, aiohttp.InvalidURL):  # a config mistake: no retry will fix it
         return False
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ClientError, ConnectionError)):
         return True
-    return isinstance(exc, (BadBodyError, EmptyChoicesError, ValueError))
+    return isinstance(exc, (BadBodyError, EmptyChoicesError))
 
 
 def retry_after_seconds(exc: BaseException | None) -> float | None:
@@ -195,6 +216,18 @@ class OpenAICompatLLM:
         # Set once a server answers n>1 with fewer choices (llama.cpp does): from then on
         # the extra samples are requested right away, in parallel, instead of after a round trip.
         self._server_ignores_n = False
+        # Fail-fast state: the first fatal error stops every later request of this backend.
+        self._fatal: FatalLLMError | None = None
+        self._fatal_detail: asyncio.Future[str] | None = None
+        self._bad_request_counts: dict[str, int] = {}
+        self._unreachable_in_a_row = 0
+        self._answered = 0
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What changes an answer besides the request: the endpoint, whether a JSON schema is
+        really sent, and how n>1 is sampled. Never concurrency, timeouts or retries."""
+        return {"base_url": normalize_base_url(self.base_url), "json_schema": self.supports_json_schema,
+                "n_mode": self.n_mode}
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICompatLLM(model={self.model!r}, base_url={self.base_url!r})"
@@ -219,6 +252,8 @@ class OpenAICompatLLM:
     async def generate(
         self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
     ) -> list[Completion]:
+        if self._fatal is not None:
+            raise self._fatal
         # A session per call: aiohttp sessions are bound to the loop that made them, and
         # `generate_sync` may run each batch in a fresh loop.
         session = self._new_session()
@@ -231,8 +266,18 @@ class OpenAICompatLLM:
             if on_result:
                 on_result(i, completion)
 
+        tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(requests)]
         try:
-            await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+            await asyncio.gather(*tasks)
+        except FatalLLMError as exc:
+            # Everything not answered yet is abandoned: finished requests already went to
+            # `on_result` (and so to the cache); nothing more is sent.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._fatal_detail is not None:  # the full message (e.g. the served models) is on its way
+                self._fatal = FatalLLMError(await self._fatal_detail)
+            raise (self._fatal or exc) from None
         finally:
             await session.close()
         return results
@@ -244,8 +289,12 @@ class OpenAICompatLLM:
             return await self._fan_out(session, semaphore, req, req.n)
         try:
             completion = await self._call(session, semaphore, req, req.n)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a counted result
+        except FatalLLMError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every other failure becomes a counted result
             return Completion(error=_describe(exc))
+        if completion.error:  # one record's 400: asking again for more samples cannot help
+            return completion
         missing = req.n - len(completion.texts)
         if missing > 0 and self.n_mode == "auto":
             # Some servers silently return one choice for n>1: ask for the rest one by one.
@@ -267,6 +316,8 @@ class OpenAICompatLLM:
             sub = dataclasses.replace(req, n=1, seed=seed)
             try:
                 return await self._call(session, semaphore, sub, 1)
+            except FatalLLMError:
+                raise
             except Exception as exc:  # noqa: BLE001
                 return Completion(error=_describe(exc))
 
@@ -302,19 +353,115 @@ class OpenAICompatLLM:
             wait=_ServerAwareWait(self.backoff_initial, self.backoff_max, self.retry_after_max),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                # Only the request itself holds a slot: backoff waits free it for others.
-                async with semaphore, session.post(url, data=payload) as response:
-                    body = await response.read()
-                    status, headers = response.status, response.headers
-                if status >= 400:
-                    raise HTTPStatusError(status, _error_message(body), headers)
-                return parse_chat_completion(body)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    # Only the request itself holds a slot: backoff waits free it for others.
+                    async with semaphore:
+                        if self._fatal is not None:
+                            raise _Cancelled()
+                        async with session.post(url, data=payload) as response:
+                            body = await response.read()
+                            status, headers = response.status, response.headers
+                    if status >= 400:
+                        raise HTTPStatusError(status, _error_message(body), headers)
+                    completion = parse_chat_completion(body)
+                    self._unreachable_in_a_row = 0
+                    self._answered += 1
+                    return completion
+        except _Cancelled:
+            raise FatalLLMError(str(self._fatal)) from None
+        except HTTPStatusError as exc:
+            if exc.status in {400, 422}:
+                return self._bad_request(exc)
+            if exc.status in {401, 403, 404}:
+                # Stop everyone else first; the message may need one more round trip (/models).
+                if self._fatal is None:
+                    self._fatal = FatalLLMError(f"{self.base_url}: {exc.status} {exc.message[:200]}")
+                    self._fatal_detail = asyncio.ensure_future(self._fatal_message(session, exc))
+                    self._fatal = FatalLLMError(await asyncio.shield(self._fatal_detail))
+                raise self._fatal from None
+            raise
+        except aiohttp.ClientConnectorError as exc:
+            self._unreachable_in_a_row += 1
+            if self._unreachable_in_a_row >= UNREACHABLE_LIMIT:
+                self._fail(
+                    f"cannot reach the OpenAI-compatible endpoint {self.base_url}: {exc.__class__.__name__}: "
+                    f"{str(exc)[:160]} ({self._unreachable_in_a_row} requests in a row failed to connect after "
+                    f"{self.max_attempts} attempts each); check --base-url / OPENAI_BASE_URL and that the server is up"
+                )
+            raise
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _bad_request(self, exc: HTTPStatusError) -> Completion:
+        """A 400 is one record's problem (too long, filtered, odd text) unless the same one
+        keeps coming for different requests while nothing has been answered yet."""
+        kind = classify_bad_request(exc.message)
+        shape = _message_shape(exc.message)
+        self._bad_request_counts[shape] = self._bad_request_counts.get(shape, 0) + 1
+        limit = REPEATED_BAD_REQUEST_LIMIT if kind is None else REPEATED_PER_RECORD_LIMIT
+        if self._answered == 0 and self._bad_request_counts[shape] >= limit:
+            self._fatal = FatalLLMError(
+                f"{self.base_url}/chat/completions answered {exc.status} to {self._bad_request_counts[shape]} "
+                f"different requests and to nothing else: {exc.message[:200]} (the request shape is rejected, "
+                "not one record: check the stage's max_tokens, n, response_format and the model's limits)"
+            )
+            raise self._fatal
+        if kind is not None:
+            return Completion(error=f"{kind}: {exc.message[:200]}")
+        return Completion(error=f"http_{exc.status}: {exc.message[:200]}")
+
+    def _fail(self, message: str) -> None:
+        if self._fatal is None:
+            self._fatal = FatalLLMError(message)
+        raise self._fatal
+
+    async def _fatal_message(self, session: aiohttp.ClientSession, exc: HTTPStatusError) -> str:
+        where = f"{self.base_url}/chat/completions"
+        said = exc.message[:200]
+        if exc.status == 401:
+            return f"{where} answered 401 Unauthorized: {said}; check OPENAI_API_KEY"
+        if exc.status == 403:
+            return f"{where} answered 403 Forbidden: {said}; check that OPENAI_API_KEY may use model '{self.model}'"
+        served = await self._served_models(session)
+        if served is None:
+            return (f"{where} answered 404: {said}; model '{self.model}' or the URL is wrong "
+                    "(check --base-url / OPENAI_BASE_URL, which usually ends in /v1)")
+        if self.model in served:
+            return f"{where} answered 404: {said}; the server lists model '{self.model}', so check the base URL"
+        listed = ", ".join(served[:20]) + (" ..." if len(served) > 20 else "")
+        return f"model '{self.model}' not served at {self.base_url}; served: {listed or '(none)'} ({exc.status}: {said})"
+
+    async def _served_models(self, session: aiohttp.ClientSession) -> list[str] | None:
+        """`GET /models` ids, or None when the server does not answer it usefully."""
+        try:
+            async with session.get(f"{self.base_url}/models", timeout=aiohttp.ClientTimeout(total=10)) as response:
+                if response.status != 200:
+                    return None
+                data = json.loads(await response.read())
+            return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
+        except Exception:  # noqa: BLE001 - only a hint for the error message
+            return None
 
     def close(self) -> None:
         pass
+
+
+def normalize_base_url(url: str) -> str:
+    """One spelling per endpoint, so `HTTP://Host:80/v1/` and `http://host/v1` share a cache."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    default_port = {"http": 80, "https": 443}.get(scheme)
+    netloc = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
+def _message_shape(message: str) -> str:
+    """A 400's text with numbers removed: 'max_tokens 9000 > 4096' is one shape for every record."""
+    return "".join("#" if ch.isdigit() else ch for ch in message.lower())[:200]
 
 
 def _merge(parts: Sequence[Completion]) -> Completion:

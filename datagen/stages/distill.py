@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from datagen.errors import failure_reason
 from datagen.llm import ChatRequest, generate_sync
 from datagen.records import Message, Record, StageResult, dropped
 
@@ -170,8 +171,9 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
     # Candidates per record; failed requests are settled right away.
     pending: list[tuple[Record, list[dict[str, str]], list[dict[str, Any]]]] = []
     for record, context, completion in zip(todo, contexts, completions, strict=True):
-        if completion.error:
-            out_dropped.append(dropped(record, "llm_error", step="teacher", error=completion.error))
+        failed = failure_reason(completion)
+        if failed:
+            out_dropped.append(dropped(record, failed, step="teacher", error=completion.error or "empty reply"))
             continue
         candidates: list[dict[str, Any]] = [
             {"text": text, "score": None, "finish_reason": reason}
@@ -221,10 +223,10 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
     best_scores: list[float] = []
     for record, context, candidates in pending:
         out = record.model_copy(deep=True)
-        out.meta.candidates = candidates  # type: ignore[attr-defined]
+        out.meta.candidates = candidates
         out.meta.model = teacher.name
         if record.output.strip() and not config.include_existing:
-            out.meta.previous_output = record.output  # type: ignore[attr-defined]
+            out.meta.previous_output = record.output
         if not any(c["text"].strip() for c in candidates):
             out_dropped.append(dropped(out, "no_valid_candidate", candidates=len(candidates)))
             continue
@@ -233,17 +235,17 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
         if unscored and config.on_unscored == "keep":
             # The judge failed on every candidate: fall back to the unranked choice, marked.
             best = best_candidate(candidates, False, config.prefer_complete)
-            out.meta.unscored = True  # type: ignore[attr-defined]
+            out.meta.unscored = True
         if best is None:
             out_dropped.append(dropped(out, "unscored", ranker=config.ranker))
             continue
         winner = candidates[best]
-        out.meta.best_candidate = best  # type: ignore[attr-defined]
+        out.meta.best_candidate = best
         if score_key is not None and not unscored:
             out.meta.scores[score_key] = float(winner["score"])
             best_scores.append(float(winner["score"]))
         out.output = winner["text"]  # also on a drop: shows what fell short
-        out.meta.answer_finish_reason = winner["finish_reason"]  # type: ignore[attr-defined]
+        out.meta.answer_finish_reason = winner["finish_reason"]
         if config.min_score is not None and not unscored and float(winner["score"]) < config.min_score:
             out_dropped.append(
                 dropped(out, "below_min_score", score=winner["score"], min_score=config.min_score)
@@ -254,7 +256,7 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
                 Message(role="assistant", content=winner["text"])
             ]
         kept.append(out)
-    stats["winner_truncated"] = sum(r.meta.answer_finish_reason == "length" for r in kept)  # type: ignore[attr-defined]
+    stats["winner_truncated"] = sum(r.meta.answer_finish_reason == "length" for r in kept)
     if best_scores:
         stats["mean_best_score"] = sum(best_scores) / len(best_scores)
     return StageResult(kept=kept, dropped=out_dropped, stats=stats)

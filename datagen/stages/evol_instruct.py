@@ -37,6 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from datagen.errors import failure_reason
 from datagen.llm import ChatRequest, Completion, generate_sync
 from datagen.parsing import parse_yes_no
 from datagen.prompts import render
@@ -302,8 +303,9 @@ def _evolve(
     stats["requests"] += len(requests)
     completions = generate_sync(llm, requests, lambda i, c: bar.update(1))
     for attempt, completion in zip(attempts, completions, strict=True):
-        if completion.error:
-            attempt.fail("llm_error", step="evolve", op=attempt.op, round=rnd, error=completion.error)
+        failed = failure_reason(completion)
+        if failed and failed != "empty_reply":  # an empty rewrite is `empty_evolution` below
+            attempt.fail(failed, step="evolve", op=attempt.op, round=rnd, error=completion.error)
             continue
         text = clean_evolution(completion.text)
         if not text:
@@ -329,8 +331,8 @@ def _evolve(
                 evol_op=attempt.op,
                 round=rnd,
                 model=llm.name,
-                root_id=getattr(parent_meta, "root_id", None) or attempt.parent.id,
-                evol_depth=int(getattr(parent_meta, "evol_depth", 0) or 0) + 1,
+                root_id=parent_meta.root_id or attempt.parent.id,
+                evol_depth=parent_meta.evol_depth + 1,
             ),
         )
 
@@ -377,15 +379,15 @@ def _check_and_answer(
         child = attempt.child
         assert child is not None
         common = {"op": attempt.op, "round": child.meta.round}
-        errors = {kind: c.error for kind, c in got.items() if c.error}
+        errors = {kind: c for kind, c in got.items() if c.error}
         equality, answer = got.get("equality"), got.get("answer")
         verdict = parse_yes_no(equality.text) if equality is not None and not equality.error else None
         if answer is not None and not answer.error:
             # Kept on the record either way: on a drop it shows what the rule saw.
             child.output = answer.text
         if errors:
-            kind, error = next(iter(errors.items()))
-            attempt.fail("llm_error", step=kind, error=error, **common)
+            kind, failed_call = next(iter(errors.items()))
+            attempt.fail(failure_reason(failed_call) or "llm_error", step=kind, error=failed_call.error, **common)
         elif equality is not None and verdict is False:
             attempt.fail("no_information_gain", reply=equality.text[:200], **common)
         elif answer is not None and is_refusal(answer.text, config.refusal_phrases, config.refusal_max_words):
@@ -397,7 +399,7 @@ def _check_and_answer(
                 stats["equality_unparsed"] += 1  # lenient: an unreadable check does not veto
             if answer is not None:
                 finish = answer.finish_reasons[0] if answer.finish_reasons else "stop"
-                child.meta.answer_finish_reason = finish  # type: ignore[attr-defined]
+                child.meta.answer_finish_reason = finish
                 stats["answers_truncated"] += finish == "length"
             continue
         attempt.rejected, attempt.child = child, None

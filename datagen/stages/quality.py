@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from datagen.errors import failure_reason
 from datagen.records import Record, StageResult, dropped
 from datagen.stages.context import StageContext
 
@@ -267,7 +268,7 @@ def heuristic_verdict(record: Record, config: QualityConfig) -> Verdict:
         config.min_repeated_line_chars,
     )
     if config.check_truncation and not verdict:
-        finish = (record.meta.model_extra or {}).get("finish_reason")
+        finish = record.meta.answer_finish_reason
         verdict = check_truncated(
             output, finish if isinstance(finish, str) else None, config.truncation_min_words
         )
@@ -513,8 +514,9 @@ def _judge(
         todo, completions, strict=True
     ):  # results applied in request order: deterministic
         rec = updated.setdefault(i, records[i].model_copy(deep=True))
-        if completion.error or not completion.texts:
-            verdicts[i] = ("llm_error", {"error": (completion.error or "no reply")[:300]})
+        failed = failure_reason(completion)
+        if failed:
+            verdicts[i] = (failed, {"error": (completion.error or "empty reply")[:300]})
             continue
         score, reason = parse_judgement(completion.text)
         if score is None:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from datagen.errors import failure_reason
 from datagen.records import Record, RecordMeta, StageResult, dropped, stable_id
 
 if TYPE_CHECKING:
@@ -621,8 +622,9 @@ class _Run:
         accepted: list[_Candidate] = []
         for k, reply in enumerate(replies):
             req = self.request_no + k
-            if not reply.ok:
-                self.drop("", "llm_error", request=req, error=reply.error or "empty reply", step="generate")
+            failed = failure_reason(reply)
+            if failed:
+                self.drop("", failed, request=req, error=reply.error or "empty reply", step="generate")
                 continue
             if not has_list_markers(reply.text):
                 self.stats["unnumbered_replies"] += 1
@@ -719,10 +721,9 @@ class _Run:
         self.stats["instance_requests"] += len(requests)
         done: list[_Candidate] = []
         for cand, reply in zip(accepted, generate_sync(self.llm, requests), strict=True):
-            if not reply.ok:
-                self.drop(
-                    cand.instruction, "llm_error", cand, error=reply.error or "empty reply", step="instances"
-                )
+            failed = failure_reason(reply)
+            if failed:
+                self.drop(cand.instruction, failed, cand, error=reply.error or "empty reply", step="instances")
                 continue
             truncated = (reply.finish_reasons[0] if reply.finish_reasons else "") == "length"
             instances = parse_instances(reply.text, cand.is_classification, truncated)[: config.max_instances]
