@@ -183,7 +183,7 @@ def summary_table(manifest: dict[str, Any]) -> Table:
             f"{s.get('seconds', 0):.1f}",
         )
     # Where the wall time went besides the stages: export, fine-tuning, and the whole run.
-    for label, key in (("export", "export_seconds"), ("finetune", "finetune_seconds"), ("total (wall)", "wall_seconds")):
+    for label, key in (("export", "export_seconds"), ("finetune", "finetune_seconds"), ("total", "wall_seconds")):
         if key in manifest:
             table.add_row(label, "", "", "", "", "", "", "", f"{manifest[key]:.1f}")
     return table
