@@ -28,7 +28,7 @@ from datagen.records import Record
 
 EmbedField = Literal["instruction", "instruction_input", "all"]
 EMBED_FIELDS: tuple[str, ...] = ("instruction", "instruction_input", "all")
-BUILTIN_EMBEDDERS: tuple[str, ...] = ("static", "minilm")
+# bench/dedup.py: same planted recall as MiniLM at threshold 0.9, 4 points less precision, ~330x faster.
 DEFAULT_EMBEDDER = "static"
 STATIC_DIMS = 256  # PCA dims of the distilled model: model2vec's default, half MiniLM's 384
 
