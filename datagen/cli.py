@@ -20,7 +20,6 @@ COMMAND_MODULES = [
     "datagen.stages.distill",
     "datagen.stages.dedup",
     "datagen.stages.quality",
-    "finetune.cli",
     "datagen.pipeline",
     "datagen.bundled",
     "datagen.report",
@@ -44,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
         module.register_cli(subparsers)
+    # Plugins (the `finetune` package's `datagen finetune`) add their own commands.
+    from datagen.plugins import plugin, plugin_names
+
+    for name in plugin_names():
+        registered = plugin(name)
+        if hasattr(registered, "register_cli"):
+            registered.register_cli(subparsers)
     return parser
 
 

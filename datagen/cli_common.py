@@ -22,7 +22,8 @@ def add_llm_args(parser: argparse.ArgumentParser, default: str | None = None) ->
         help="backend spec: local (embedded SmolLM2, default), local:PATH, openai:MODEL, vllm:MODEL",
     )
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (else $OPENAI_BASE_URL)")
-    parser.add_argument("--max-concurrency", type=int, default=64, help="in-flight requests for openai:* (default 64)")
+    parser.add_argument("--max-concurrency", type=int, default=None,
+                        help="in-flight requests for openai:* (default: the backend's, 64)")
     parser.add_argument(
         "--cache",
         default=None,
@@ -36,9 +37,12 @@ def add_llm_args(parser: argparse.ArgumentParser, default: str | None = None) ->
                         "(default 0.02); finished calls stay cached, so a rerun re-sends only the failures")
 
 
-def add_io_args(parser: argparse.ArgumentParser, input_required: bool = True) -> None:
+def add_io_args(parser: argparse.ArgumentParser, input_required: bool = True,
+                input_aliases: tuple[str, ...] | list[str] = ()) -> None:
     parser.add_argument(
         "--input",
+        *input_aliases,
+        dest="input",
         required=input_required,
         help="records to read: our records / Alpaca / ShareGPT / messages (.json, .jsonl), parquet or a HF dataset folder",
     )
@@ -60,7 +64,9 @@ def context_from_args(args: argparse.Namespace) -> StageContext:
     if not getattr(args, "no_cache", False):
         cache = ResponseCache(args.cache or (cache_root() / "llm_cache.sqlite"))
     options: dict[str, dict[str, Any]] = {}
-    openai_opts: dict[str, Any] = {"max_concurrency": getattr(args, "max_concurrency", 64)}
+    openai_opts: dict[str, Any] = {}
+    if getattr(args, "max_concurrency", None):
+        openai_opts["max_concurrency"] = args.max_concurrency
     if getattr(args, "base_url", None):
         openai_opts["base_url"] = args.base_url
     options["openai"] = openai_opts
@@ -106,7 +112,7 @@ def run_stage_cli(args: argparse.Namespace, run: Any, config: Any, records: list
     ctx = context_from_args(args)
     try:
         result = run(records, ctx, config)
-        check_error_rate(args.command, ctx.usage(), getattr(args, "max_error_rate", 0.02))
+        check_error_rate(getattr(args, "command", "stage"), ctx.usage(), getattr(args, "max_error_rate", 0.02))
         write_result(result, args, ctx)
     finally:
         ctx.close()

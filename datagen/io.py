@@ -8,8 +8,11 @@ file + rename): a crash never leaves a half-written file that looks finished.
 from __future__ import annotations
 
 import argparse
+import codecs
+import gzip
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -18,11 +21,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from datagen.records import Message, Record, RecordMeta, SeedTask, stable_id
+from datagen.records import Record, RecordMeta, SeedTask
+from datagen.rows import CHAT_KEYS, INPUT_KEYS, INSTRUCTION_KEYS, OUTPUT_KEYS, SYSTEM_KEYS, row_to_record
 
 FORMATS = ("records", "alpaca", "sharegpt", "messages")
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}
 
 
 def _short(exc: ValidationError) -> str:
@@ -42,53 +44,150 @@ def default_seeds_path() -> Path:
     return Path(str(files("datagen._seeds") / "seed_tasks.jsonl"))
 
 
-def _iter_json_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object) for .jsonl, or (index+1, item) for a .json array."""
+def _warn(message: str) -> None:
+    """Said once per file, on stderr: data the reader keeps but does not use, or did not read."""
+    print(message, file=sys.stderr)
+
+
+def _file_text(path: Path) -> str:
+    """The file as text: UTF-8 (BOM or not), UTF-16 with a BOM, or gzip of those."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
+    if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not valid UTF-16 text at byte {exc.start}") from None
+    nul = raw.find(b"\x00", 0, 8192)
+    if nul >= 0:
+        raise ValueError(
+            f"{path}: not a text file (binary data at byte {nul}); expected JSON or JSONL text, "
+            "a .parquet file or a dataset folder"
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+# A one-object file holding any of these is one row, not a wrapper around a list of rows.
+_ROW_KEYS = {*INSTRUCTION_KEYS, *INPUT_KEYS, *OUTPUT_KEYS, *SYSTEM_KEYS, *CHAT_KEYS, "instances", "id", "meta"}
+
+
+def _iter_json_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, parsed row) from JSON Lines, a JSON array, or one JSON object, whatever the
+    suffix says: real files are often named for the other format. Locations are line numbers
+    (the line an array item starts on), or `key[i]` inside a wrapping object."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if path.suffix == ".json" or (stripped.startswith("[") and path.suffix != ".jsonl"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-        if isinstance(data, dict):
-            for key in ("data", "records", "rows"):
-                if isinstance(data.get(key), list):
-                    data = data[key]
-                    break
-            else:
-                data = [data]
-        if not isinstance(data, list):
-            raise ValueError(f"{path}:1: expected a JSON array of objects")
-        for index, item in enumerate(data):
-            yield index + 1, item
+    text = _file_text(path)
+    start = _WS.match(text).end()
+    if start == len(text):
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    if text[start] == "[":
+        yield from _array_items(text, start, path)
+        return
+    try:
+        document, end = _DECODER.raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        first_line = text[start:].split("\n", 1)[0]
+        if not _parses(first_line) and path.suffix != ".jsonl":  # a pretty-printed document
+            raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        yield from _jsonl_rows(text, path)
+        return
+    if _WS.match(text, end).end() < len(text):
+        yield from _jsonl_rows(text, path)
+        return
+    yield from _document_rows(document, path, text.count("\n", 0, start) + 1)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _jsonl_rows(text: str, path: Path) -> Iterator[tuple[str, Any]]:
+    # split("\n"), not splitlines(): JSON strings may hold U+2028, U+0085 or form feeds raw.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            yield str(lineno), json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
 
 
+def _array_items(text: str, start: int, path: Path) -> Iterator[tuple[str, Any]]:
+    """Items of a top-level array one by one, each with the line it starts on."""
+    pos = _WS.match(text, start + 1).end()
+    line, counted = text.count("\n", 0, pos) + 1, pos
+    while pos < len(text) and text[pos] != "]":
+        line, counted = line + text.count("\n", counted, pos), pos
+        try:
+            item, end = _DECODER.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        yield str(line), item
+        pos = _WS.match(text, end).end()
+        if pos < len(text) and text[pos] == ",":
+            pos = _WS.match(text, pos + 1).end()
+        elif pos < len(text) and text[pos] != "]":
+            where = text.count("\n", 0, pos) + 1
+            raise ValueError(f"{path}:{where}: invalid JSON: expected ',' or ']' after an array item")
+    if pos >= len(text):
+        raise ValueError(f"{path}:{text.count(chr(10)) + 1}: invalid JSON: the array is never closed with ']'")
+    rest = _WS.match(text, pos + 1).end()
+    if rest < len(text):
+        where = text.count("\n", 0, rest) + 1
+        raise ValueError(f"{path}:{where}: invalid JSON: more data after the top-level array")
+
+
+def _document_rows(document: Any, path: Path, line: int) -> Iterator[tuple[str, Any]]:
+    """One JSON document: a single row, or rows wrapped as `{"data": [...], ...}`."""
+    if isinstance(document, dict) and not (_ROW_KEYS & set(document)):
+        lists = [k for k, v in document.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+        if len(lists) == 1:
+            key = lists[0]
+            others = sorted(k for k in document if k != key)
+            if others:
+                _warn(f"{path}: read the rows under {key!r}; top-level keys not read: {', '.join(others)}")
+            for index, item in enumerate(document[key]):
+                yield f"{key}[{index}]", item
+            return
+    yield str(line), document
+
+
 def read_seed_tasks(path: str | Path) -> list[SeedTask]:
-    """Self-Instruct `seed_tasks.jsonl`; every line checked, ids must be unique."""
+    """Self-Instruct `seed_tasks.jsonl`, strictly: every line checked, ids must be unique."""
     path = Path(path)
     tasks: list[SeedTask] = []
-    seen: dict[str, int] = {}
-    for lineno, row in _iter_json_rows(path):
+    seen: dict[str, str] = {}
+    for where, row in _iter_json_rows(path):
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            raise ValueError(f"{path}:{where}: expected a JSON object, got {type(row).__name__}")
         try:
             task = SeedTask.model_validate(row)
         except ValidationError as exc:
-            raise ValueError(f"{path}:{lineno}: {_short(exc)}") from None
+            raise ValueError(f"{path}:{where}: {_short(exc)}") from None
         if task.id in seen:
-            raise ValueError(f"{path}:{lineno}: duplicate id {task.id!r} (first on line {seen[task.id]})")
-        seen[task.id] = lineno
+            raise ValueError(f"{path}:{where}: duplicate id {task.id!r} (first on line {seen[task.id]})")
+        seen[task.id] = where
         tasks.append(task)
     if not tasks:
         raise ValueError(f"{path}:1: no seed tasks in file")
@@ -111,110 +210,99 @@ def seed_to_record(task: SeedTask) -> Record:
     )
 
 
-def _row_to_record(row: dict[str, Any], where: str) -> Record:
-    """One row of any supported format -> Record. `where` is `path:line` for errors."""
-    if "meta" in row and isinstance(row["meta"], str):  # parquet/HF rows keep meta as JSON text
-        row = {**row, "meta": json.loads(row["meta"])}
-    if "messages" in row and isinstance(row["messages"], str):
-        row = {**row, "messages": json.loads(row["messages"])}
-    if "instances" in row and "is_classification" in row:  # Self-Instruct seed task
-        return seed_to_record(SeedTask.model_validate(row))
-    if "conversations" in row:  # ShareGPT
-        turns = row["conversations"]
-        if not isinstance(turns, list) or not turns:
-            raise ValueError(f"{where}: 'conversations' must be a non-empty list")
-        messages = []
-        for k, turn in enumerate(turns):
-            if not isinstance(turn, dict) or "value" not in turn or "from" not in turn:
-                raise ValueError(f"{where}: conversations[{k}] needs 'from' and 'value'")
-            role = _SHAREGPT_ROLES.get(str(turn["from"]).lower())
-            if role is None:
-                raise ValueError(f"{where}: conversations[{k}]: unknown speaker {turn['from']!r}")
-            messages.append({"role": role, "content": turn["value"]})
-        return _messages_record(messages, row.get("id"), where)
-    if "messages" in row and "instruction" not in row:
-        return _messages_record(row["messages"], row.get("id"), where)
-    if "instruction" not in row:
-        keys = ", ".join(sorted(row)) or "none"
-        raise ValueError(
-            f"{where}: unknown record format (keys: {keys}); expected instruction/input/output, "
-            "messages, conversations or a Self-Instruct seed task"
-        )
-    data = dict(row)
-    data.setdefault("input", "")
-    data.setdefault("output", "")
-    for key in ("input", "output"):
-        if data[key] is None:
-            data[key] = ""
-    if not data.get("id"):
-        data["id"] = stable_id(str(data["instruction"]), str(data["input"]), str(data["output"]))
-    meta = data.pop("meta", None) or {}
-    extra = {k: data.pop(k) for k in list(data) if k not in Record.model_fields}
-    if extra:
-        meta = {**meta, "extra": extra}
-    data.setdefault("messages", None)
-    return Record.model_validate({**data, "meta": {"source": "file", **meta}})
+def _table_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of a parquet file or a `save_to_disk` folder (its train split, or the only one)."""
+    if not path.is_dir():
+        import pyarrow.parquet as pq
 
-
-def _messages_record(messages: Any, record_id: Any, where: str) -> Record:
-    if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{where}: 'messages' must be a non-empty list")
-    msgs = [Message.model_validate(m) for m in messages]
-    users = [m for m in msgs if m.role == "user"]
-    if not users:
-        raise ValueError(f"{where}: conversation has no user turn")
-    last_assistant = next((m.content for m in reversed(msgs) if m.role == "assistant"), "")
-    multi_turn = len([m for m in msgs if m.role != "system"]) > 2
-    rid = record_id or stable_id(*(m.role + m.content for m in msgs))
-    return Record(
-        id=str(rid),
-        instruction=users[0].content if not multi_turn else users[-1].content,
-        output=last_assistant,
-        messages=msgs if multi_turn or msgs[0].role == "system" else None,
-        meta=RecordMeta(source="file"),
-    )
-
-
-def _rows_from_table(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+            number = 0
+            for batch in batches:
+                for row in batch.to_pylist():
+                    number += 1
+                    yield f"row {number}", row
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+        return
     import datasets
 
-    if path.is_dir():
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    else:
-        ds = datasets.Dataset.from_parquet(str(path))
+    if not any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        raise FileNotFoundError(
+            f"{path}: not a dataset folder written by save_to_disk (no dataset_dict.json or "
+            "dataset_info.json); give a .parquet, .json or .jsonl file inside it instead"
+        )
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        split = "train" if "train" in ds else next(iter(ds))
+        others = [name for name in ds if name != split]
+        if others:
+            _warn(f"{path}: read split {split!r}; not read: {', '.join(others)}")
+        ds = ds[split]
     for index, row in enumerate(ds):
-        yield index + 1, row
+        yield f"row {index + 1}", row
+
+
+def _is_parquet(path: Path) -> bool:
+    if path.suffix == ".parquet":
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PAR1"
 
 
 def read_records(path: str | Path) -> list[Record]:
-    """Any supported file -> records. Format is detected per row from its keys."""
+    """Any supported file -> records, every row checked before anything is returned.
+
+    The shape is detected per row from its keys (see `datagen.rows`). Rows without an id get
+    a content id; a repeat of the same row gets that id plus `#occurrence`, so exact
+    duplicates are read and left for the dedup stage to report. Two different rows that name
+    the same id are an error: lineage and resume key on ids.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
-    rows: Iterable[tuple[int, Any]]
-    if path.is_dir() or path.suffix == ".parquet":
-        rows = _rows_from_table(path)
-    else:
-        rows = _iter_json_rows(path)
+    rows = _table_rows(path) if path.is_dir() or _is_parquet(path) else _iter_json_rows(path)
     records: list[Record] = []
-    seen: dict[str, str] = {}
-    for lineno, row in rows:
-        where = f"{path}:{lineno}"
+    first_at: dict[str, tuple[str, int]] = {}  # id -> (where, index in records)
+    occurrences: dict[str, int] = {}
+    unused: set[str] = set()
+    not_kept: set[str] = set()
+    for location, row in rows:
+        where = f"{path}:{location}"
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
         try:
-            record = _row_to_record(row, where)
+            parsed = row_to_record(row, where)
         except ValidationError as exc:
             raise ValueError(f"{where}: {_short(exc)}") from None
-        if not record.instruction.strip():
+        record = parsed.record
+        if not record.instruction.strip() and not record.meta.drop_reason:  # a drop may lack one
             raise ValueError(f"{where}: instruction is empty")
-        if record.id in seen:
-            raise ValueError(f"{where}: duplicate id {record.id!r} (first at {seen[record.id]})")
-        seen[record.id] = where
+        if record.id in first_at:
+            first_where, index = first_at[record.id]
+            if parsed.explicit_id and not _same_row(records[index], record):
+                raise ValueError(
+                    f"{where}: duplicate id {record.id!r} (first at {first_where}) on a different row; "
+                    "ids must be unique (drop the id column to have ids derived from the content)"
+                )
+            base, number = record.id, occurrences.get(record.id, 1)
+            while f"{base}#{number}" in first_at or number == 1:
+                number += 1
+            occurrences[base] = number
+            record.id = f"{base}#{number}"
+        first_at[record.id] = (where, len(records))
+        unused |= parsed.unused_text_keys
+        not_kept |= parsed.not_kept
         records.append(record)
+    if not_kept:
+        _warn(f"{path}: not kept (binary or not JSON): {', '.join(sorted(not_kept))}")
+    if unused:
+        _warn(f"{path}: unused keys: {', '.join(sorted(unused))} (kept in meta.extra)")
     return records
+
+
+def _same_row(a: Record, b: Record) -> bool:
+    return a.model_dump(exclude={"id"}) == b.model_dump(exclude={"id"})
 
 
 # ---------------------------------------------------------------- writing

@@ -1,5 +1,10 @@
 """LLM-as-judge: a rubric score for (instruction, answer) pairs, shared by every stage that ranks.
 
+The one judge of the project: distill ranks candidates with it, the quality filter scores
+records with it (its own rubric file, its own declared scale), eval judges pairs with it.
+A score is always on the scale the caller declares (`low`..`high`), which the config
+states and the report shows, so a `min_score` always means "on this judge's scale".
+
 Why a module of its own: best-of-n distillation and the quality filter both need "how good is
 this answer", and both need the same defences against messy judges: structured output where
 the backend can enforce a JSON schema, lenient parsing where it cannot, and one follow-up
@@ -9,6 +14,7 @@ pairs come back with `score=None` instead of a guess, so callers can count and d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +25,9 @@ from datagen.prompts import render
 
 DEFAULT_LOW = 1
 DEFAULT_HIGH = 10
+_REASON_KEYS = ("reason", "reasoning", "explanation", "rationale", "justification")
+# "Reason: ...", "**Explanation**: ..." in a prose reply.
+_REASON_LINE = re.compile(r"(?:reason|explanation|rationale|justification)\W{0,3}\s*[:=-]\s*(.+)", re.I | re.S)
 
 
 @dataclass
@@ -32,8 +41,12 @@ class JudgeResult:
     error: str | None = None
 
 
-def judge_schema(low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH) -> dict[str, Any]:
-    """OpenAI-style `response_format`. The reason comes first so the model argues before it scores."""
+def judge_schema(low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH, whole_numbers: bool = True) -> dict[str, Any]:
+    """OpenAI-style `response_format`. The reason comes first so the model argues before it scores.
+    `whole_numbers=False` lets a rubric with half points (4.5 of 5) say so."""
+    score: dict[str, Any] = {"type": "integer", "minimum": int(low), "maximum": int(high)}
+    if not whole_numbers:
+        score = {"type": "number"}
     return {
         "type": "json_schema",
         "json_schema": {
@@ -41,10 +54,7 @@ def judge_schema(low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH) -> dict[s
             "strict": True,
             "schema": {
                 "type": "object",
-                "properties": {
-                    "reason": {"type": "string"},
-                    "score": {"type": "integer", "minimum": int(low), "maximum": int(high)},
-                },
+                "properties": {"reason": {"type": "string"}, "score": score},
                 "required": ["reason", "score"],
                 "additionalProperties": False,
             },
@@ -55,19 +65,20 @@ def judge_schema(low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH) -> dict[s
 def parse_judgement(
     raw: str, low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH
 ) -> tuple[float | None, str]:
-    """(score, reason) from a judge reply: JSON if there is any, else the lenient score parser."""
+    """(score, reason) from a judge reply: JSON if there is any, a "Reason: ..." line, else the
+    whole reply; the score by the lenient parser (rescaled when the judge used another scale)."""
     score = parse_score(raw, low, high)
     data = extract_json(raw)
     reason = ""
     if isinstance(data, dict):
-        for key in ("reason", "reasoning", "explanation", "rationale"):
-            value = data.get(key)
-            if isinstance(value, str) and value.strip():
-                reason = value.strip()
+        for key, value in data.items():
+            if str(key).lower() in _REASON_KEYS and isinstance(value, str) and value.strip():
+                reason = value
                 break
     if not reason:
-        reason = raw.strip()
-    return score, reason[:1000]
+        match = _REASON_LINE.search(raw)
+        reason = match.group(1) if match else raw
+    return score, " ".join(reason.split())[:1000]
 
 
 def score_answers(
@@ -84,17 +95,21 @@ def score_answers(
     retry: bool = True,
     structured: bool | None = None,
     desc: str | None = None,
+    inputs: Sequence[str] | None = None,
+    seed: int | None = None,
+    whole_numbers: bool = True,
 ) -> list[JudgeResult]:
     """Score each (instruction, answer) pair; results in input order.
 
     `llm` is any backend (`ctx.llm(spec)`); `ctx` (a StageContext, optional) supplies the
     prompts folder and the progress bar. `structured=None` asks for a JSON schema exactly
     when the backend says it can enforce one. A blank answer is scored `low` without a call.
-    Identical pairs cost one call (the backend cache deduplicates them).
+    Identical pairs cost one call (the backend cache deduplicates them). `inputs` (one per
+    item) reach the prompt as `input` for rubrics that show a record's input apart.
     """
     prompts_dir = getattr(ctx, "prompts_dir", None)
     use_schema = getattr(llm, "supports_json_schema", False) if structured is None else structured
-    response_format = judge_schema(low, high) if use_schema else None
+    response_format = judge_schema(low, high, whole_numbers) if use_schema else None
     results: list[JudgeResult | None] = [None] * len(items)
     prompts: dict[int, str] = {}
     for i, (instruction, answer) in enumerate(items):
@@ -105,14 +120,16 @@ def score_answers(
             prompts_dir=prompts_dir,
             name=prompt,
             instruction=instruction.strip(),
+            input=(inputs[i] if inputs is not None else "").strip(),
             answer=answer.strip(),
+            output=answer.strip(),  # the name older rubric overrides use
             low=_fmt(low),
             high=_fmt(high),
         )
     order = list(prompts)
     requests = [
         ChatRequest.chat(
-            prompts[i], temperature=temperature, max_tokens=max_tokens, response_format=response_format
+            prompts[i], temperature=temperature, max_tokens=max_tokens, response_format=response_format, seed=seed
         )
         for i in order
     ]

@@ -171,8 +171,9 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
         except ValidationError as exc:
             raise _format_validation(exc, f"stages[{index}].{raw_name}.", source) from None
     if data.get("finetune") is not None:
-        from finetune.train import FinetuneConfig
+        from datagen.plugins import plugin
 
+        FinetuneConfig = plugin("finetune").FinetuneConfig  # noqa: N806 - a class, as imported
         _check_keys(data["finetune"], FinetuneConfig, "finetune.", source)
         try:
             FinetuneConfig.model_validate(data["finetune"])
@@ -512,7 +513,10 @@ class Pipeline:
 
     def _finetune(self, records: list[Record], run_dir: Path, data_hash: str, progress: bool,
                   say: _Console) -> dict[str, Any]:
-        from finetune.train import FinetuneConfig, train
+        from datagen.plugins import plugin
+
+        finetune = plugin("finetune")
+        FinetuneConfig, train = finetune.FinetuneConfig, finetune.train  # noqa: N806
 
         config = FinetuneConfig.model_validate(self.config.finetune or {})
         model_dir = run_dir / "model"

@@ -41,6 +41,3 @@ def render(name: str, prompts_dir: str | Path | None = None, **variables: Any) -
     template = _environment(str(extra) if extra else None).get_template(f"{name}.txt")
     return template.render(**variables).strip()
 
-
-def available() -> list[str]:
-    return sorted(p.stem for p in builtin_prompts_dir().glob("*.txt"))

@@ -72,6 +72,14 @@ class RecordMeta(BaseModel):
     round: int = Field(0, description="Self-Instruct / Evol-Instruct round that made it")
     model: str | None = Field(None, description="backend spec that wrote the answer")
     is_classification: bool | None = None
+    classification_guessed: bool | None = Field(None, description="self_instruct: the model never said yes/no")
+    task_id: str | None = Field(None, description="self_instruct: the task a record is an instance of")
+    instance_index: int | None = Field(None, description="self_instruct: which instance of its task")
+    request: int | None = Field(None, description="self_instruct: the generation request a drop came from")
+    # what a file brought along
+    name: str | None = Field(None, description="a seed task's name (Self-Instruct format)")
+    instances: list[dict[str, Any]] | None = Field(None, description="a task's examples: [{input, output}]")
+    extra: dict[str, Any] | None = Field(None, description="keys of the input row no reader understood, kept")
     # answers and their scores
     answer_finish_reason: str | None = Field(None, description="finish reason of the kept answer ('length' = cut off)")
     scores: dict[str, float] = Field(default_factory=dict, description="judge / reward / quality scores by name")

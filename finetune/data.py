@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datagen.records import Record, stable_id
+from datagen.records import Record
 
 Example = dict[str, Any]  # {"id": str, "messages": [{"role", "content"}, ...]}
 
@@ -84,13 +84,6 @@ def load_records(source: str | Path | Sequence[Record]) -> list[Record]:
 
         return read_records(source)
     return list(source)
-
-
-def messages_example(messages: list[dict[str, str]], example_id: str | None = None) -> Example:
-    """A ready-made conversation as an example (id derived from its content when not given)."""
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-    eid = example_id or stable_id(*(f"{m['role']}:{m['content']}" for m in msgs), prefix="ex")
-    return {"id": eid, "messages": msgs}
 
 
 def eval_count(n: int, eval_fraction: float) -> int:

@@ -1,8 +1,9 @@
 """End to end with the real embedded model: evolve 2 records one round, then best-of-2 distill.
 
 Tiny token limits keep it around a minute on CPU. SmolLM2-135M rarely follows formats, so the
-assertions are about bookkeeping (every attempt accounted for, lineage, candidates, reasons),
-not about what the model wrote.
+assertions are mostly about bookkeeping (every attempt accounted for, lineage, candidates,
+reasons), not about what the model wrote; but a working backend never fails a request
+(`llm_error` is not an accepted reason) and distill keeps at least one answer.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from datagen.stages.evol_instruct import EvolConfig
 from datagen.stages.evol_instruct import run as evolve
 
 EVOL_REASONS = {
-    "llm_error",
     "empty_evolution",
     "truncated_evolution",
     "template_leak",
@@ -26,7 +26,7 @@ EVOL_REASONS = {
     "refusal_response",
     "degenerate_response",
 }
-DISTILL_REASONS = {"llm_error", "no_valid_candidate", "unscored", "below_min_score"}
+DISTILL_REASONS = {"no_valid_candidate", "unscored", "below_min_score"}
 
 
 @pytest.mark.slow
@@ -62,7 +62,6 @@ def test_evolve_then_distill_with_local_model(tmp_path):
         # Phase 2 (equality check + answer) ran for every rewrite that passed the text rules.
         checked = len(new) + sum(
             d.meta.drop_reason in {"no_information_gain", "refusal_response", "degenerate_response"}
-            or (d.meta.drop_reason == "llm_error" and d.meta.drop_detail["step"] != "evolve")
             for d in evolved.dropped
         )
         assert evolved.stats["requests"] == 2 + 2 * checked
@@ -71,6 +70,9 @@ def test_evolve_then_distill_with_local_model(tmp_path):
         result = distill(inputs, ctx, DistillConfig(n=2, max_tokens=24, judge_max_tokens=24))
         assert len(result.kept) + len(result.dropped) == len(inputs)
         assert {d.meta.drop_reason for d in result.dropped} <= DISTILL_REASONS
+        for out in result.kept + result.dropped:  # the teacher answered every request
+            texts = [c["text"] for c in out.meta.candidates]
+            assert len(texts) == 2 and any(t.strip() for t in texts)
         for out in result.kept:
             texts = [c["text"] for c in out.meta.candidates]
             assert len(texts) == 2 and out.output == texts[out.meta.best_candidate]
@@ -79,6 +81,15 @@ def test_evolve_then_distill_with_local_model(tmp_path):
         calls = ctx.llm().usage.calls
         again = distill(inputs, ctx, DistillConfig(n=2, max_tokens=24, judge_max_tokens=24))
         assert [r.model_dump() for r in again.kept] == [r.model_dump() for r in result.kept]
+        assert [r.model_dump() for r in again.dropped] == [r.model_dump() for r in result.dropped]
+        assert ctx.llm().usage.calls == calls
+        # The tiny judge often returns no grade; allowed an unranked pick, every record gets an
+        # answer from the same cached replies.
+        lenient = distill(
+            inputs, ctx, DistillConfig(n=2, max_tokens=24, judge_max_tokens=24, on_unscored="keep")
+        )
+        assert [r.id for r in lenient.kept] == [r.id for r in inputs]
+        assert all(r.output.strip() for r in lenient.kept)
         assert ctx.llm().usage.calls == calls
     finally:
         ctx.close()

@@ -146,7 +146,7 @@ def test_lineage_chains_over_rounds():
     by_id = {r.id: r for r in result.kept}
     for child in evolved:
         parent = by_id[child.meta.parent_id]
-        assert child.meta.evol_depth == (parent.meta.model_extra or {}).get("evol_depth", 0) + 1
+        assert child.meta.evol_depth == parent.meta.evol_depth + 1
         assert child.instruction.startswith(parent.instruction)
         assert child.meta.root_id in {o.id for o in originals}
     assert len({r.id for r in result.kept}) == len(result.kept)

@@ -72,8 +72,8 @@ def test_alpaca_json_and_sharegpt_and_messages(tmp_path: Path) -> None:
 
 
 def test_unknown_format_and_bad_role(tmp_path: Path) -> None:
-    path = _write(tmp_path / "x.jsonl", [json.dumps({"prompt": "p", "completion": "c"})])
-    with pytest.raises(ValueError, match=r"x.jsonl:1: unknown record format \(keys: completion, prompt\)"):
+    path = _write(tmp_path / "x.jsonl", [json.dumps({"text": "p", "label": 1})])
+    with pytest.raises(ValueError, match=r"x.jsonl:1: unknown record format \(keys: label, text\)"):
         read_records(path)
     path = _write(tmp_path / "y.jsonl", [json.dumps({"messages": [{"role": "robot", "content": "x"}]})])
     with pytest.raises(ValueError, match=r"y.jsonl:1: .*unknown role 'robot'"):

@@ -6,6 +6,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 from rouge_score import tokenize as rouge_tokenize
 
@@ -18,12 +20,6 @@ from datagen.novelty import (
     tokenize,
     tokenize_cjk,
 )
-
-try:  # property-based tests run when hypothesis is installed (it is optional)
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-except ImportError:  # pragma: no cover
-    given = None
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
@@ -236,17 +232,18 @@ def test_add_if_novel_reports_blocking_match() -> None:
     assert added and match is None and len(index) == 2
 
 
-if given is not None:
-    _word = st.sampled_from(VOCAB + ["Z", "zz", "!!", "\u00df"])
-    _text = st.lists(_word, max_size=12).map(" ".join)
+_word = st.sampled_from(VOCAB + ["Z", "zz", "!!", "\u00df"])
+_text = st.lists(_word, max_size=12).map(" ".join)
 
-    @settings(max_examples=300, deadline=None)
-    @given(_text, _text)
-    def test_property_rouge_l_equals_rouge_score(a: str, b: str) -> None:
-        assert rouge_l(a, b) == rouge_f(a, b)
 
-    @settings(max_examples=100, deadline=None)
-    @given(st.lists(_text, min_size=1, max_size=15), _text, st.floats(0, 1))
-    def test_property_index_decisions(pool: list[str], text: str, threshold: float) -> None:
-        best, _ = brute_force(pool, text)
-        assert NoveltyIndex(pool).is_novel(text, threshold) == (best <= threshold)
+@settings(max_examples=300, deadline=None)
+@given(_text, _text)
+def test_property_rouge_l_equals_rouge_score(a: str, b: str) -> None:
+    assert rouge_l(a, b) == rouge_f(a, b)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_text, min_size=1, max_size=15), _text, st.floats(0, 1))
+def test_property_index_decisions(pool: list[str], text: str, threshold: float) -> None:
+    best, _ = brute_force(pool, text)
+    assert NoveltyIndex(pool).is_novel(text, threshold) == (best <= threshold)

@@ -129,7 +129,7 @@ def test_run_heuristics_reasons_and_order():
         rec(0, "Explain photosynthesis.", GOOD),
         rec(1, "Explain photosynthesis.", ""),
         rec(2, "Explain photosynthesis.", "I'm sorry, but I cannot do that."),
-        rec(3, "Explain photosynthesis.", GOOD, finish_reason="length"),
+        rec(3, "Explain photosynthesis.", GOOD, answer_finish_reason="length"),
         rec(4, "Explain photosynthesis.", "Explain photosynthesis."),
     ]
     result = run(records, StageContext(progress=False), no_judge())

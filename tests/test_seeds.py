@@ -10,7 +10,6 @@ from datagen.novelty import NoveltyIndex
 from datagen.records import SeedTask
 
 SEEDS = default_seeds_path()
-pytestmark = pytest.mark.skipif(not SEEDS.exists(), reason="seeds/seed_tasks.jsonl not written yet")
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,9 @@ from datagen.stages.self_instruct import (
     count_words,
     filter_reason,
     guess_is_classification,
-    parse_instances,
-    parse_task_list,
     run,
 )
+from datagen.stages.self_instruct_replies import parse_instances, parse_task_list
 
 # ------------------------------------------------------------------ parse_task_list
 
@@ -357,7 +356,7 @@ def small_config(**kw: object) -> SelfInstructConfig:
 def test_full_run_on_fake_llm() -> None:
     llm = FakeLLM()
     result = run(seed_records(), fake_ctx(llm), small_config())
-    tasks = {r.meta.model_extra["task_id"] for r in result.kept}
+    tasks = {r.meta.task_id for r in result.kept}
     assert len(tasks) == 12 == result.stats["tasks_kept"]
     assert result.stats["stop_reason"] == "num_instructions_reached"
     assert all(r.meta.source == "self_instruct" and r.output for r in result.kept)
@@ -379,7 +378,7 @@ def test_full_run_on_fake_llm() -> None:
     assert len({r.id for r in result.dropped}) == len(result.dropped)
     by_task: dict[str, list[Record]] = {}
     for r in result.kept:
-        by_task.setdefault(r.meta.model_extra["task_id"], []).append(r)
+        by_task.setdefault(r.meta.task_id, []).append(r)
     assert all(len({r.instruction for r in rs}) == 1 and len(rs) <= 5 for rs in by_task.values())
 
 
@@ -499,7 +498,7 @@ def test_cli_parser_accepts_documented_options() -> None:
             "d.jsonl",
         ]
     )
-    assert args.num == 3 and args.format == "alpaca" and args.llm == "local" and callable(args.func)
+    assert args.num_instructions == 3 and args.format == "alpaca" and args.llm == "local" and callable(args.func)
 
 
 def test_cli_writes_chosen_format_from_bundled_seeds(tmp_path, monkeypatch) -> None:
@@ -543,8 +542,10 @@ def test_cli_reads_alpaca_seeds(tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_end_to_end_local_model(tmp_path) -> None:
-    """The real embedded model, tiny: the command runs, writes valid records and drop reasons."""
+def test_end_to_end_local_model(tmp_path, capsys) -> None:
+    """The real embedded model, tiny: the command runs, every request is answered, and it
+    writes valid records and drop reasons. (SmolLM2-135M rarely writes a parseable task list
+    in two requests, so kept records are asserted with scripted backends above.)"""
     from datagen.cli import main
     from datagen.io import read_records
 
@@ -559,6 +560,13 @@ def test_end_to_end_local_model(tmp_path) -> None:
     assert rc == 0
     kept = read_records(out) if out.stat().st_size else []
     dropped_recs = read_records(drops) if drops.stat().st_size else []
-    assert kept or dropped_recs
+    reasons = [r.meta.drop_reason for r in dropped_recs]
+    assert "llm_error" not in reasons  # a working backend answers every request
+    summary = json.loads(re.search(r"^\{$.*?^\}$", capsys.readouterr().err, re.M | re.S).group(0))
+    usage = summary["llm_usage"]["local"]
+    assert usage["errors"] == {} and usage["calls"] == usage["requests"] >= 2
+    assert usage["completion_tokens"] > 0
     assert all(r.meta.source == "self_instruct" and r.output.strip() for r in kept)
-    assert all(r.meta.drop_reason for r in dropped_recs)
+    assert all(reasons)
+    # What the model wrote reached the parser: an unparseable reply is kept as the drop's text.
+    assert all(r.instruction.strip() for r in dropped_recs if r.meta.drop_reason == "unparseable")

@@ -54,10 +54,15 @@ class DistillConfig(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1, description="teacher nucleus sampling")
     max_tokens: int = Field(1024, ge=1, description="teacher token limit per candidate")
     ranker: Literal["judge", "reward_model", "none"] = Field(
-        "judge", description="how candidates are scored: LLM judge, local reward model, or not at all"
+        "judge",
+        description="how candidates are scored: LLM judge, local reward model, or not at all "
+        "(reward_model when only reward_model is given)",
     )
     judge: str | None = Field(None, description="backend spec of the judge (default: the teacher's)")
     judge_max_tokens: int = Field(256, ge=1, description="token limit of a judge reply")
+    judge_scale: tuple[int, int] = Field(
+        (1, 10), description="the judge's whole-number scale (low, high); min_score is on it for the judge"
+    )
     reward_model: str | None = Field(
         None, description="local folder of an AutoModelForSequenceClassification"
     )
@@ -69,7 +74,7 @@ class DistillConfig(BaseModel):
         None, description="torch device for the reward model (default: cuda if present)"
     )
     min_score: float | None = Field(
-        None, description="drop the record when its best score is below this (judge: 1-10; reward: logit)"
+        None, description="drop the record when its best score is below this (judge: on judge_scale; reward: logit)"
     )
     prefer_complete: bool = Field(
         True, description="a complete candidate always beats one truncated at max_tokens, whatever the scores"
@@ -84,6 +89,13 @@ class DistillConfig(BaseModel):
     )
     system_prompt: str | None = Field(None, description="system message for the teacher only (not stored)")
     llm: str | None = Field(None, description="teacher backend spec (default: the pipeline's)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reward_model_implies_its_ranker(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("reward_model") and "ranker" not in data:
+            return {**data, "ranker": "reward_model"}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:
@@ -171,9 +183,9 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
     # Candidates per record; failed requests are settled right away.
     pending: list[tuple[Record, list[dict[str, str]], list[dict[str, Any]]]] = []
     for record, context, completion in zip(todo, contexts, completions, strict=True):
-        failed = failure_reason(completion)
-        if failed:
-            out_dropped.append(dropped(record, failed, step="teacher", error=completion.error or "empty reply"))
+        if completion.error:  # blank candidates are judged below (no_valid_candidate)
+            out_dropped.append(dropped(record, failure_reason(completion) or "llm_error", step="teacher",
+                                       error=completion.error))
             continue
         candidates: list[dict[str, Any]] = [
             {"text": text, "score": None, "finish_reason": reason}
@@ -197,6 +209,8 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
             judge_llm,
             [(conversation_text(c), cand["text"]) for _, c, cand in valid],
             ctx,
+            low=config.judge_scale[0],
+            high=config.judge_scale[1],
             max_tokens=config.judge_max_tokens,
             desc="distill: judge",
         )
@@ -205,6 +219,7 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
             cand["reason"] = result.reason
         stats.update(judge_stats(results))
         stats["judge_requests"] = len(results)
+        stats["judge_scale"] = list(config.judge_scale)
     elif config.ranker == "reward_model" and valid:
         scores = reward_scores(
             config.reward_model or "",
@@ -342,52 +357,14 @@ def reward_scores(
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_common import add_io_args, add_llm_args
+    from datagen.cli_config import add_stage_command
 
-    parser = subparsers.add_parser(
-        "distill",
+    add_stage_command(
+        subparsers, "distill", DistillConfig, run,
         help="a teacher answers each instruction n times; the best answer (judge or reward model) is kept",
         description=(
-            "Best-of-n distillation: --llm answers every instruction --n times; candidates are ranked by an LLM "
-            "judge (--judge, default the teacher) or a local reward model (--reward-model). All candidates and "
+            "Best-of-n distillation: --llm answers every instruction --n times; candidates are ranked by an LLM\n"
+            "judge (--judge, default the teacher) or a local reward model (--reward-model). All candidates and\n"
             "scores stay in meta. Works on any instruction file (records, Alpaca, ShareGPT, messages)."
         ),
     )
-    add_io_args(parser)
-    parser.add_argument("--n", type=int, default=None, help="candidates per instruction (default 4)")
-    parser.add_argument("--judge", default=None, help="judge backend spec (default: the --llm teacher)")
-    parser.add_argument(
-        "--reward-model", default=None, help="local AutoModelForSequenceClassification folder"
-    )
-    parser.add_argument(
-        "--ranker",
-        choices=["judge", "reward_model", "none"],
-        default=None,
-        help="default: reward_model when --reward-model is given, else judge",
-    )
-    parser.add_argument(
-        "--min-score", type=float, default=None, help="drop records whose best score is lower"
-    )
-    parser.add_argument("--temperature", type=float, default=None, help="teacher temperature (default 0.8)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="teacher token limit (default 1024)")
-    parser.add_argument("--judge-max-tokens", type=int, default=None, help="judge token limit (default 256)")
-    parser.add_argument("--system-prompt", default=None, help="system message for the teacher (not stored)")
-    parser.add_argument(
-        "--include-existing", action="store_true", help="the record's current output competes as a candidate"
-    )
-    add_llm_args(parser)
-    parser.set_defaults(func=_cli)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    from datagen.cli_common import options_from_args, run_stage_cli
-
-    overrides = options_from_args(
-        args,
-        ("n", "judge", "reward_model", "min_score", "temperature", "max_tokens", "judge_max_tokens", "system_prompt"),
-    )
-    overrides["ranker"] = args.ranker or ("reward_model" if args.reward_model else "judge")
-    if args.include_existing:
-        overrides["include_existing"] = True
-    config = DistillConfig(**overrides)
-    return run_stage_cli(args, run, config)

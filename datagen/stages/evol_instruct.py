@@ -444,60 +444,17 @@ def parse_ops(spec: str) -> dict[str, float]:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_common import add_io_args, add_llm_args
+    from datagen.cli_config import add_stage_command
 
-    parser = subparsers.add_parser(
-        "evolve",
+    add_stage_command(
+        subparsers, "evolve", EvolConfig, run,
         help="Evol-Instruct: rewrite instructions into harder / rarer ones over several rounds",
         description=(
-            "Evolve every instruction of a file for M rounds (in-depth: "
-            + ", ".join(IN_DEPTH_OPS)
-            + "; in-breadth: breadth). Failed rewrites are dropped with their reason and the parent "
-            "tries again next round. Works on any instruction file (records, Alpaca, ShareGPT, messages)."
+            "Evolve every instruction of a file for M rounds (in-depth: " + ", ".join(IN_DEPTH_OPS)
+            + "; in-breadth: breadth).\nFailed rewrites are dropped with their reason and the parent tries again "
+            "next round.\nWorks on any instruction file (records, Alpaca, ShareGPT, messages).\n"
+            'Op weights: --ops "deepen=1,breadth=2" (unlisted ops are not used).'
         ),
+        aliases={"keep_originals": ["--originals"]},
+        value_parsers={"ops": parse_ops},
     )
-    add_io_args(parser)
-    parser.add_argument("--rounds", type=int, default=None, help="evolution rounds (default 4)")
-    parser.add_argument(
-        "--ops",
-        default=None,
-        help='op weights, e.g. "deepen=1,breadth=2" (unlisted ops are not used; default: all ops, weight 1). '
-        f"Ops: {', '.join(OPS)}",
-    )
-    parser.add_argument("--temperature", type=float, default=None, help="rewrite temperature (default 0.7)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="rewrite token limit (default 512)")
-    parser.add_argument(
-        "--answer-max-tokens", type=int, default=None, help="answer token limit (default 512)"
-    )
-    parser.add_argument(
-        "--no-answer", action="store_true", help="do not answer rewrites (skips the response rules)"
-    )
-    parser.add_argument(
-        "--no-equality-check", action="store_true", help="skip the LLM no-information-gain check"
-    )
-    parser.add_argument(
-        "--final-only", action="store_true", help="emit only the last evolution of each chain"
-    )
-    parser.add_argument(
-        "--no-originals", action="store_true", help="do not emit the input records themselves"
-    )
-    add_llm_args(parser)
-    parser.set_defaults(func=_cli)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    from datagen.cli_common import options_from_args, run_stage_cli
-
-    overrides = options_from_args(args, ("rounds", "temperature", "max_tokens", "answer_max_tokens"))
-    if args.ops:
-        overrides["ops"] = parse_ops(args.ops)
-    if args.no_answer:
-        overrides["answer"] = False
-    if args.no_equality_check:
-        overrides["equality_check"] = False
-    if args.final_only:
-        overrides["keep_all_rounds"] = False
-    if args.no_originals:
-        overrides["keep_originals"] = False
-    config = EvolConfig(**overrides)
-    return run_stage_cli(args, run, config)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from datagen.errors import failure_reason
+from datagen.llm.base import Completion
 from datagen.records import Record, StageResult, dropped
 from datagen.stages.context import StageContext
 
@@ -113,6 +114,14 @@ class QualityConfig(BaseModel):
 
     judge: bool = Field(True, description="score each record with an LLM judge (1-5)")
     llm: str | None = Field(None, description="judge backend spec (None = the run's backend)")
+    judge_scale: tuple[float, float] = Field(
+        (1, 5),
+        description="the judge's scale (low, high); prompts/quality_judge.txt is written for 1-5, change both "
+        "together. min_judge_score is on this scale",
+    )
+    judge_retry: bool = Field(
+        False, description="ask an unparseable judge once more for just the number (one extra call each)"
+    )
     min_judge_score: float = Field(
         4.5, ge=1.0, le=5.0, description="keep records the judge scores at least this"
     )
@@ -278,67 +287,12 @@ def heuristic_verdict(record: Record, config: QualityConfig) -> Verdict:
 # ---------------------------------------------------------------------------------------------
 # LLM judge
 
-JUDGE_SCHEMA: dict[str, Any] = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "quality_judgement",
-        "strict": True,
-        "schema": {
-            "type": "object",
-            "properties": {"reason": {"type": "string"}, "score": {"type": "number"}},
-            "required": ["reason", "score"],
-            "additionalProperties": False,
-        },
-    },
-}
-_REASON = re.compile(r"(?:reason|explanation|rationale|justification)\W{0,3}\s*[:=-]\s*(.+)", re.I | re.S)
-
-
 def parse_judgement(text: str) -> tuple[float | None, str]:
-    """(score in [1, 5] or None, reason) from a judge reply, however it is formatted."""
-    from datagen.parsing import extract_json, parse_score
+    """(score in the default 1-5 scale or None, reason): the shared judge's parser."""
+    from datagen.judge import parse_judgement as shared
 
-    score = parse_score(text, 1, 5)
-    reason = ""
-    data = extract_json(text)
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if key.lower() in {"reason", "explanation", "rationale", "justification"} and isinstance(
-                value, str
-            ):
-                reason = value
-                break
-    if not reason:
-        match = _REASON.search(text)
-        reason = match.group(1) if match else text
-    return score, " ".join(reason.split())[:500]
-
-
-def judge_requests(
-    records: list[Record], ctx: StageContext, config: QualityConfig, structured: bool
-) -> list[Any]:
-    from datagen.llm import ChatRequest
-    from datagen.prompts import render
-
-    requests = []
-    for rec in records:
-        prompt = render(
-            "quality_judge",
-            prompts_dir=ctx.prompts_dir,
-            instruction=rec.instruction.strip(),
-            input=rec.input.strip(),
-            output=rec.output.strip(),
-        )
-        requests.append(
-            ChatRequest.chat(
-                prompt,
-                temperature=0.0,
-                max_tokens=config.judge_max_tokens,
-                seed=ctx.seed,
-                response_format=JUDGE_SCHEMA if structured else None,
-            )
-        )
-    return requests
+    low, high = QualityConfig.model_fields["judge_scale"].default
+    return shared(text, low, high)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,40 +447,34 @@ def _judge(
     config: QualityConfig,
     stats: dict[str, Any],
 ) -> None:
-    from datagen.llm import generate_sync
+    from datagen.judge import score_answers
 
     llm = ctx.llm(config.llm)
     structured = bool(getattr(llm, "supports_json_schema", False))
-    requests = judge_requests([records[i] for i in todo], ctx, config, structured)
-    counts = {"low": 0, "unparseable": 0, "errors": 0}
-    with ctx.bar(len(requests), "quality judge", unit="req") as bar:
-
-        def landed(_: int, completion: Any) -> None:
-            bar.update(1)
-            if completion.error:
-                counts["errors"] += 1
-            bar.set_postfix(errors=counts["errors"])
-
-        completions = generate_sync(llm, requests, on_result=landed)
-
+    chosen = [records[i] for i in todo]
+    low, high = config.judge_scale
+    results = score_answers(
+        llm, [(r.instruction, r.output) for r in chosen], ctx, low=low, high=high, prompt="quality_judge",
+        max_tokens=config.judge_max_tokens, retry=config.judge_retry, structured=structured,
+        desc="quality judge", inputs=[r.input for r in chosen], seed=ctx.seed, whole_numbers=False,
+    )
+    counts = {"low": 0, "unparseable": 0}
     scores: list[float] = []
-    for i, completion in zip(
-        todo, completions, strict=True
-    ):  # results applied in request order: deterministic
+    for i, judged in zip(todo, results, strict=True):  # applied in request order: deterministic
         rec = updated.setdefault(i, records[i].model_copy(deep=True))
-        failed = failure_reason(completion)
-        if failed:
-            verdicts[i] = (failed, {"error": (completion.error or "empty reply")[:300]})
+        if judged.error:
+            reason = failure_reason(Completion(error=judged.error)) or "llm_error"
+            verdicts[i] = (reason, {"error": judged.error[:300]})
             continue
-        score, reason = parse_judgement(completion.text)
+        score, reason = judged.score, judged.reason
         if score is None:
             counts["unparseable"] += 1
             if config.on_unparseable == "drop":
-                verdicts[i] = ("judge_unparseable", {"reply": completion.text[:300]})
+                verdicts[i] = ("judge_unparseable", {"reply": judged.raw[:300]})
             continue
         scores.append(score)
         rec.meta.scores["quality_judge"] = score
-        rec.meta.quality_judge_reason = reason  # extra key: RecordMeta allows them
+        rec.meta.quality_judge_reason = reason
         if score < config.min_judge_score:
             counts["low"] += 1
             verdicts[i] = (
@@ -534,7 +482,8 @@ def _judge(
                 {"score": score, "min_score": config.min_judge_score, "judge_reason": reason},
             )
     stats.update(
-        judge_requests=len(requests),
+        judge_requests=len(results),
+        judge_scale=list(config.judge_scale),
         judge_structured_output=structured,
         judge_unparseable=counts["unparseable"],
         judge_low_score=counts["low"],

@@ -40,6 +40,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datagen.errors import failure_reason
 from datagen.records import Record, RecordMeta, StageResult, dropped, stable_id
+from datagen.stages.self_instruct_replies import (
+    Instance,
+    has_instance_fields,
+    has_list_markers,
+    parse_instances,
+    parse_task_list,
+)
 
 if TYPE_CHECKING:
     from datagen.stages.context import StageContext
@@ -134,104 +141,6 @@ class SelfInstructConfig(BaseModel):
         return self.max_requests or 10 + 2 * self.num_instructions
 
 
-# ------------------------------------------------------------------ parsing task lists
-
-_NUMBERED = re.compile(
-    r"""^\s*(?:[*_]{1,2}\s*)?(?:
-          (?:task|instruction|prompt|question|item|new\s+task)\s*\#?\s*(?P<n1>\d{1,3})
-          \s*(?:[.):\uff1a\uff0e-]|(?=\s))
-        | \#\s*(?P<n2>\d{1,3})\s*[.):\uff1a-]?
-        | (?P<n3>\d{1,3})\s*(?:\.(?!\d)|[)\uff1a\uff0e\u3001]|:(?!\d)|\s-\s)
-        | \((?P<n4>\d{1,3})\)
-        )\s*(?:[*_]{1,2})?""",
-    re.X | re.I,
-)
-_BULLET = re.compile(r"^\s*[-*\u2022\u00b7+]\s+")
-# A label repeated inside the item: "9. Instruction: Write ..." / "Task: ..." / "**Task 3:**"
-_INNER_LABEL = re.compile(
-    r"^\s*(?:[*_]{1,2})?\s*(?:new\s+)?(?:task|instruction|prompt)\s*\#?\s*\d{0,3}\s*(?:[*_]{1,2})?"
-    r"\s*[:\uff1a]\s*(?:[*_]{1,2})?\s*",
-    re.I,
-)
-# Lines that end the instruction text of an item (a model adding an example or an answer).
-_FIELD_LINE = re.compile(
-    r"^\s*(?:[*_]{1,2})?\s*"
-    r"(?:input|output|answer|response|solution|example(?:\s+(?:input|output))?|class\s*label)"
-    r"\s*(?:[*_]{1,2})?\s*[:\uff1a]",
-    re.I,
-)
-_CHATTER = re.compile(
-    r"^\s*(?:sure|certainly|of course|absolutely|okay|ok|great|here\s+(?:are|is)|i\s+hope|let me know|"
-    r"these\s+tasks|note\b|feel free)",
-    re.I,
-)
-_QUOTE_PAIRS = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "`": "`", "\u300c": "\u300d"}
-
-
-def _clean_item(lines: list[str]) -> str:
-    text = "\n".join(line.strip() for line in lines).strip()
-    text = _INNER_LABEL.sub("", text, count=1)
-    text = text.replace("**", "").replace("__", "")
-    text = re.sub(r"[ \t]+", " ", text).strip()
-    if len(text) >= 2 and _QUOTE_PAIRS.get(text[0]) == text[-1] and text.count(text[0]) <= 2:
-        text = text[1:-1].strip()
-    return text
-
-
-def has_list_markers(text: str) -> bool:
-    """Whether any line of `text` starts like a numbered or bulleted list item."""
-    return any(_NUMBERED.match(line) or _BULLET.match(line) for line in text.splitlines())
-
-
-def parse_task_list(text: str) -> list[str]:
-    """Items of a (numbered) list reply, lenient about how the model formats it.
-
-    Handles "1.", "1)", "(1)", "#1", "Task 1:", "**Task 1:**", "9. Instruction: ...", bullets
-    (only when nothing is numbered), items spanning several lines, a preamble and closing
-    chatter. An item ends at a blank line, the next item, or an "Input:"/"Output:" line.
-    With no list markers at all, each line that is not chatter is taken as one item (if there
-    are at least two such lines).
-    """
-    lines = text.splitlines()
-    numbered = any(_NUMBERED.match(line) for line in lines)
-    items: list[list[str]] = []
-    current: list[str] | None = None
-    closed = False  # current item stopped accepting continuation lines
-
-    def flush() -> None:
-        nonlocal current
-        if current is not None and any(part.strip() for part in current):
-            items.append(current)
-        current = None
-
-    for line in lines:
-        match = _NUMBERED.match(line) if numbered else _BULLET.match(line)
-        if match:
-            flush()
-            current, closed = [line[match.end() :]], False
-            continue
-        if not line.strip():
-            if current is not None and any(part.strip() for part in current):
-                closed = True
-            continue
-        if current is None or closed:
-            continue
-        if _FIELD_LINE.match(line) or _CHATTER.match(line):
-            closed = True
-            continue
-        current.append(line)
-    flush()
-    if not items and not numbered:
-        # No list markers: one task per line, but a lone paragraph is commentary, not a list.
-        plain = [
-            line
-            for line in lines
-            if line.strip() and not line.rstrip().endswith(":") and not _CHATTER.match(line)
-        ]
-        items = [[line] for line in plain] if len(plain) >= 2 else []
-    return [cleaned for cleaned in (_clean_item(item) for item in items) if cleaned]
-
-
 # ------------------------------------------------------------------ filters
 
 _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]+")
@@ -291,115 +200,6 @@ def guess_is_classification(instruction: str) -> bool:
     return bool(_CLASSIFICATION_HINT.search(instruction))
 
 
-# ------------------------------------------------------------------ parsing instances
-
-_EXAMPLE_HEADER = re.compile(
-    r"^\s*(?:[*_#]+\s*)?(?:example|instance|sample)\s*#?\s*\d*\s*(?:[*_]+\s*)?[:.)\uff1a-]?\s*"
-    r"(?:[*_]+\s*)?(?P<rest>.*)$",
-    re.I,
-)
-_INSTANCE_FIELD = re.compile(
-    r"^\s*(?:[*_#>-]+\s*)?(?P<label>class\s*labels?|labels?|class|category|input|output|answer|response)"
-    r"\s*\d{0,2}\s*(?:[*_]+\s*)?[:\uff1a]\s*(?:[*_]+)?\s*(?P<rest>.*)$",
-    re.I,
-)
-_EMPTY_INPUTS = {
-    "", "none", "(none)", "<none>", "n/a", "na", "(n/a)", "null", "-", "nothing", "empty", "(empty)",
-    "no input", "(no input)", "<noinput>", "<no input>", "not applicable", "(not applicable)",
-    "\u65e0", "\uff08\u65e0\uff09",
-}  # fmt: skip
-
-
-def _label_kind(label: str) -> str:
-    """input / output / answer / response, or "class" for Class label, Label, Class, Category."""
-    label = label.lower()
-    if label in {"input", "output", "answer", "response"}:
-        return label
-    return "class"
-
-
-@dataclass(frozen=True)
-class Instance:
-    input: str
-    output: str
-
-
-def has_instance_fields(text: str) -> bool:
-    """Whether any line looks like an "Input:" / "Output:" / "Class label:" field."""
-    return any(_INSTANCE_FIELD.match(line) for line in text.splitlines())
-
-
-def _field_value(lines: list[str]) -> str:
-    value = "\n".join(lines).strip()
-    value = value.strip("*_ ").strip() if value.startswith(("*", "_")) else value
-    return value
-
-
-def parse_instances(text: str, output_first: bool = False, truncated: bool = False) -> list[Instance]:
-    """(input, output) pairs from an instances reply, in reply order, deduplicated.
-
-    Understands "Example N" headers (optional), "Input:" / "Output:" fields in either order,
-    "Class label:" (or Label/Class/Category) as the output of a classification example,
-    multi-line values (code, lists), markdown bold around labels, and "(none)"-style empty
-    inputs. When the reply was cut off (`truncated`) the last example is dropped.
-    """
-    lines = text.splitlines()
-    if output_first:
-        output_labels = {"output", "answer", "class"}
-    else:
-        # "Answer:"/"Response:" stand in for "Output:" only when the reply has no "Output:"
-        # line: inside a real output they are just text (e.g. "Answer: 42" after a derivation).
-        has_output = any(
-            (m := _INSTANCE_FIELD.match(x)) and m.group("label").lower() == "output" for x in lines
-        )
-        output_labels = {"output"} if has_output else {"output", "answer", "response"}
-    examples: list[dict[str, list[str]]] = []
-    current: dict[str, list[str]] = {}
-    last_key: str | None = None
-
-    def flush() -> None:
-        nonlocal current, last_key
-        if current:
-            examples.append(current)
-        current, last_key = {}, None
-
-    for line in lines:
-        header = _EXAMPLE_HEADER.match(line)
-        if header and (not header.group("rest") or _INSTANCE_FIELD.match(header.group("rest"))):
-            flush()
-            line = header.group("rest")
-            if not line:
-                continue
-        field_match = _INSTANCE_FIELD.match(line)
-        label = _label_kind(field_match.group("label")) if field_match else None
-        if field_match and (label == "input" or label in output_labels):
-            key = "input" if label == "input" else "output"
-            if key in current:  # the same field again: a new example started without a header
-                flush()
-            current[key] = [field_match.group("rest")]
-            last_key = key
-            continue
-        if last_key is not None:
-            current[last_key].append(line)
-    flush()
-    if truncated and examples:
-        examples.pop()
-    seen: set[tuple[str, str]] = set()
-    result: list[Instance] = []
-    for ex in examples:
-        output = _field_value(ex.get("output", []))
-        inp = _field_value(ex.get("input", []))
-        if inp.strip().strip(".").lower() in _EMPTY_INPUTS:
-            inp = ""
-        if not output or output.strip().lower() in _EMPTY_INPUTS or output == inp:
-            continue
-        key = (inp, output)
-        if key not in seen:
-            seen.add(key)
-            result.append(Instance(inp, output))
-    return result
-
-
 # ------------------------------------------------------------------ the stage
 
 
@@ -423,8 +223,7 @@ class _Candidate:
 
 
 def _seed_task(record: Record) -> _Task:
-    extra = record.meta.model_extra or {}
-    raw = extra.get("instances")
+    raw = record.meta.instances
     instances = []
     if isinstance(raw, list):
         for item in raw:
@@ -793,58 +592,24 @@ def _records(cand: _Candidate, model: str) -> list[Record]:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_common import OUTPUT_FORMATS, add_llm_args
+    from datagen.cli_config import add_stage_command
 
-    parser = subparsers.add_parser(
-        "self-instruct",
+    add_stage_command(
+        subparsers, "self-instruct", SelfInstructConfig, run,
         help="grow seed tasks into new instruction data (Self-Instruct)",
-        description="Generate new tasks from seed tasks with the Self-Instruct algorithm: few-shot task "
-        "generation, filters, ROUGE-L novelty (> 0.7 dropped), classification identification and "
-        "instance generation. Writes one record per (task, instance).",
+        description=(
+            "Generate new tasks from seed tasks with the Self-Instruct algorithm: few-shot task generation,\n"
+            "filters, ROUGE-L novelty (> 0.7 dropped), classification identification and instance generation.\n"
+            "Writes one record per (task, instance). --input (or --seeds) defaults to the bundled 175 seeds."
+        ),
+        input_aliases=["--seeds"],
+        input_required=False,
+        aliases={"num_instructions": ["--num"]},
+        records_from_args=_seed_records,
     )
-    parser.add_argument(
-        "--seeds",
-        default=None,
-        help="seed tasks: Self-Instruct jsonl, Alpaca json(l) or our records (default: the bundled seeds)",
-    )
-    parser.add_argument("--num", type=int, default=100, help="new tasks to keep (default 100)")
-    parser.add_argument("--out", required=True, help="output file (.jsonl, .json, .parquet or a folder)")
-    parser.add_argument(
-        "--format", choices=OUTPUT_FORMATS, default="records", help="output format (default records)"
-    )
-    parser.add_argument(
-        "--dropped", default=None, help="also write dropped candidates with their reasons here"
-    )
-    parser.add_argument(
-        "--request-batch-size", type=int, default=None, help="generation prompts per round (default 8)"
-    )
-    parser.add_argument(
-        "--temperature", type=float, default=None, help="task generation temperature (default 0.8)"
-    )
-    parser.add_argument(
-        "--max-tokens", type=int, default=None, help="token budget per task-list reply (default 768)"
-    )
-    parser.add_argument(
-        "--instance-max-tokens", type=int, default=None, help="token budget per instances reply (default 768)"
-    )
-    parser.add_argument(
-        "--max-requests", type=int, default=None, help="cap on generation requests (default 10 + 2*num)"
-    )
-    parser.add_argument("--include-seeds", action="store_true", help="also write the seed records")
-    add_llm_args(parser)
-    parser.set_defaults(func=_cli)
 
 
-def _cli(args: argparse.Namespace) -> int:
-    from datagen.cli_common import options_from_args, run_stage_cli
+def _seed_records(args: argparse.Namespace) -> list[Record]:
     from datagen.io import default_seeds_path, read_records
 
-    overrides: dict[str, Any] = {"num_instructions": args.num, "include_seeds": args.include_seeds}
-    overrides.update(
-        options_from_args(
-            args, ("request_batch_size", "temperature", "max_tokens", "instance_max_tokens", "max_requests")
-        )
-    )
-    config = SelfInstructConfig(**overrides)
-    seeds = read_records(args.seeds or default_seeds_path())
-    return run_stage_cli(args, run, config, records=seeds)
+    return read_records(args.input or default_seeds_path())
