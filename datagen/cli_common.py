@@ -9,10 +9,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from datagen.llm.budget import EXIT_BUDGET, BudgetExceeded, Rate, make_budget
 from datagen.records import Record, StageResult
 from datagen.stages.context import StageContext
 
 OUTPUT_FORMATS = ("records", "alpaca", "sharegpt", "messages")
+
+def add_cost_args(parser: argparse.ArgumentParser) -> None:
+    """Limits and a spending cap for paid endpoints (openai:*); see README "Cost control"."""
+    parser.add_argument("--budget", type=float, default=None, metavar="USD",
+                        help="stop cleanly before spending more than this (needs a price for the backend); "
+                             "exit code 75 when reached, rerun with a higher cap to resume")
+    parser.add_argument("--max-requests-per-minute", type=float, default=None, metavar="RPM",
+                        help="openai:* request rate limit (default: none, or what the server announces)")
+    parser.add_argument("--max-tokens-per-minute", type=float, default=None, metavar="TPM",
+                        help="openai:* token rate limit: prompt estimate + max_tokens, corrected by usage")
+    parser.add_argument("--batch", action="store_true", default=None,
+                        help="send openai:* requests through the Batch API (/v1/batches): slower, about half the price")
+
+
+def cost_overrides(args: argparse.Namespace) -> list[str]:
+    """The cost flags of `datagen run` as `--set` overrides of the pipeline config."""
+    sets = []
+    if getattr(args, "budget", None) is not None:
+        sets.append(f"budget_usd={args.budget}")
+    for flag in ("max_requests_per_minute", "max_tokens_per_minute", "batch"):
+        if getattr(args, flag, None) is not None:
+            sets.append(f"llm_options.openai.{flag}={getattr(args, flag)}")
+    return sets
 
 
 def add_llm_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -35,6 +59,9 @@ def add_llm_args(parser: argparse.ArgumentParser, default: str | None = None) ->
     parser.add_argument("--max-error-rate", type=float, default=0.02,
                         help="fail (exit 3, nothing written) when more than this share of LLM requests failed "
                         "(default 0.02); finished calls stay cached, so a rerun re-sends only the failures")
+    add_cost_args(parser)
+    parser.add_argument("--price", default=None, metavar="IN,OUT",
+                        help="USD per 1M prompt and completion tokens, e.g. 0.15,0.60 (for --budget)")
 
 
 def add_io_args(parser: argparse.ArgumentParser, input_required: bool = True,
@@ -61,7 +88,7 @@ def context_from_args(args: argparse.Namespace) -> StageContext:
     from datagen.llm.local import cache_root
 
     cache = None
-    if not getattr(args, "no_cache", False):
+    if hasattr(args, "cache") and not getattr(args, "no_cache", False):  # no --cache flag: a stage without LLM
         cache = ResponseCache(args.cache or (cache_root() / "llm_cache.sqlite"))
     options: dict[str, dict[str, Any]] = {}
     openai_opts: dict[str, Any] = {}
@@ -69,9 +96,25 @@ def context_from_args(args: argparse.Namespace) -> StageContext:
         openai_opts["max_concurrency"] = args.max_concurrency
     if getattr(args, "base_url", None):
         openai_opts["base_url"] = args.base_url
+    for flag in ("max_requests_per_minute", "max_tokens_per_minute", "batch"):
+        if getattr(args, flag, None) is not None:
+            openai_opts[flag] = getattr(args, flag)
     options["openai"] = openai_opts
+    spec = getattr(args, "llm", None) or os.environ.get("DATAGEN_LLM", "local")
+    prices: dict[str, Rate] = {}
+    if getattr(args, "price", None):
+        try:
+            price_in, price_out = (float(x) for x in args.price.split(","))
+        except ValueError:
+            raise ValueError(f"--price {args.price!r}: expected IN,OUT in USD per 1M tokens, e.g. 0.15,0.60") from None
+        prices[spec] = Rate(price_in, price_out)
+    budget = None
+    if getattr(args, "budget", None) is not None:
+        budget = make_budget(args.budget, None, {})
     return StageContext(
-        llm_spec=getattr(args, "llm", None) or os.environ.get("DATAGEN_LLM", "local"),
+        llm_spec=spec,
+        budget=budget,
+        prices=prices,
         cache=cache,
         seed=getattr(args, "seed", 0),
         progress=not getattr(args, "no_progress", False),
@@ -114,6 +157,9 @@ def run_stage_cli(args: argparse.Namespace, run: Any, config: Any, records: list
         result = run(records, ctx, config)
         check_error_rate(getattr(args, "command", "stage"), ctx.usage(), getattr(args, "max_error_rate", 0.02))
         write_result(result, args, ctx)
+    except BudgetExceeded as exc:  # answers so far are in the cache; nothing written half
+        print(str(exc), file=sys.stderr)
+        return EXIT_BUDGET
     finally:
         ctx.close()
     return 0

@@ -42,6 +42,8 @@ def _plain_type(annotation: Any) -> Any:
 
 
 def _describe_default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
     if info.default_factory is not None:
         value = info.default_factory()  # type: ignore[call-arg]
     else:
@@ -142,6 +144,7 @@ def add_stage_command(
     with_llm: bool = True,
     extra_from_args: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
     records_from_args: Callable[[argparse.Namespace], list[Record] | None] | None = None,
+    add_extra_flags: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.ArgumentParser:
     """Register `datagen COMMAND`: shared flags, one flag per config field, and the handler."""
     from datagen.cli_common import add_io_args, add_llm_args
@@ -150,6 +153,8 @@ def add_stage_command(
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_io_args(parser, input_required=input_required, input_aliases=input_aliases)
     fields = add_config_flags(parser, model, skip=skip, aliases=aliases, value_parsers=value_parsers)
+    if add_extra_flags:
+        add_extra_flags(parser)
     parser.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="set any config field (YAML value), e.g. --set max_tokens=256")
     if with_llm:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from datagen.llm.base import Completion
 
-# Exit codes of `datagen`: 2 bad input or config, 3 the LLM endpoint or a stage failed.
+# Exit codes of `datagen`: 2 bad input or config, 3 the LLM endpoint or a stage failed
+# (75: the --budget cap stopped the run, see datagen/llm/budget.py).
 EXIT_BAD_INPUT = 2
 EXIT_LLM_FAILED = 3
 

@@ -197,3 +197,138 @@ def _run(llm: Any, requests: list[ChatRequest], ctx: Any, desc: str) -> list[Com
         return generate_sync(llm, requests)
     with ctx.bar(len(requests), desc, unit="req") as bar:
         return generate_sync(llm, requests, lambda i, c: bar.update(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# pairwise: which of two answers is better, asked in both orders
+
+Winner = str  # "A", "B" or "tie"
+_WINNER_WORD = re.compile(r"\b(?:winner|better(?:\s+answer)?|verdict|choice)\b\W{0,6}(?:is\s+)?(?:answer\s+)?((?-i:A|B)|tie)\b", re.I)
+_BRACKETED = re.compile(r"\[\[\s*(A|B|tie|C)\s*\]\]", re.I)  # MT-Bench's "[[A]]"
+_LONE = re.compile(r"^\W*(?:answer\s+)?(A|B|tie)\W*$", re.I)
+
+
+def pairwise_schema() -> dict[str, Any]:
+    """`response_format` for the pairwise judge; reason first so the judge argues before it picks."""
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "pairwise_judgement",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {"reason": {"type": "string"}, "winner": {"type": "string", "enum": ["A", "B", "tie"]}},
+                "required": ["reason", "winner"],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+def parse_winner(raw: str) -> Winner | None:
+    """"A", "B" or "tie" from a pairwise judge reply (JSON, "[[A]]", "Winner: B", a lone "A"), else None."""
+    data = extract_json(raw)
+    if isinstance(data, dict):
+        for key in ("winner", "verdict", "better", "choice"):
+            value = data.get(key)
+            if isinstance(value, str):
+                return _normalise_winner(value)
+    for pattern in (_BRACKETED, _WINNER_WORD, _LONE):
+        match = pattern.search(raw.strip())
+        if match:
+            return _normalise_winner(match.group(1))
+    return None
+
+
+def _normalise_winner(value: str) -> Winner | None:
+    value = value.strip().strip("\"'[]. ").casefold()
+    if value in {"a", "answer a"}:
+        return "A"
+    if value in {"b", "answer b"}:
+        return "B"
+    if value in {"tie", "c", "both", "neither", "equal"}:
+        return "tie"
+    return None
+
+
+@dataclass
+class PairVerdict:
+    """The outcome for the FIRST answer of a pair, from both orders.
+
+    `preference` is 1 (first better), 0 (second better) or 0.5 (a tie: the judge said so in
+    both orders, or its two verdicts disagree, i.e. it followed the position, not the
+    answers). None when either order gave no readable verdict."""
+
+    preference: float | None
+    forward: Winner | None  # first answer shown as A
+    backward: Winner | None  # first answer shown as B
+    consistent: bool
+    reason: str = ""
+    error: str | None = None
+
+
+def combine_orders(forward: Winner | None, backward: Winner | None) -> tuple[float | None, bool]:
+    """(preference for the first answer, order-consistent?) from the two verdicts.
+
+    `forward` judged (first, second) as (A, B); `backward` judged (second, first) as (A, B)."""
+    if forward is None or backward is None:
+        return None, False
+    as_first = {"A": 1.0, "B": 0.0, "tie": 0.5}[forward]
+    as_second = {"A": 0.0, "B": 1.0, "tie": 0.5}[backward]
+    if as_first == as_second:
+        return as_first, True
+    return 0.5, False
+
+
+def compare_answers(
+    llm: Any,
+    items: Sequence[tuple[str, str, str, str | None]],
+    ctx: Any = None,
+    *,
+    prompt: str = "judge_pairwise",
+    temperature: float = 0.0,
+    max_tokens: int = 256,
+    structured: bool | None = None,
+    desc: str | None = None,
+) -> list[PairVerdict]:
+    """Judge each (instruction, first, second, reference or None) in both orders; results in input order.
+
+    Position bias is the best-documented judge bias, so every pair is asked twice with the
+    answers swapped and only a verdict that survives the swap counts as a win. A blank answer
+    loses to a non-blank one without a call (two blanks tie). Requests go through `llm` (a
+    cached backend), so a rerun costs nothing.
+    """
+    prompts_dir = getattr(ctx, "prompts_dir", None)
+    use_schema = getattr(llm, "supports_json_schema", False) if structured is None else structured
+    response_format = pairwise_schema() if use_schema else None
+    verdicts: list[PairVerdict | None] = [None] * len(items)
+    order: list[int] = []
+    requests: list[ChatRequest] = []
+    for i, (instruction, first, second, reference) in enumerate(items):
+        if not first.strip() or not second.strip():
+            preference = 0.5 if not first.strip() and not second.strip() else float(bool(first.strip()))
+            verdicts[i] = PairVerdict(preference, None, None, True, reason="blank answer")
+            continue
+        order.append(i)
+        for a, b in ((first, second), (second, first)):
+            text = render(
+                prompts_dir=prompts_dir,
+                name=prompt,
+                instruction=instruction.strip(),
+                answer_a=a.strip(),
+                answer_b=b.strip(),
+                reference=(reference or "").strip(),
+            )
+            requests.append(
+                ChatRequest.chat(text, temperature=temperature, max_tokens=max_tokens, response_format=response_format)
+            )
+    completions = _run(llm, requests, ctx, desc or "pairwise judge")
+    for k, i in enumerate(order):
+        fwd, bwd = completions[2 * k], completions[2 * k + 1]
+        error = fwd.error or bwd.error
+        forward = None if fwd.error else parse_winner(fwd.text)
+        backward = None if bwd.error else parse_winner(bwd.text)
+        preference, consistent = combine_orders(forward, backward)
+        reason = "" if error else parse_judgement(fwd.text)[1]
+        verdicts[i] = PairVerdict(preference, forward, backward, consistent, reason=reason[:300], error=error)
+    return [v for v in verdicts if v is not None]

@@ -6,6 +6,13 @@ import json
 import re
 from typing import Any
 
+# Texts that mean "no input" in an input field: Alpaca's "<noinput>" and what models write
+# instead of leaving it blank (Self-Instruct parsing and the quality filter share the list).
+EMPTY_INPUT_MARKERS = frozenset({
+    "", "none", "(none)", "<none>", "n/a", "na", "(n/a)", "null", "-", "nothing", "empty", "(empty)",
+    "no input", "(no input)", "<noinput>", "<no input>", "not applicable", "(not applicable)",
+    "\u65e0", "\uff08\u65e0\uff09",
+})  # fmt: skip
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S | re.I)
 _SCORE_PATTERNS = [
     # "Score: 4", "score = 4.5", "Rating: 4/5", "**Score**: 4"

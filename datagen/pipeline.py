@@ -34,6 +34,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "distill": ("datagen.stages.distill", "DistillConfig"),
     "dedup": ("datagen.stages.dedup", "DedupConfig"),
     "quality": ("datagen.stages.quality", "QualityConfig"),
+    "decontaminate": ("datagen.stages.decontaminate", "DecontaminateConfig"),
 }
 ALIASES = {"evolve": "evol_instruct", "filter": "quality", "self-instruct": "self_instruct"}
 EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "records", "hf")
@@ -49,6 +50,7 @@ class Price(BaseModel):
 
     input_per_million: float = Field(0.0, description="USD per 1M prompt tokens")
     output_per_million: float = Field(0.0, description="USD per 1M completion tokens")
+    batch_share: float = Field(0.5, ge=0, description="share of these prices the Batch API charges")
 
 
 class InputConfig(BaseModel):
@@ -89,6 +91,9 @@ class PipelineConfig(BaseModel):
         description="per-backend options, e.g. {openai: {base_url: ..., max_concurrency: 64}}; keys come from env",
     )
     prices: dict[str, Price] = Field(default_factory=dict, description="backend spec -> USD per 1M tokens")
+    budget_usd: float | None = Field(
+        None, ge=0, description="spending cap of this run directory in USD (all runs of it together); needs prices"
+    )
     prompts_dir: str | None = Field(None, description="folder whose *.txt override the bundled prompts")
     max_error_rate: float = Field(
         0.02, ge=0, le=1,
@@ -99,6 +104,9 @@ class PipelineConfig(BaseModel):
     stages: list[dict[str, Any]] = Field(default_factory=list)
     export: ExportConfig = Field(default_factory=ExportConfig)
     finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig options; omit to skip training")
+    eval: dict[str, Any] | None = Field(
+        None, description="EvalConfig options: judge the tuned model against the base on held-out data after training"
+    )
 
     def stage_specs(self) -> list[StageSpec]:
         specs, seen = [], {}
@@ -179,6 +187,10 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
             FinetuneConfig.model_validate(data["finetune"])
         except ValidationError as exc:
             raise _format_validation(exc, "finetune.", source) from None
+    if data.get("eval") is not None:
+        from datagen.eval import validate_pipeline_eval
+
+        validate_pipeline_eval(data, source)
     for fmt in (data.get("export") or {}).get("formats", []) or []:
         if fmt not in EXPORT_FORMATS:
             raise ConfigError(f"{source}: export.formats: unknown format {fmt!r}{_suggest(str(fmt), list(EXPORT_FORMATS))}")
@@ -286,13 +298,15 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _cost(usage: dict[str, Any], prices: dict[str, Price]) -> float:
+def _cost(usage: dict[str, Any], prices: dict[str, Price], batch: bool = False) -> float:
+    """USD of a stage's calls; openai:* calls sent through the Batch API at its share."""
     total = 0.0
     for spec, stats in usage.items():
         price = prices.get(spec)
         if price:
-            total += stats["prompt_tokens"] / 1e6 * price.input_per_million
-            total += stats["completion_tokens"] / 1e6 * price.output_per_million
+            usd = stats["prompt_tokens"] / 1e6 * price.input_per_million
+            usd += stats["completion_tokens"] / 1e6 * price.output_per_million
+            total += usd * (price.batch_share if batch and spec.startswith("openai:") else 1.0)
     return round(total, 6)
 
 
@@ -379,6 +393,7 @@ class Pipeline:
     def run(self, run_dir: str | Path | None = None, progress: bool = True) -> RunResult:
         from datagen.io import atomic_write_text, read_records
         from datagen.llm import ResponseCache
+        from datagen.llm.budget import BudgetExceeded, make_budget, rates
         from datagen.stages.context import StageContext
 
         cfg = self.config
@@ -391,9 +406,15 @@ class Pipeline:
         say.header(f"datagen run {cfg.name}: {len(records)} input records → {run_dir}")
 
         llm_options = {k: dict(v) for k, v in cfg.llm_options.items()}
+        cache = ResponseCache(run_dir / "llm_cache.sqlite")
+        budget = make_budget(cfg.budget_usd, cache, cfg.prices)
+        if budget is not None:
+            say.stage(0, 0, "budget", budget.line().removeprefix("budget: ") + " (earlier runs of this directory included)")
         ctx = StageContext(
             llm_spec=cfg.llm,
-            cache=ResponseCache(run_dir / "llm_cache.sqlite"),
+            cache=cache,
+            budget=budget,
+            prices=rates(cfg.prices),
             seed=cfg.seed,
             progress=progress,
             prompts_dir=Path(cfg.prompts_dir) if cfg.prompts_dir else None,
@@ -459,7 +480,7 @@ class Pipeline:
                     "drop_reasons": result.drop_counts(),
                     "stats": result.stats,
                     "llm_usage": usage,
-                    "cost_usd": _cost(usage, cfg.prices),
+                    "cost_usd": _cost(usage, cfg.prices, batch=bool(cfg.llm_options.get("openai", {}).get("batch"))),
                     "seconds": round(seconds, 3),
                     "config": config_json,
                 }
@@ -471,6 +492,12 @@ class Pipeline:
                 say.stage_done(spec.label, len(records), len(result.kept), result.drop_counts(), seconds)
                 faults.at_point(f"after_stage:{spec.label}")
                 records, input_hash = result.kept, output_hash
+        except BudgetExceeded:
+            manifest["status"] = "budget_exhausted"  # the stage has no done.json: a rerun resumes it
+            manifest["budget"] = {"cap_usd": budget.cap if budget else None, "spent_usd": budget.spent if budget else None}
+            self._write_manifest(run_dir, manifest)
+            ctx.close()
+            raise
         except BaseException as exc:
             manifest["status"] = "failed" if isinstance(exc, DatagenError) else "interrupted"
             if isinstance(exc, DatagenError):
@@ -488,6 +515,13 @@ class Pipeline:
             started = time.perf_counter()
             manifest["finetune"] = self._finetune(records, run_dir, input_hash, progress, say)
             manifest["finetune_seconds"] = round(time.perf_counter() - started, 3)
+        if cfg.eval is not None:
+            from datagen.eval import run_pipeline_eval
+
+            started = time.perf_counter()
+            self._write_manifest(run_dir, manifest)
+            manifest["eval"] = run_pipeline_eval(self, run_dir, progress)
+            manifest["eval_seconds"] = round(time.perf_counter() - started, 3)
         manifest["llm_usage_total"] = _sum_usage(manifest["stages"])
         manifest["cost_usd_total"] = round(sum(s.get("cost_usd", 0.0) for s in manifest["stages"]), 6)
         manifest["status"] = "finished"
@@ -602,12 +636,29 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         help="override a config value; stages by name, e.g. stages.distill.n=4 or llm=openai:gpt-4o-mini")
     parser.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress output")
+    from datagen.cli_common import add_cost_args
+
+    add_cost_args(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print each stage's requests, tokens and dollars (upper bounds) without calling any LLM")
     parser.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    pipeline = Pipeline.from_yaml(args.pipeline, overrides=args.overrides)
-    result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress)
+    from datagen.cli_common import cost_overrides
+    from datagen.llm.budget import EXIT_BUDGET, BudgetExceeded
+
+    pipeline = Pipeline.from_yaml(args.pipeline, overrides=args.overrides + cost_overrides(args))
+    if args.dry_run:
+        from datagen.dryrun import print_plan
+
+        print_plan(pipeline)
+        return 0
+    try:
+        result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress)
+    except BudgetExceeded as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BUDGET
     print(f"finished: {len(result.records)} records in {result.run_dir / 'export'}", file=sys.stderr)
     return 0
 

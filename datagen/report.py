@@ -42,7 +42,8 @@ def svg_bars(labels: list[str], values: list[float], title: str, width: int = 64
     return "".join(parts)
 
 
-def svg_histogram(values: list[float], title: str, bins: int = 20, width: int = 640, height: int = 200) -> str:
+def svg_histogram(values: list[float], title: str, bins: int = 20, width: int = 640, height: int = 220,
+                  x_label: str = "value", y_label: str = "records") -> str:
     if not values:
         return f"<p><em>{html.escape(title)}: no values</em></p>"
     low, high = min(values), max(values)
@@ -52,7 +53,7 @@ def svg_histogram(values: list[float], title: str, bins: int = 20, width: int = 
     for v in values:
         counts[min(bins - 1, int((v - low) / (high - low) * bins))] += 1
     peak = max(counts)
-    left, bottom, top = 40, 30, 24
+    left, bottom, top = 52, 44, 24
     plot_w, plot_h = width - left - 10, height - top - bottom
     bar_w = plot_w / bins
     parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
@@ -61,9 +62,17 @@ def svg_histogram(values: list[float], title: str, bins: int = 20, width: int = 
         h = plot_h * count / peak
         parts.append(f'<rect x="{left + i * bar_w:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 1:.1f}" '
                      f'height="{h:.1f}" fill="#4C78A8"><title>{count}</title></rect>')
-    parts.append(f'<text x="{left}" y="{height - 8}" font-size="11">{low:.3g}</text>')
-    parts.append(f'<text x="{width - 10}" y="{height - 8}" font-size="11" text-anchor="end">{high:.3g}</text>')
+    axis_y = top + plot_h
+    parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{width - 10}" y2="{axis_y}" stroke="#888"/>')
+    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{axis_y}" stroke="#888"/>')
+    parts.append(f'<text x="{left}" y="{axis_y + 14}" font-size="11">{low:.3g}</text>')
+    parts.append(f'<text x="{width - 10}" y="{axis_y + 14}" font-size="11" text-anchor="end">{high:.3g}</text>')
+    parts.append(f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" font-size="11" text-anchor="middle">'
+                 f'{html.escape(x_label)}</text>')
     parts.append(f'<text x="{left - 4}" y="{top + 10}" font-size="11" text-anchor="end">{peak}</text>')
+    parts.append(f'<text x="{left - 4}" y="{axis_y}" font-size="11" text-anchor="end">0</text>')
+    parts.append(f'<text x="12" y="{top + plot_h / 2:.0f}" font-size="11" text-anchor="middle" '
+                 f'transform="rotate(-90 12 {top + plot_h / 2:.0f})">{html.escape(y_label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -78,11 +87,13 @@ def build_report(run_dir: Path) -> str:
     final: list[dict[str, Any]] = []
     if stages:
         final = _load_jsonl(run_dir / stages[-1]["label"] / "kept.jsonl")
+    totals = run_totals(stages)
     sections = [f"<h1>datagen run: {html.escape(manifest.get('name', run_dir.name))}</h1>",
                 f"<p>status <b>{html.escape(manifest.get('status', '?'))}</b> · input records "
                 f"{manifest.get('input', {}).get('records', '?')} · final records {len(final)} · "
-                f"LLM calls {manifest.get('llm_usage_total', {}).get('calls', '?')} · cost "
-                f"${manifest.get('cost_usd_total', 0):.4f}</p>"]
+                f"LLM calls {totals['calls']} ({totals['calls_this_run']} on this run, the rest by stages "
+                f"finished before and skipped) · cache hits {totals['cache_hits']} · tokens {totals['tokens']} · "
+                f"cost ${totals['cost_usd']:.4f}</p>"]
     labels = ["input"] + [s["label"] for s in stages]
     counts = [manifest.get("input", {}).get("records", 0)] + [s["out"] for s in stages]
     sections.append(svg_bars(labels, counts, "Funnel: records after each stage"))
@@ -115,8 +126,10 @@ def build_report(run_dir: Path) -> str:
     sections.append("</table>")
 
     sections.append("<h2>Lengths (words, final records)</h2>")
-    sections.append(svg_histogram([_words(r.get("instruction", "")) for r in final], "Instruction length"))
-    sections.append(svg_histogram([_words(r.get("output", "")) for r in final], "Answer length"))
+    sections.append(svg_histogram([_words(r.get("instruction", "")) for r in final], "Instruction length",
+                                  x_label="words per instruction"))
+    sections.append(svg_histogram([_words(r.get("output", "")) for r in final], "Answer length",
+                                  x_label="words per answer"))
 
     score_values: dict[str, list[float]] = {}
     similarity: list[float] = []
@@ -135,9 +148,9 @@ def build_report(run_dir: Path) -> str:
     if not score_values:
         sections.append("<p>no scores recorded</p>")
     for key, values in sorted(score_values.items()):
-        sections.append(svg_histogram(values, f"score: {key}"))
+        sections.append(svg_histogram(values, f"score: {key}", x_label=f"{key} score"))
     sections.append("<h2>Similarity to nearest kept neighbour (dedup)</h2>")
-    sections.append(svg_histogram(similarity, "cosine similarity"))
+    sections.append(svg_histogram(similarity, "cosine similarity", x_label="cosine similarity to nearest kept record"))
 
     sections.append("<h2>Sample of final records</h2><table><tr><th>instruction</th><th>input</th><th>output</th>"
                     "<th>source / op</th><th>scores</th></tr>")
@@ -149,14 +162,334 @@ def build_report(run_dir: Path) -> str:
             r.get("instruction", ""), r.get("input", ""), r.get("output", ""),
             f"{meta.get('source', '')} {op}".strip(), scores)) + "</tr>")
     sections.append("</table>")
+    sections.append(profile_section(run_dir, stages))
+    sections.append(decontamination_section(run_dir, stages))
     if manifest.get("finetune"):
-        sections.append("<h2>Fine-tuning</h2><pre>" + html.escape(json.dumps(manifest["finetune"], indent=2,
-                                                                             default=str)) + "</pre>")
+        sections.append(finetune_section(run_dir, manifest["finetune"]))
+    sections.append(study_section(run_dir))
+    sections.append(evaluation_section(run_dir))
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
              "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}"
-             "th{background:#f3f3f3}svg{display:block;margin:1em 0}")
+             "th{background:#f3f3f3}svg{display:block;margin:1em 0}td{white-space:pre-wrap}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>datagen report</title>"
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
+
+
+def run_totals(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """LLM usage and cost of every stage of the run. A stage skipped on a rerun still cost what
+    its done.json recorded when it ran; `*_this_run` counts only the stages that ran now."""
+    totals = {"calls": 0, "calls_this_run": 0, "cache_hits": 0, "tokens": 0, "cost_usd": 0.0}
+    for stage in stages:
+        for usage in (stage.get("llm_usage") or {}).values():
+            calls = int(usage.get("calls", 0))
+            totals["calls"] += calls
+            totals["calls_this_run"] += 0 if stage.get("skipped") else calls
+            totals["cache_hits"] += int(usage.get("cache_hits", 0))
+            totals["tokens"] += int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+        totals["cost_usd"] += float(stage.get("cost_usd") or 0.0)
+    return totals
+
+
+def svg_lines(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str,
+              width: int = 640, height: int = 240) -> str:
+    """Line chart of (x, y) series on shared axes; a one-point series is drawn as a dot."""
+    points = [p for values in series.values() for p in values]
+    if not points:
+        return f"<p><em>{html.escape(title)}: no values</em></p>"
+    left, right, top, bottom = 56, 120, 24, 44
+    plot_w, plot_h = width - left - right, height - top - bottom
+    x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
+    y_lo, y_hi = min(p[1] for p in points), max(p[1] for p in points)
+    x_hi, y_hi = (x_lo + 1 if math.isclose(x_lo, x_hi) else x_hi), (y_lo + 1 if math.isclose(y_lo, y_hi) else y_hi)
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return left + (x - x_lo) / (x_hi - x_lo) * plot_w, top + plot_h - (y - y_lo) / (y_hi - y_lo) * plot_h
+
+    axis_y = top + plot_h
+    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
+             f'<text x="0" y="16" font-weight="bold">{html.escape(title)}</text>',
+             f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="#888"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{axis_y}" stroke="#888"/>',
+             f'<text x="{left}" y="{axis_y + 14}" font-size="11">{x_lo:g}</text>',
+             f'<text x="{left + plot_w}" y="{axis_y + 14}" font-size="11" text-anchor="end">{x_hi:g}</text>',
+             f'<text x="{left - 4}" y="{top + 10}" font-size="11" text-anchor="end">{y_hi:.3g}</text>',
+             f'<text x="{left - 4}" y="{axis_y}" font-size="11" text-anchor="end">{y_lo:.3g}</text>',
+             f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" font-size="11" text-anchor="middle">'
+             f'{html.escape(x_label)}</text>',
+             f'<text x="12" y="{top + plot_h / 2:.0f}" font-size="11" text-anchor="middle" '
+             f'transform="rotate(-90 12 {top + plot_h / 2:.0f})">{html.escape(y_label)}</text>']
+    for k, (name, values) in enumerate(series.items()):
+        color = PALETTE[k % len(PALETTE)]
+        coords = [xy(x, y) for x, y in sorted(values)]
+        if len(coords) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        for (x, y), (vx, vy) in zip(coords, sorted(values), strict=True):
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"><title>{name} step {vx:g}: '
+                         f'{vy:.4g}</title></circle>')
+        parts.append(f'<text x="{left + plot_w + 8}" y="{top + 14 + 16 * k}" font-size="12" fill="{color}">'
+                     f'{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_intervals(rows: list[tuple[str, float, float, float]], title: str, width: int = 640) -> str:
+    """Win-rates as dots with 95 % interval whiskers on a 0..1 axis, with the 0.5 (no difference) line."""
+    if not rows:
+        return f"<p><em>{html.escape(title)}: nothing to show</em></p>"
+    row, left, right, top = 26, 250, 30, 28
+    plot_w = width - left - right
+    height = top + row * len(rows) + 30
+    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
+             f'<text x="0" y="16" font-weight="bold">{html.escape(title)}</text>']
+    mid = left + plot_w / 2
+    parts.append(f'<line x1="{mid}" y1="{top}" x2="{mid}" y2="{top + row * len(rows)}" stroke="#aaa" '
+                 f'stroke-dasharray="4 3"/>')
+    for i, (label, rate, low, high) in enumerate(rows):
+        y = top + i * row + row / 2
+        parts.append(f'<text x="{left - 8}" y="{y + 4}" text-anchor="end" font-size="12">{html.escape(label[:40])}'
+                     f'</text>')
+        parts.append(f'<line x1="{left + low * plot_w:.1f}" y1="{y}" x2="{left + high * plot_w:.1f}" y2="{y}" '
+                     f'stroke="{PALETTE[i % 8]}" stroke-width="2"/>')
+        parts.append(f'<circle cx="{left + rate * plot_w:.1f}" cy="{y}" r="4" fill="{PALETTE[i % 8]}">'
+                     f'<title>{rate:.3f} [{low:.3f}, {high:.3f}]</title></circle>')
+    axis_y = top + row * len(rows) + 4
+    for tick in (0, 0.25, 0.5, 0.75, 1):
+        parts.append(f'<text x="{left + tick * plot_w:.1f}" y="{axis_y + 12}" font-size="11" text-anchor="middle">'
+                     f'{tick:g}</text>')
+    parts.append(f'<text x="{left + plot_w / 2:.0f}" y="{axis_y + 26}" font-size="11" text-anchor="middle">'
+                 "win-rate of the first model (95 % bootstrap interval)</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+FINETUNE_METRICS = ("method", "base_model", "train_examples", "eval_examples", "steps", "epochs_done", "train_tokens",
+                    "assistant_tokens", "tokens_per_second", "train_loss", "eval_loss_before", "eval_loss_after",
+                    "trainable_params", "total_params", "chat_template_source", "device", "total_seconds")
+
+
+def finetune_section(run_dir: Path, metrics: dict[str, Any]) -> str:
+    """Loss curves per step (train_log.json), before/after eval loss, and base-vs-tuned answers."""
+    parts = ["<h2>Fine-tuning</h2>"]
+    before, after = metrics.get("eval_loss_before"), metrics.get("eval_loss_after")
+    if before is not None or after is not None:
+        change = f" ({after - before:+.4f})" if before is not None and after is not None else ""
+        parts.append(f"<p>held-out eval loss: before <b>{_num(before)}</b> → after <b>{_num(after)}</b>{change}</p>")
+    history = []
+    log_path = run_dir / "model" / "train_log.json"
+    if log_path.exists():
+        history = json.loads(log_path.read_text(encoding="utf-8"))
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+    if before is not None:
+        evals = [(0, before), *evals]
+    parts.append(svg_lines({"train loss": train, "eval loss": evals}, "Loss per optimizer step", "step", "loss"))
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(metrics[k]))}</td></tr>"
+                   for k in FINETUNE_METRICS if metrics.get(k) is not None)
+    parts.append(f"<table>{rows}</table>")
+    samples = _load_jsonl(run_dir / "model" / "samples.jsonl")
+    if samples:
+        parts.append("<h3>Held-out prompts: base vs tuned</h3><table><tr><th>prompt</th><th>reference</th>"
+                     "<th>base model</th><th>tuned model</th></tr>")
+        for sample in samples:
+            prompt = "\n\n".join(m.get("content", "") for m in sample.get("prompt", []) if m.get("role") == "user")
+            parts.append("<tr>" + "".join(f"<td>{html.escape(str(x))[:800]}</td>" for x in (
+                prompt, sample.get("reference", ""), sample.get("base", ""), sample.get("tuned", ""))) + "</tr>")
+        parts.append("</table>")
+    return "".join(parts)
+
+
+def evaluation_section(run_dir: Path) -> str:
+    """The `eval.json` of the run: win-rates with intervals, lengths, length-controlled rates, losses."""
+    path = run_dir / "eval" / "eval.json"
+    if not path.exists():
+        return ""
+    report = json.loads(path.read_text(encoding="utf-8"))
+    parts = [f"<h2>Evaluation</h2><p>{report['prompts']} held-out prompts from "
+             f"<code>{html.escape(str(report['data']))}</code> ({report['with_reference']} with a reference answer), "
+             f"judge <code>{html.escape(str(report['judge']))}</code>, each pair judged in both orders (a verdict "
+             "that flips with the order counts as a tie).</p>"]
+    contamination = report.get("contamination") or {}
+    if contamination.get("status") != "decontaminated":
+        parts.append("<p style='color:#b00;font-weight:bold'>Warning: the training data was not checked against "
+                     f"this held-out set (status: {html.escape(str(contamination.get('status')))}); add a "
+                     "decontaminate stage with it, or these win-rates may be inflated.</p>")
+    parts.append("<table><tr><th>first vs second</th><th>win-rate</th><th>95 % CI</th><th>length-controlled</th>"
+                 "<th>wins / ties / losses</th><th>order flips</th><th>unjudged</th><th>mean words (first / second)"
+                 "</th></tr>")
+    chart = []
+    for pair in report.get("pairs", []):
+        low, high = pair.get("ci95") or [None, None]
+        parts.append(f"<tr><td>{html.escape(pair['first'])} vs {html.escape(pair['second'])}</td>"
+                     f"<td>{_num(pair.get('win_rate'), 3)}</td><td>[{_num(low, 3)}, {_num(high, 3)}]</td>"
+                     f"<td>{_num(pair.get('lc_win_rate'), 3)}</td>"
+                     f"<td>{pair['wins']} / {pair['ties']} / {pair['losses']}</td><td>{pair['order_inconsistent']}</td>"
+                     f"<td>{pair['unjudged']}</td><td>{pair['words_first']:.0f} / {pair['words_second']:.0f}</td></tr>")
+        if pair.get("win_rate") is not None and low is not None:
+            chart.append((f"{_tail(pair['first'])} vs {_tail(pair['second'])}", pair["win_rate"], low, high))
+    parts.append("</table>")
+    parts.append(svg_intervals(chart, "Win-rates"))
+    if report.get("loss"):
+        parts.append("<h3>Teacher-forced loss on the reference answers</h3><table><tr><th>model</th><th>loss</th>"
+                     "<th>perplexity</th><th>tokens</th></tr>")
+        for spec, loss in report["loss"].items():
+            parts.append(f"<tr><td>{html.escape(spec)}</td><td>{_num(loss.get('loss'))}</td>"
+                         f"<td>{_num(loss.get('perplexity'), 3)}</td><td>{loss.get('tokens')}</td></tr>")
+        parts.append("</table>")
+    return "".join(parts)
+
+
+def study_section(run_dir: Path) -> str:
+    """`datagen study`: base, raw and curated side by side in one table."""
+    path = run_dir / "study" / "study.json"
+    if not path.exists():
+        return ""
+    study = json.loads(path.read_text(encoding="utf-8"))
+    parts = ["<h2>Study: curated vs raw</h2>"]
+    if study.get("smoke_run"):
+        parts.append("<p style='color:#a60;font-weight:bold'>Smoke run (embedded model and/or no GPU): these numbers "
+                     "only show that the machinery works; they say nothing about curation.</p>")
+    parts.append(f"<p>raw pool: the {study['raw_pool']} records kept by <code>{html.escape(study['raw_stage'])}</code>, "
+                 f"subsampled to the curated subset's {study['curated_tokens']} training tokens.</p>")
+    others = ["base", "raw", "reference"]
+    parts.append("<table><tr><th>model</th><th>training records</th><th>training tokens</th><th>loss on references"
+                 "</th>" + "".join(f"<th>win-rate vs {o} [95 % CI] (length-controlled)</th>" for o in others) + "</tr>")
+    for row in study["table"]:
+        cells = []
+        for other in others:
+            entry = row.get(f"vs_{other}")
+            cells.append("-" if not entry else f"{_num(entry['win_rate'], 3)} [{_num(entry['ci95'][0], 3)}, "
+                         f"{_num(entry['ci95'][1], 3)}] ({_num(entry['lc_win_rate'], 3)})")
+        parts.append(f"<tr><td>{html.escape(row['model'])}</td><td>{row.get('records') or '-'}</td>"
+                     f"<td>{row.get('tokens') or '-'}</td><td>{_num(row.get('loss'))}</td>"
+                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def decontamination_section(run_dir: Path, stages: list[dict[str, Any]]) -> str:
+    """Every record a decontaminate stage dropped, next to the held-out item it matched."""
+    parts = []
+    for stage in (s for s in stages if s.get("stage") == "decontaminate"):
+        stats = stage.get("stats") or {}
+        sets = ", ".join(f"{html.escape(x['path'])} ({x['items']})" for x in stats.get("held_out_sets", []))
+        parts.append(f"<h2>Decontamination ({html.escape(stage['label'])})</h2><p>held-out sets: {sets}; "
+                     f"{stats.get('ngram_matches', 0)} n-gram matches ({stats.get('ngram')}-grams), "
+                     f"{stats.get('embedding_matches', 0)} embedding matches</p>")
+        matches = _load_jsonl(run_dir / stage["label"] / "dropped.jsonl")
+        if matches:
+            parts.append("<table><tr><th>how</th><th>training record</th><th>held-out item</th></tr>")
+            for r in matches[:200]:
+                d = (r.get("meta") or {}).get("drop_detail") or {}
+                how = f"{d.get('method', '')} on {d.get('field', '')}"
+                if d.get("ngram"):
+                    how += f": “{d['ngram']}”"
+                if d.get("similarity") is not None:
+                    how += f" (cosine {d['similarity']:.3f})"
+                held = d.get("held_out_prompt", "") + ("\n\n→ " + d["held_out_reference"]
+                                                      if d.get("held_out_reference") else "")
+                parts.append(f"<tr><td>{html.escape(how)}</td><td>{html.escape(d.get('text', ''))}</td>"
+                             f"<td>{html.escape(held)}</td></tr>")
+            parts.append("</table>")
+    return "".join(parts)
+
+
+def run_profiles(run_dir: Path, stages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The dataset profile of the run's input and of each stage's kept records, cached in
+    `profile.json` by each stage's output hash so `datagen report` does not re-embed."""
+    from datagen.io import atomic_write_text, read_records
+    from datagen.profile import profile_records
+
+    cache_path = run_dir / "profile.json"
+    cache = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.exists() else {}
+    inputs = _run_inputs(run_dir)
+    seeds = [r.instruction for r in inputs]
+    wanted = [("input", (json.loads((run_dir / "manifest.json").read_text()).get("input") or {}).get("sha256"))]
+    wanted += [(s["label"], s.get("output_hash")) for s in stages]
+    profiles: dict[str, dict[str, Any]] = {}
+    for label, digest in wanted:
+        cached = cache.get(label)
+        if cached and digest and cached.get("hash") == digest:
+            profiles[label] = cached["profile"]
+            continue
+        if label == "input":
+            records, against = inputs, []
+        else:
+            path = run_dir / label / "kept.jsonl"
+            if not path.exists():
+                continue
+            records, against = read_records(path), seeds
+        try:
+            profiles[label] = profile_records(records, against)
+        except (RuntimeError, OSError) as exc:  # no embedding model: profile without the spread
+            profiles[label] = profile_records(records, against, embed=False) | {"embed_error": str(exc)[:200]}
+        cache[label] = {"hash": digest, "profile": profiles[label]}
+    atomic_write_text(cache_path, json.dumps(cache))
+    return profiles
+
+
+def _run_inputs(run_dir: Path) -> list[Any]:
+    """The records the run started from (what ROUGE-L novelty is measured against), if still readable."""
+    import yaml
+
+    from datagen.io import default_seeds_path, read_records
+
+    config_path = run_dir / "config.yaml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    source = ((config or {}).get("input") or {})
+    path = Path(source["path"]) if source.get("path") else default_seeds_path()
+    if not path.exists():
+        return []
+    try:
+        records = read_records(path)
+    except ValueError:
+        return []
+    return records[: source.get("limit")] if source.get("limit") else records
+
+
+def profile_section(run_dir: Path, stages: list[dict[str, Any]]) -> str:
+    if not stages:
+        return ""
+    profiles = run_profiles(run_dir, stages)
+    parts = ["<h2>Dataset profile</h2><p>Per stage (kept records). ROUGE-L: F1 of each instruction to the most "
+             "similar instruction of the run's input (lower = newer). Distinct-n: unique word n-grams / all n-grams. "
+             "Spread: mean cosine between all pairs of embedded records (lower = more varied) and the clusters a "
+             "greedy pass at cosine 0.6 finds.</p><table><tr><th>stage</th><th>records</th><th>distinct-1 / -2 "
+             "instructions</th><th>distinct-1 / -2 answers</th><th>mean ROUGE-L to input</th><th>mean pairwise "
+             "cosine</th><th>clusters</th><th>leading verbs (distinct)</th><th>top leading verbs</th><th>mean words "
+             "instruction / answer</th><th>mean scores</th></tr>"]
+    for label, p in profiles.items():
+        top = ", ".join(f"{verb} {count}" for verb, count in list(p["leading_verbs"].items())[:6])
+        scores = ", ".join(f"{key} {_mean(values):.2f} (n={len(values)})" for key, values in sorted(p["scores"].items()))
+        parts.append(f"<tr><td>{html.escape(label)}</td><td>{p['records']}</td>"
+                     f"<td>{p['distinct_1_instruction']:.3f} / {p['distinct_2_instruction']:.3f}</td>"
+                     f"<td>{p['distinct_1_answer']:.3f} / {p['distinct_2_answer']:.3f}</td>"
+                     f"<td>{_num(p['rouge_l_to_seed_mean'], 3)}</td><td>{_num(p['mean_pairwise_cosine'], 3)}</td>"
+                     f"<td>{p['clusters'] if p['clusters'] is not None else '-'}</td>"
+                     f"<td>{p['distinct_leading_verbs']}</td><td>{html.escape(top)}</td>"
+                     f"<td>{_mean(p['instruction_words']):.1f} / {_mean(p['answer_words']):.1f}</td>"
+                     f"<td>{html.escape(scores)}</td></tr>")
+    parts.append("</table>")
+    final = profiles.get(stages[-1]["label"])
+    if final:
+        parts.append("<h3>Export</h3>")
+        parts.append(svg_histogram(final["rouge_l_to_seed"], "ROUGE-L to the nearest input instruction",
+                                   x_label="ROUGE-L F1 to the most similar input instruction"))
+        verbs = list(final["leading_verbs"].items())[:15]
+        parts.append(svg_bars([v for v, _ in verbs], [c for _, c in verbs], "Leading words of the instructions"))
+    return "".join(parts)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def _tail(spec: str, keep: int = 24) -> str:
+    return spec if len(spec) <= keep else "…" + spec[-keep + 1 :]
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -183,7 +516,7 @@ def summary_table(manifest: dict[str, Any]) -> Table:
             f"{s.get('seconds', 0):.1f}",
         )
     # Where the wall time went besides the stages: export, fine-tuning, and the whole run.
-    for label, key in (("export", "export_seconds"), ("finetune", "finetune_seconds"), ("total", "wall_seconds")):
+    for label, key in (("export", "export_seconds"), ("finetune", "finetune_seconds"), ("eval", "eval_seconds"), ("total", "wall_seconds")):
         if key in manifest:
             table.add_row(label, "", "", "", "", "", "", "", f"{manifest[key]:.1f}")
     return table

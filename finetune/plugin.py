@@ -7,6 +7,8 @@ datagen never imports this package; the pipeline and CLI reach it through
 from __future__ import annotations
 
 from finetune.cli import register_cli
-from finetune.train import FinetuneConfig, train
+from finetune.data import record_to_example
+from finetune.loss import teacher_forced_loss
+from finetune.train import FinetuneConfig, resolve_base_model, train
 
-__all__ = ["FinetuneConfig", "register_cli", "train"]
+__all__ = ["FinetuneConfig", "record_to_example", "register_cli", "resolve_base_model", "teacher_forced_loss", "train"]

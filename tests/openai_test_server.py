@@ -21,6 +21,10 @@ misbehaving proxy sends), empty (200 with `choices: []`), disconnect (the connec
 closed without a reply). Also: `latency` and per-prompt `prompt_latency`, `barrier=k` (hold
 replies until k requests are in flight at once), `single_choice` (answer n>1 with one
 choice, like llama.cpp), `api_key` (401 for any other bearer token).
+Cost control: `rpm_limit` / `tpm_limit` (enforced token buckets, 429 + Retry-After past
+them, x-ratelimit-* headers on every reply), `capacity` (latency grows with the requests in
+flight, like a saturated inference server), and the Batch API (`/v1/files`, `/v1/batches`
+with `batch_delay`, `batch_fail_rate`, `batch_expire_rate`).
 
 Script use (another process, e.g. a pipeline reliability test or the throughput bench):
     python tests/openai_test_server.py --port 8000 --latency 0.2 --rate-429 0.1
@@ -74,6 +78,24 @@ class ServerConfig:
     served_models: tuple[str, ...] | None = None  # when set, any other `model` gets a 404 (as vLLM does)
     max_prompt_words: int | None = None  # longer prompts get vLLM's context-length 400
     seed: int = 0  # salt of the random fault draws
+    # Enforced rate limits, as providers do them: a token bucket per limit refilled at
+    # limit/limit_period per second that holds `limit_burst_share` of the limit (OpenAI
+    # enforces "600 RPM" as about 10 per second). Past it: 429 with Retry-After (and -ms)
+    # set to when the next request would fit. Every reply carries x-ratelimit-* headers.
+    rpm_limit: int = 0
+    tpm_limit: int = 0  # tokens = prompt words + max_tokens x n, counted when the request arrives
+    limit_period: float = 60.0  # seconds of a "minute" (tests shrink it)
+    limit_burst_share: float = 1 / 60
+    # A server with `capacity` slots: a request that arrives with k in flight takes
+    # latency x max(1, k / capacity), as a saturated inference server's does.
+    capacity: int = 0
+    # Batch API (/v1/files, /v1/batches): a batch completes `batch_delay` s after creation;
+    # each request then fails (500 in the error file) with `batch_fail_rate` or expires
+    # with `batch_expire_rate` (the batch then ends "expired"), drawn from its custom_id
+    # and the number of batches that carried that custom_id so far.
+    batch_delay: float = 0.5
+    batch_fail_rate: float = 0.0
+    batch_expire_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.fail_kind not in FAULT_KINDS:
@@ -102,6 +124,10 @@ class ServerStats:
     outcomes: Counter = field(default_factory=Counter)
     auth_headers: list[str] = field(default_factory=list)  # distinct values, first-seen order
     log: list[RequestLog] = field(default_factory=list)
+    rate_limited: int = 0  # 429s sent because a rpm/tpm limit was reached
+    files_uploaded: int = 0
+    batches_created: int = 0
+    batch_requests: int = 0  # request lines in all created batches
 
     def __repr__(self) -> str:  # short: pytest prints it on every failed assertion
         return (
@@ -121,6 +147,10 @@ class ServerStats:
             "outcomes": dict(self.outcomes),
             "auth_headers": list(self.auth_headers),
             "log": [asdict(entry) for entry in self.log],
+            "rate_limited": self.rate_limited,
+            "files_uploaded": self.files_uploaded,
+            "batches_created": self.batches_created,
+            "batch_requests": self.batch_requests,
         }
 
 
@@ -181,6 +211,10 @@ class OpenAITestServer:
         # instead of the echo (used by whole-pipeline tests); faults still apply first.
         self.responder: Any = None
         self._barrier_open: asyncio.Event | None = None
+        self._buckets: dict[str, list[float]] = {}  # limit kind -> [level, stamp]
+        self._files: dict[str, bytes] = {}
+        self._batches: dict[str, dict[str, Any]] = {}
+        self._batch_attempts: Counter = Counter()  # custom_id -> batches that carried it
 
     # ---- control from the test -------------------------------------------------------
     @property
@@ -204,6 +238,10 @@ class OpenAITestServer:
             self.config = self._initial
             in_flight = self._stats.in_flight
             self._stats = ServerStats(in_flight=in_flight)
+            self._buckets.clear()
+            self._files.clear()
+            self._batches.clear()
+            self._batch_attempts.clear()
         self._close_barrier()
 
     def _close_barrier(self) -> None:
@@ -229,6 +267,10 @@ class OpenAITestServer:
                 outcomes=Counter(s.outcomes),
                 auth_headers=list(s.auth_headers),
                 log=[replace(entry) for entry in s.log],
+                rate_limited=s.rate_limited,
+                files_uploaded=s.files_uploaded,
+                batches_created=s.batches_created,
+                batch_requests=s.batch_requests,
             )
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -272,6 +314,11 @@ class OpenAITestServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/files", self._upload_file)
+        app.router.add_get("/v1/files/{file_id}/content", self._file_content)
+        app.router.add_post("/v1/batches", self._create_batch)
+        app.router.add_get("/v1/batches/{batch_id}", self._get_batch)
+        app.router.add_post("/v1/batches/{batch_id}/cancel", self._cancel_batch)
         app.router.add_post("/_control/configure", self._control_configure)
         app.router.add_post("/_control/reset", self._control_reset)
         app.router.add_get("/_control/stats", self._control_stats)
@@ -347,6 +394,7 @@ class OpenAITestServer:
         prompt = str(users[-1] if users else (messages[-1].get("content", "") if messages else ""))
         n = int(body.get("n") or 1)
         seed = body.get("seed")
+        cost = sum(_words(str(m.get("content", ""))) for m in messages) + int(body.get("max_tokens") or 0) * n
         with self._lock:
             config = self.config
             stats = self._stats
@@ -354,17 +402,23 @@ class OpenAITestServer:
             stats.per_prompt[prompt] += 1
             attempt = stats.per_prompt[prompt]
             stats.in_flight += 1
+            in_flight_at_arrival = stats.in_flight
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
             if auth not in stats.auth_headers:
                 stats.auth_headers.append(auth)
             entry = RequestLog(prompt=prompt, attempt=attempt, start=start, n=n, seed=seed)
             stats.log.append(entry)
+            limit_wait, limit_headers = self._take_rate(config, cost, start)
+            if limit_wait > 0:
+                stats.rate_limited += 1
         fault = self._choose_fault(config, prompt, attempt, auth)
+        if limit_wait > 0 and fault != "401":
+            fault = "rate_limit"
         if fault is None and config.served_models is not None and body.get("model") not in config.served_models:
             fault = "404"
         if fault is None and config.max_prompt_words is not None and _words(prompt) > config.max_prompt_words:
             fault = "context"
-        entry.outcome = fault or "ok"
+        entry.outcome = "429" if fault == "rate_limit" else (fault or "ok")
         try:
             if config.barrier > 0:
                 if stats.max_in_flight >= config.barrier:
@@ -374,6 +428,10 @@ class OpenAITestServer:
                 except asyncio.TimeoutError:
                     pass
             delay = config.latency + config.prompt_latency.get(prompt, 0.0)
+            if config.capacity > 0 and fault != "rate_limit":
+                delay *= max(1.0, in_flight_at_arrival / config.capacity)
+            if fault == "rate_limit":
+                delay = 0.0  # a real limiter answers at once
             if delay > 0:
                 await asyncio.sleep(delay)
             if fault == "timeout":
@@ -383,9 +441,20 @@ class OpenAITestServer:
                 if request.transport is not None:
                     request.transport.close()
                 raise asyncio.CancelledError  # nothing may be written any more
+            if fault == "rate_limit":
+                wait_headers = {"Retry-After": f"{max(1, int(limit_wait + 0.999))}",
+                                "retry-after-ms": f"{limit_wait * 1000:.0f}", **limit_headers}
+                return _error(429, "rate limit reached for requests", "rate_limit_exceeded", wait_headers)
             if fault is not None:
                 return self._fault_response(fault, config)
-            return web.json_response(self._reply(body, prompt, n, seed, config))
+            reply = self._reply(body, prompt, n, seed, config)
+            if config.tpm_limit > 0:  # charged prompt + max_tokens on arrival: refund what was unused
+                unused = int(body.get("max_tokens") or 0) * n - reply["usage"]["completion_tokens"]
+                with self._lock:
+                    if "tokens" in self._buckets and unused > 0:
+                        capacity = max(1.0, config.tpm_limit * config.limit_burst_share)
+                        self._buckets["tokens"][0] = min(capacity, self._buckets["tokens"][0] + unused)
+            return web.json_response(reply, headers=limit_headers)
         except asyncio.CancelledError:
             if entry.outcome == "ok":  # the client hung up before its answer was ready
                 entry.outcome = "cancelled"
@@ -397,6 +466,137 @@ class OpenAITestServer:
                 if stats is not self._stats:  # reset while we were sleeping
                     self._stats.in_flight -= 1
             entry.end = time.monotonic()
+
+    def _take_rate(self, config: ServerConfig, cost: int, now: float) -> tuple[float, dict[str, str]]:
+        """Charge this request to the rpm/tpm buckets (under the lock). Returns seconds until
+        it would fit (0: it was admitted) and the x-ratelimit-* headers to send."""
+        wait, headers = 0.0, {}
+        charges = []
+        for kind, limit, amount in (("requests", config.rpm_limit, 1), ("tokens", config.tpm_limit, cost)):
+            if limit <= 0:
+                continue
+            rate = limit / config.limit_period
+            capacity = max(1.0, limit * config.limit_burst_share)
+            level, stamp = self._buckets.setdefault(kind, [capacity, now])
+            level = min(capacity, level + (now - stamp) * rate)
+            self._buckets[kind] = [level, now]
+            need = min(amount, capacity)
+            if level < need:
+                wait = max(wait, (need - level) / rate)
+            charges.append((kind, limit, amount, rate))
+        if wait <= 0:
+            for kind, _, amount, _ in charges:
+                self._buckets[kind][0] -= amount
+        for kind, limit, _, rate in charges:
+            level = self._buckets[kind][0]
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(level)))
+            headers[f"x-ratelimit-reset-{kind}"] = f"{max(0.0, (1 - level) / rate) * 1000:.0f}ms"
+        return wait, headers
+
+    # ---- Batch API -------------------------------------------------------------------
+    async def _upload_file(self, request: web.Request) -> web.Response:
+        reader = await request.multipart()
+        content, purpose, filename = b"", "", "upload.jsonl"
+        async for part in reader:
+            if part.name == "file":
+                filename = part.filename or filename
+                content = await part.read()
+            elif part.name == "purpose":
+                purpose = (await part.text()).strip()
+        if purpose != "batch" or not content:
+            return _error(400, "need multipart `file` and purpose=batch", "invalid_request_error")
+        with self._lock:
+            file_id = f"file-{len(self._files) + 1:05d}"
+            self._files[file_id] = content
+            self._stats.files_uploaded += 1
+        return web.json_response({"id": file_id, "object": "file", "bytes": len(content), "filename": filename,
+                                  "purpose": "batch", "created_at": int(time.time())})
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        content = self._files.get(request.match_info["file_id"])
+        if content is None:
+            return _error(404, "no such file", "not_found")
+        return web.Response(body=content, content_type="application/jsonl")
+
+    async def _create_batch(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        content = self._files.get(body.get("input_file_id", ""))
+        if content is None:
+            return _error(400, "input_file_id: no such file", "invalid_request_error")
+        lines = [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]
+        with self._lock:
+            batch_id = f"batch-{len(self._batches) + 1:05d}"
+            attempts = {}
+            for line in lines:
+                self._batch_attempts[line["custom_id"]] += 1
+                attempts[line["custom_id"]] = self._batch_attempts[line["custom_id"]]
+            self._batches[batch_id] = {
+                "id": batch_id, "object": "batch", "endpoint": body.get("endpoint"), "status": "validating",
+                "input_file_id": body["input_file_id"], "output_file_id": None, "error_file_id": None,
+                "created_at": int(time.time()), "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+                "_lines": lines, "_attempts": attempts, "_created": time.monotonic(),
+                "_config": self.config,
+            }
+            self._stats.batches_created += 1
+            self._stats.batch_requests += len(lines)
+        return web.json_response(self._batch_view(batch_id))
+
+    def _batch_view(self, batch_id: str) -> dict[str, Any]:
+        batch = self._batches[batch_id]
+        if batch["status"] in {"validating", "in_progress"}:
+            batch["status"] = "in_progress"
+            if time.monotonic() >= batch["_created"] + self.config.batch_delay:  # the delay as configured now
+                self._finish_batch(batch)
+        return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+    def _finish_batch(self, batch: dict[str, Any]) -> None:
+        config: ServerConfig = batch["_config"]
+        outputs, errors = [], []
+        expired = False
+        for line in batch["_lines"]:
+            cid = line["custom_id"]
+            draw = _unit_hash(config.seed, "batch", cid, batch["_attempts"][cid])
+            if draw < config.batch_expire_rate:
+                expired = True
+                errors.append({"id": f"req-{cid[:8]}", "custom_id": cid, "response": None,
+                               "error": {"code": "batch_expired", "message": "not done within the window"}})
+            elif draw < config.batch_expire_rate + config.batch_fail_rate:
+                errors.append({"id": f"req-{cid[:8]}", "custom_id": cid, "response": {
+                    "status_code": 500, "body": {"error": {"message": "failed on purpose", "type": "server_error"}}},
+                    "error": None})
+            else:
+                body = line["body"]
+                users = [m.get("content", "") for m in body["messages"] if m.get("role") == "user"]
+                prompt = str(users[-1] if users else "")
+                n = int(body.get("n") or 1)
+                reply = self._reply(body, prompt, n, body.get("seed"), config)
+                outputs.append({"id": f"req-{cid[:8]}", "custom_id": cid,
+                                "response": {"status_code": 200, "request_id": cid[:8], "body": reply}, "error": None})
+        # Providers list results in no particular order: reverse, so clients must use custom_id.
+        outputs.reverse()
+        for kind, rows in (("output_file_id", outputs), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{len(self._files) + 1:05d}"
+                self._files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
+                batch[kind] = file_id
+        batch["request_counts"] = {"total": len(batch["_lines"]), "completed": len(outputs), "failed": len(errors)}
+        batch["status"] = "expired" if expired else "completed"
+
+    async def _get_batch(self, request: web.Request) -> web.Response:
+        with self._lock:
+            if request.match_info["batch_id"] not in self._batches:
+                return _error(404, "no such batch", "not_found")
+            return web.json_response(self._batch_view(request.match_info["batch_id"]))
+
+    async def _cancel_batch(self, request: web.Request) -> web.Response:
+        with self._lock:
+            batch = self._batches.get(request.match_info["batch_id"])
+            if batch is None:
+                return _error(404, "no such batch", "not_found")
+            if batch["status"] in {"validating", "in_progress"}:
+                batch["status"] = "cancelled"
+            return web.json_response(self._batch_view(batch["id"]))
 
     def _fault_response(self, fault: str, config: ServerConfig) -> web.Response:
         if fault == "429":
@@ -507,6 +707,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--single-choice", action="store_true", help="answer n>1 with one choice")
     parser.add_argument("--api-key", default=None, help="require this bearer token (else 401)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rpm-limit", type=int, default=0, help="enforced requests per minute (429 past it)")
+    parser.add_argument("--tpm-limit", type=int, default=0, help="enforced tokens per minute (429 past it)")
+    parser.add_argument("--capacity", type=int, default=0, help="slots: latency grows with in-flight / capacity")
+    parser.add_argument("--batch-delay", type=float, default=0.5, help="seconds until a batch completes")
     args = parser.parse_args(argv)
     server = OpenAITestServer(
         host=args.host,
@@ -526,6 +730,10 @@ def main(argv: list[str] | None = None) -> None:
         single_choice=args.single_choice,
         api_key=args.api_key,
         seed=args.seed,
+        rpm_limit=args.rpm_limit,
+        tpm_limit=args.tpm_limit,
+        capacity=args.capacity,
+        batch_delay=args.batch_delay,
     )
     try:
         server.serve_forever()

@@ -54,7 +54,8 @@ def test_the_check_catches_a_mismatched_key() -> None:
 
 def test_truncation_flows_from_distill_into_quality() -> None:
     """What distill writes is what quality reads: a cut-off winner is dropped as truncated."""
-    from datagen.stages.quality import QualityConfig, heuristic_verdict
+    from datagen.stages.quality import QualityConfig
+    from datagen.stages.quality_checks import heuristic_verdict
 
     record = Record(id="r1", instruction="Explain the water cycle in detail.",
                     output="Water evaporates from the oceans, rises and cools, and then it forms clouds which",

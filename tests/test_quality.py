@@ -10,8 +10,8 @@ import pytest
 from datagen.llm.base import ChatRequest, Completion, UsageStats
 from datagen.records import Record, RecordMeta
 from datagen.stages.context import StageContext
-from datagen.stages.quality import (
-    QualityConfig,
+from datagen.stages.quality import QualityConfig, parse_judgement, run
+from datagen.stages.quality_checks import (
     check_copies_instruction,
     check_empty,
     check_length,
@@ -19,8 +19,6 @@ from datagen.stages.quality import (
     check_repetition,
     check_truncated,
     heuristic_verdict,
-    parse_judgement,
-    run,
 )
 
 GOOD = (
@@ -336,3 +334,95 @@ def test_judge_over_real_openai_server_uses_json_schema(openai_server):
     failed = run(records[:1], ctx, QualityConfig(min_judge_score=4.0))
     assert failed.dropped[0].meta.drop_reason == "llm_error" and failed.stats["llm_errors"] == 1
     ctx.close()
+
+
+# --------------------------------------------------------------------------------- context heuristics
+
+
+@pytest.mark.parametrize(
+    "instruction, input_text, flagged",
+    [
+        ("Summarize the following passage in two sentences.", "", True),
+        ("What is the main idea of the text?", "", True),
+        ("Convert the given table into a bulleted list.", "", True),
+        ("Find the grammatical errors in this sentence.", "", True),
+        ("Classify the sentiment of the above review.", "", True),
+        ("Summarize the following passage in two sentences.", "Cats sleep most of the day and hunt at night.", False),
+        ("Rewrite the following sentence in the passive voice: The dog chased the ball.", "", False),
+        ('Translate this sentence into French: "I love reading books."', "", False),
+        ("Write a program that, given a list of numbers, returns the largest.", "", False),
+        ("Write a short story about a lighthouse keeper.", "", False),
+        ("Explain the text of the first amendment.", "", False),
+    ],
+)
+def test_missing_input(instruction, input_text, flagged):
+    from datagen.stages.quality_checks import check_missing_input
+
+    verdict = check_missing_input(instruction, input_text)
+    assert (verdict is not None and verdict[0] == "missing_input") is flagged, verdict
+
+
+@pytest.mark.parametrize(
+    "input_text, flagged",
+    [("<noinput>", True), ("N/A", True), ("  none. ", True), ("<No Input>", True), ("   ", True),
+     ("", False), ("Nairobi is the capital of Kenya.", False), ("0", False)],
+)
+def test_placeholder_input(input_text, flagged):
+    from datagen.stages.quality import QualityConfig
+    from datagen.stages.quality_checks import check_placeholder_input
+
+    verdict = check_placeholder_input(input_text, QualityConfig().placeholder_inputs)
+    assert (verdict is not None and verdict[0] == "placeholder_input") is flagged
+
+
+@pytest.mark.parametrize(
+    "instruction, output, kind",
+    [
+        ("Tell me about Paris.", "You can read all about it at https://en.wikipedia.org/wiki/Paris.", "link"),
+        ("Where can I learn Python?", "Check [this course](http://x.example/python) or www.learnpython.org.", "link"),
+        ("Describe the chart.", "As shown in the image, sales grew by 20% in May.", "image"),
+        ("Draw a cat.", "Here it is: ![cat](cat.png)", "image"),
+        ("Send me the report.", "Please find attached the quarterly report.", "attachment"),
+        ("What is the URL of the Python website?", "It is https://www.python.org.", None),
+        ("Name a fruit.", "An apple is a common fruit, rich in fibre and vitamin C.", None),
+    ],
+)
+def test_unreachable_reference(instruction, output, kind):
+    from datagen.stages.quality_checks import check_unreachable_reference
+
+    verdict = check_unreachable_reference(instruction, output)
+    assert (verdict[1]["kind"] if verdict else None) == kind
+
+
+@pytest.mark.parametrize(
+    "instruction, output, flagged",
+    [
+        ("Write a poem about cats.", "Sure! Here is a poem about cats:", True),
+        ("Describe the water cycle in simple terms.", "The water cycle in simple terms.", True),
+        ("Write a poem about cats.", "Soft paws on the sill, a cat dreams of summer birds.", False),
+        ("What is the capital of France?", "The capital of France is Paris.", False),
+        ("Is this review positive or negative?", "Negative", False),  # too few words to judge
+    ],
+)
+def test_restates_instruction(instruction, output, flagged):
+    from datagen.stages.quality_checks import check_restates_instruction
+
+    verdict = check_restates_instruction(instruction, output)
+    assert (verdict is not None and verdict[0] == "restates_instruction") is flagged
+
+
+def test_context_reasons_counted_by_the_stage():
+    records = [
+        Record(id="a", instruction="Summarize the following passage.", output=GOOD),
+        Record(id="b", instruction="Explain photosynthesis.", input="<noinput>", output=GOOD),
+        Record(id="c", instruction="Explain photosynthesis.", output=GOOD + " See https://example.org/photo."),
+        Record(id="d", instruction="Explain how plants make their food from light.",
+               output="Sure, here is how plants make their food from light."),
+        Record(id="e", instruction="Explain photosynthesis.", output=GOOD),
+    ]
+    result = run(records, StageContext(progress=False), no_judge())
+    assert [r.id for r in result.kept] == ["e"]
+    assert result.drop_counts() == {"missing_input": 1, "placeholder_input": 1, "restates_instruction": 1,
+                                    "unreachable_reference": 1}
+    off = run(records, StageContext(progress=False), no_judge(check_context=False))
+    assert len(off.kept) == 5

@@ -59,6 +59,16 @@ class ResponseCache:
             )
             self._conn.commit()
 
+    def token_totals(self) -> list[tuple[str, str, int, int]]:
+        """(backend, model, prompt tokens, completion tokens) summed over stored answers:
+        what they cost, for a budget that spans reruns."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT backend, model, SUM(json_extract(response, '$.prompt_tokens')),"
+                " SUM(json_extract(response, '$.completion_tokens')) FROM completions GROUP BY backend, model"
+            ).fetchall()
+        return [(b, m, int(p or 0), int(c or 0)) for b, m, p, c in rows]
+
     def __len__(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
@@ -148,7 +158,14 @@ class CachedLLM:
                 if on_result:
                     on_result(dup, copy)
 
-        if to_send:
+        if to_send and getattr(self.inner, "batch", False):
+            # Batch API (openai `batch: true`): custom_id = cache key; batch ids are kept
+            # next to the cache (in a pipeline: the run directory) so a rerun re-attaches.
+            state_dir = self.cache.path.parent if self.cache is not None else None
+            returned = await self.inner.generate_batch(
+                [requests[i] for i in to_send], [keys[i] for i in to_send], state_dir, landed
+            )
+        elif to_send:
             returned = await self.inner.generate([requests[i] for i in to_send], landed)
             for j, completion in enumerate(returned):
                 if results[to_send[j]] is None:  # a backend that did not call back

@@ -42,6 +42,8 @@ from tenacity import (
 
 from datagen.errors import FatalLLMError, classify_bad_request
 from datagen.llm.base import ChatRequest, Completion, ResultCallback
+from datagen.llm.budget import Budget, BudgetExceeded, Rate
+from datagen.llm.ratelimit import RequestLimiter, estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,15 @@ class OpenAICompatLLM:
         retry_after_max: float = 120.0,
         n_mode: str = "auto",
         supports_json_schema: bool = True,
+        max_requests_per_minute: float | None = None,
+        max_tokens_per_minute: float | None = None,
+        adaptive_concurrency: bool = True,
+        latency_ceiling: float | None = None,
+        rate_period: float = 60.0,
+        budget: Budget | None = None,
+        price: Rate | None = None,
+        batch: bool = False,
+        batch_options: dict[str, Any] | None = None,
     ):
         if n_mode not in {"auto", "native", "fanout"}:
             raise ValueError(f"n_mode must be auto, native or fanout, not {n_mode!r}")
@@ -222,6 +233,21 @@ class OpenAICompatLLM:
         self._bad_request_counts: dict[str, int] = {}
         self._unreachable_in_a_row = 0
         self._answered = 0
+        # Cost control (datagen/llm/ratelimit.py, budget.py, batch_api.py): one limiter per
+        # backend instance, shared by every batch; a reply slower than half the timeout
+        # counts as congestion, so concurrency drops before requests start timing out.
+        self.limiter = RequestLimiter(
+            max_concurrency,
+            requests_per_minute=max_requests_per_minute,
+            tokens_per_minute=max_tokens_per_minute,
+            adaptive=adaptive_concurrency,
+            latency_ceiling=latency_ceiling if latency_ceiling is not None else timeout / 2,
+            period=rate_period,
+        )
+        self.budget = budget
+        self.price = price
+        self.batch = batch
+        self.batch_options = dict(batch_options or {})
 
     def cache_identity(self) -> dict[str, Any]:
         """What changes an answer besides the request: the endpoint, whether a JSON schema is
@@ -257,11 +283,15 @@ class OpenAICompatLLM:
         # A session per call: aiohttp sessions are bound to the loop that made them, and
         # `generate_sync` may run each batch in a fresh loop.
         session = self._new_session()
-        semaphore = asyncio.Semaphore(self.max_concurrency)
         results: list[Completion] = [Completion()] * len(requests)
+        stopped: list[BudgetExceeded] = []
 
         async def one(i: int, req: ChatRequest) -> None:
-            completion = await self._complete(session, semaphore, req)
+            try:
+                completion = await self._complete(session, req)
+            except BudgetExceeded as exc:  # the rest still finish: they are paid for
+                stopped.append(exc)
+                return
             results[i] = completion
             if on_result:
                 on_result(i, completion)
@@ -280,16 +310,26 @@ class OpenAICompatLLM:
             raise (self._fatal or exc) from None
         finally:
             await session.close()
+        if stopped and self.budget is not None:
+            raise BudgetExceeded(self.budget.spent, self.budget.cap)
         return results
 
-    async def _complete(
-        self, session: aiohttp.ClientSession, semaphore: asyncio.Semaphore, req: ChatRequest
-    ) -> Completion:
+    async def generate_batch(
+        self, requests: Sequence[ChatRequest], keys: Sequence[str], state_dir: Any,
+        on_result: ResultCallback | None = None,
+    ) -> list[Completion]:
+        """The same answers through `/v1/files` + `/v1/batches` (see datagen/llm/batch_api.py)."""
+        from datagen.llm.batch_api import BatchRunner
+
+        runner = BatchRunner(self, state_dir, **self.batch_options)
+        return await runner.run(list(requests), list(keys), on_result)
+
+    async def _complete(self, session: aiohttp.ClientSession, req: ChatRequest) -> Completion:
         if req.n > 1 and (self.n_mode == "fanout" or (self.n_mode == "auto" and self._server_ignores_n)):
-            return await self._fan_out(session, semaphore, req, req.n)
+            return await self._fan_out(session, req, req.n)
         try:
-            completion = await self._call(session, semaphore, req, req.n)
-        except FatalLLMError:
+            completion = await self._call(session, req, req.n)
+        except (FatalLLMError, BudgetExceeded):
             raise
         except Exception as exc:  # noqa: BLE001 - every other failure becomes a counted result
             return Completion(error=_describe(exc))
@@ -299,13 +339,11 @@ class OpenAICompatLLM:
         if missing > 0 and self.n_mode == "auto":
             # Some servers silently return one choice for n>1: ask for the rest one by one.
             self._server_ignores_n = True
-            extra = await self._fan_out(session, semaphore, req, missing)
+            extra = await self._fan_out(session, req, missing)
             return _merge([completion, extra])
         return completion
 
-    async def _fan_out(
-        self, session: aiohttp.ClientSession, semaphore: asyncio.Semaphore, req: ChatRequest, count: int
-    ) -> Completion:
+    async def _fan_out(self, session: aiohttp.ClientSession, req: ChatRequest, count: int) -> Completion:
         """`count` samples as n=1 calls. Sample k (k >= 1) gets seed+1000+k so the samples
         differ on servers that honour seeds; sample 0 keeps the request's own seed, so auto
         mode gives the same texts whether it found out about the server before or after."""
@@ -315,8 +353,8 @@ class OpenAICompatLLM:
             seed = req.seed if req.seed is None or k == 0 else req.seed + 1000 + k
             sub = dataclasses.replace(req, n=1, seed=seed)
             try:
-                return await self._call(session, semaphore, sub, 1)
-            except FatalLLMError:
+                return await self._call(session, sub, 1)
+            except (FatalLLMError, BudgetExceeded):
                 raise
             except Exception as exc:  # noqa: BLE001
                 return Completion(error=_describe(exc))
@@ -342,9 +380,7 @@ class OpenAICompatLLM:
             body["response_format"] = req.response_format_dict()
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
-    async def _call(
-        self, session: aiohttp.ClientSession, semaphore: asyncio.Semaphore, req: ChatRequest, n: int
-    ) -> Completion:
+    async def _call(self, session: aiohttp.ClientSession, req: ChatRequest, n: int) -> Completion:
         payload = self._payload(req, n)
         url = f"{self.base_url}/chat/completions"
         retrying = AsyncRetrying(
@@ -357,15 +393,8 @@ class OpenAICompatLLM:
             async for attempt in retrying:
                 with attempt:
                     # Only the request itself holds a slot: backoff waits free it for others.
-                    async with semaphore:
-                        if self._fatal is not None:
-                            raise _Cancelled()
-                        async with session.post(url, data=payload) as response:
-                            body = await response.read()
-                            status, headers = response.status, response.headers
-                    if status >= 400:
-                        raise HTTPStatusError(status, _error_message(body), headers)
-                    completion = parse_chat_completion(body)
+                    completion = await self._attempt(session, url, payload, req, n,
+                                                     attempt.retry_state.attempt_number)
                     self._unreachable_in_a_row = 0
                     self._answered += 1
                     return completion
@@ -392,6 +421,51 @@ class OpenAICompatLLM:
                 )
             raise
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _attempt(
+        self, session: aiohttp.ClientSession, url: str, payload: bytes, req: ChatRequest, n: int, number: int
+    ) -> Completion:
+        """One HTTP attempt between the budget/limiter's admission and its settlement."""
+        reservation = None
+        if self.budget is not None and self.price is not None:
+            reservation = await self.budget.reserve_when_settled(self.price, req.messages, req.max_tokens, n)
+        tokens = 0
+        if self.limiter.tokens is not None:
+            tokens = estimate_prompt_tokens(req.messages) + req.max_tokens * n
+        try:
+            ticket = await self.limiter.acquire(tokens, priority=number - 1)  # retries go first
+        except BaseException:
+            if reservation is not None and self.budget is not None:
+                self.budget.settle(reservation, None)
+            raise
+        started = time.monotonic()
+        status: int | None = None
+        headers: Any = None
+        completion: Completion | None = None
+        error: BaseException | None = None
+        try:
+            if self._fatal is not None:
+                raise _Cancelled()
+            async with session.post(url, data=payload) as response:
+                body = await response.read()
+                status, headers = response.status, response.headers
+            if status >= 400:
+                raise HTTPStatusError(status, _error_message(body), headers)
+            completion = parse_chat_completion(body)
+            return completion
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            used = completion.prompt_tokens + completion.completion_tokens if completion else None
+            self.limiter.settle(
+                ticket, latency=time.monotonic() - started, status=status, headers=headers, tokens_used=used,
+                timed_out=isinstance(error, (asyncio.TimeoutError, TimeoutError)),
+                retry_after=retry_after_seconds(error) if status == 429 else None,
+            )
+            if reservation is not None and self.budget is not None:
+                self.budget.settle(reservation, self.price, completion.prompt_tokens if completion else 0,
+                                   completion.completion_tokens if completion else 0)
 
     def _bad_request(self, exc: HTTPStatusError) -> Completion:
         """A 400 is one record's problem (too long, filtered, odd text) unless the same one

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from datagen.parsing import EMPTY_INPUT_MARKERS
+
 # ------------------------------------------------------------------ parsing task lists
 
 _NUMBERED = re.compile(
@@ -120,11 +122,7 @@ _INSTANCE_FIELD = re.compile(
     r"\s*\d{0,2}\s*(?:[*_]+\s*)?[:\uff1a]\s*(?:[*_]+)?\s*(?P<rest>.*)$",
     re.I,
 )
-_EMPTY_INPUTS = {
-    "", "none", "(none)", "<none>", "n/a", "na", "(n/a)", "null", "-", "nothing", "empty", "(empty)",
-    "no input", "(no input)", "<noinput>", "<no input>", "not applicable", "(not applicable)",
-    "\u65e0", "\uff08\u65e0\uff09",
-}  # fmt: skip
+_EMPTY_INPUTS = EMPTY_INPUT_MARKERS  # shared with the quality filter's placeholder_input check
 
 
 def _label_kind(label: str) -> str:

@@ -1,0 +1,554 @@
+"""`datagen eval`: does the curated data train a better model? Pairwise judging on held-out prompts.
+
+Every model answers every held-out prompt through our LLM layer (cached: a rerun or a resumed
+run pays nothing twice). A judge then compares answers pairwise, in both orders, because
+judges prefer whatever sits in one position: only a verdict that survives the swap is a win,
+a flip is a tie. Each win-rate comes with a bootstrap 95 % interval (resampling prompts) and,
+because judges also favour length, with both answers' mean lengths and a length-controlled
+win-rate (AlpacaEval 2, simplified: a logistic regression of the preference on the
+standardised length difference, read off at a difference of zero). Local models also get the
+teacher-forced loss on the reference answers, computed exactly like the training eval loss
+(the `finetune` plugin's `teacher_forced_loss`). Everything lands in `eval.json`; the run report draws it.
+
+The first model listed is the baseline: every later model is compared against every earlier
+one ("later vs earlier": a win-rate above 0.5 means the later model is better), and every
+model against the reference answers when the data has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from datagen.records import Record
+from datagen.stages.decontaminate import held_out_fingerprint
+
+REFERENCE = "reference"
+
+
+class EvalConfig(BaseModel):
+    """Options of `datagen eval` and of the pipeline's `eval:` section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(..., description="held-out prompts (any supported format); answers in it are the references")
+    models: list[str] = Field(
+        default_factory=list,
+        description="model specs, baseline first (local, local:PATH, openai:MODEL, vllm:MODEL); in a pipeline, "
+        "empty = the base model and the fine-tuned one",
+    )
+    judge: str | None = Field(None, description="judge backend spec (None = the run's / --llm backend)")
+    limit: int | None = Field(None, ge=1, description="use only the first N held-out prompts")
+    max_tokens: int = Field(256, ge=1, description="answer length budget per model")
+    temperature: float = Field(0.0, ge=0.0, description="answer sampling temperature (0 = greedy)")
+    system_prompt: str | None = Field(None, description="system message for every prompt that has none")
+    compare_reference: bool = Field(True, description="also judge each model against the reference answers")
+    judge_max_tokens: int = Field(256, ge=8, description="token budget of one judge reply")
+    bootstrap_samples: int = Field(2000, ge=100, description="bootstrap resamples for the 95 % intervals")
+    loss: bool = Field(True, description="teacher-forced loss on the references for local models")
+    loss_max_length: int = Field(2048, ge=16, description="tokens per example for the loss (longer: truncated)")
+    require_decontaminated: bool = Field(
+        False,
+        description="refuse to evaluate when the data was not used to decontaminate the tuned models' training "
+        "data (default: a loud warning)",
+    )
+    seed: int = Field(0, description="seed of the answers and of the bootstrap")
+
+
+@dataclass
+class EvalItem:
+    id: str
+    prompt: list[dict[str, str]]  # the conversation up to the answer
+    text: str  # the prompt as the judge reads it
+    reference: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole evaluation
+
+
+def run_eval(
+    config: EvalConfig,
+    out_dir: str | Path,
+    ctx: Any,
+    training_runs: list[Path] | None = None,
+) -> dict[str, Any]:
+    """Answer, judge, score; write `out_dir/eval.json` and return its content.
+
+    `ctx` is a StageContext (backends, cache, prompts, progress). `training_runs` are the run
+    directories whose training data the tuned models saw (found from `local:PATH` otherwise),
+    checked for decontamination against this data."""
+    from datagen.io import atomic_write_text
+    from datagen.judge import compare_answers
+
+    if len(config.models) < 1:
+        raise ValueError("eval: give at least one model (two to compare them)")
+    data_path = Path(config.data)
+    items = load_items(data_path, config.limit, config.system_prompt)
+    if not items:
+        raise ValueError(f"{data_path}: no prompts to evaluate")
+    models = [resolve_model_spec(spec) for spec in config.models]
+    contamination = check_contamination(data_path, models, training_runs)
+    _warn_or_refuse(contamination, config.require_decontaminated)
+
+    answers: dict[str, list[str]] = {}
+    for spec in models:
+        answers[spec] = answer_prompts(ctx, spec, items, config)
+    with_reference = [i for i, item in enumerate(items) if item.reference]
+    if with_reference and len(with_reference) < len(items):
+        print(f"eval: {len(items) - len(with_reference)} of {len(items)} prompts have no reference answer",
+              file=sys.stderr)
+
+    pairs: list[tuple[str, str]] = [(models[j], models[i]) for i in range(len(models)) for j in range(i + 1, len(models))]
+    if config.compare_reference and with_reference:
+        pairs += [(spec, REFERENCE) for spec in models]
+    judge = ctx.llm(config.judge)
+    results: list[dict[str, Any]] = []
+    per_item: list[dict[str, Any]] = [
+        {"id": item.id, "prompt": item.text, "reference": item.reference,
+         "answers": {spec: answers[spec][i] for spec in models}, "verdicts": {}}
+        for i, item in enumerate(items)
+    ]
+    for first, second in pairs:
+        indices = with_reference if REFERENCE in (first, second) else list(range(len(items)))
+        texts = {**answers, REFERENCE: [item.reference or "" for item in items]}
+        verdicts = compare_answers(
+            judge,
+            [(items[i].text, texts[first][i], texts[second][i], items[i].reference if second != REFERENCE else None)
+             for i in indices],
+            ctx,
+            max_tokens=config.judge_max_tokens,
+            desc=f"judge {_short(first)} vs {_short(second)}",
+        )
+        for i, verdict in zip(indices, verdicts, strict=True):
+            per_item[i]["verdicts"][f"{first} vs {second}"] = verdict.preference
+        results.append(pair_summary(
+            first, second,
+            [v.preference for v in verdicts],
+            [_words(texts[first][i]) for i in indices],
+            [_words(texts[second][i]) for i in indices],
+            inconsistent=sum(1 for v in verdicts if v.preference is not None and not v.consistent),
+            errors=sum(1 for v in verdicts if v.error),
+            samples=config.bootstrap_samples,
+            seed=config.seed,
+        ))
+
+    losses: dict[str, Any] = {}
+    if config.loss and with_reference:
+        for spec in models:
+            folder = local_model_dir(spec)
+            if folder is not None:
+                losses[spec] = reference_loss(folder, [items[i] for i in with_reference], config.loss_max_length)
+
+    report = {
+        "data": str(data_path),
+        "data_sha256": held_out_fingerprint(data_path),
+        "prompts": len(items),
+        "with_reference": len(with_reference),
+        "models": models,
+        "judge": judge.name,
+        "contamination": contamination,
+        "answer_words": {spec: _mean([_words(a) for a in answers[spec]]) for spec in models}
+        | ({REFERENCE: _mean([_words(items[i].reference or "") for i in with_reference])} if with_reference else {}),
+        "pairs": results,
+        "loss": losses,
+        "usage": ctx.usage(),
+        "items": per_item,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "eval.json", json.dumps(report, indent=2, ensure_ascii=False, default=str))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline's `eval:` section
+
+
+def validate_pipeline_eval(data: dict[str, Any], source: str) -> None:
+    """Config errors of the `eval:` section, phrased like every other pipeline key."""
+    from pydantic import ValidationError
+
+    from datagen.pipeline import ConfigError, _check_keys, _format_validation
+
+    options = data["eval"]
+    _check_keys(options, EvalConfig, "eval.", source)
+    try:
+        config = EvalConfig.model_validate(options)
+    except ValidationError as exc:
+        raise _format_validation(exc, "eval.", source) from None
+    if not config.models and data.get("finetune") is None:
+        raise ConfigError(f"{source}: eval.models: name the models to compare (there is no finetune: section to "
+                          "provide a base and a tuned model)")
+
+
+def run_pipeline_eval(pipeline: Any, run_dir: Path, progress: bool) -> dict[str, Any]:
+    """Evaluate after fine-tuning: by default the base model (baseline) against the tuned one,
+    with the run's LLM cache and the run's own decontamination record. Returns the summary
+    the manifest keeps (eval.json has every answer and verdict)."""
+    from datagen.llm import ResponseCache
+    from datagen.stages.context import StageContext
+
+    cfg = pipeline.config
+    config = EvalConfig.model_validate(cfg.eval)
+    config = config.model_copy(update={"data": str(pipeline._resolve(config.data))})
+    if not config.models:
+        base = (cfg.finetune or {}).get("base_model")
+        config = config.model_copy(update={"models": [f"local:{base}" if base else "local", f"local:{run_dir / 'model'}"]})
+    ctx = StageContext(
+        llm_spec=cfg.llm,
+        cache=ResponseCache(run_dir / "llm_cache.sqlite"),
+        seed=cfg.seed,
+        progress=progress,
+        prompts_dir=Path(cfg.prompts_dir) if cfg.prompts_dir else None,
+        llm_options={k: dict(v) for k, v in cfg.llm_options.items()},
+    )
+    try:
+        report = run_eval(config, run_dir / "eval", ctx, training_runs=[run_dir])
+    finally:
+        ctx.close()
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(summary_table(report))
+    return {key: report[key] for key in ("data", "prompts", "models", "judge", "contamination", "pairs", "loss")}
+
+
+# ---------------------------------------------------------------------------------------------
+# data and models
+
+
+def load_items(path: Path, limit: int | None = None, system_prompt: str | None = None) -> list[EvalItem]:
+    """Held-out prompts from any format `read_records` reads; a final assistant turn is the reference."""
+    from datagen.io import read_records
+
+    items = []
+    for record in read_records(path)[:limit]:
+        items.append(item_from_record(record, system_prompt))
+    return items
+
+
+def item_from_record(record: Record, system_prompt: str | None = None) -> EvalItem:
+    messages = [{"role": m["role"], "content": m["content"].strip()} for m in record.to_messages(system_prompt)]
+    reference = None
+    if messages and messages[-1]["role"] == "assistant":
+        reference = messages.pop()["content"] or None
+    text = "\n\n".join(m["content"] for m in messages if m["role"] == "user") if record.messages else record.prompt_text()
+    return EvalItem(id=record.id, prompt=messages, text=text, reference=reference)
+
+
+def resolve_model_spec(spec: str) -> str:
+    """A bare HF folder or `org/name` id means `local:` it; `local:RUN/model` (a `datagen finetune`
+    output folder) means its merged model, `RUN/model/model`. Other specs pass unchanged."""
+    from datagen.llm import BACKENDS
+
+    backend, _, path = spec.partition(":")
+    if backend not in BACKENDS and (Path(spec).exists() or _HF_ID.match(spec)):
+        backend, path = "local", spec
+    if backend == "local" and path:
+        folder = Path(path)
+        if not (folder / "config.json").exists() and (folder / "model" / "config.json").exists():
+            return f"local:{folder / 'model'}"
+        if not folder.exists() and not _HF_ID.match(path):
+            raise FileNotFoundError(f"{spec}: no such model folder")
+        return f"local:{path}"
+    return spec
+
+
+_HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def local_model_dir(spec: str) -> Path | None:
+    """The HF folder behind a `local` spec (the embedded model for plain `local`); None for remote backends."""
+    backend, _, path = spec.partition(":")
+    if backend != "local":
+        return None
+    if path:
+        return Path(path)
+    from datagen.llm.local import embedded_model_dir
+
+    return embedded_model_dir()
+
+
+def answer_prompts(ctx: Any, spec: str, items: list[EvalItem], config: EvalConfig) -> list[str]:
+    """Each prompt answered once by `spec`; a failed request is an empty answer (it then loses)."""
+    from datagen.llm import ChatRequest, generate_sync
+
+    llm = ctx.llm(spec)
+    requests = [
+        ChatRequest.chat(item.prompt, temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed)
+        for item in items
+    ]
+    with ctx.bar(len(requests), f"answers {_short(spec)}", unit="req") as bar:
+        completions = generate_sync(llm, requests, lambda i, c: bar.update(1))
+    failed = [c.error for c in completions if c.error]
+    if failed:
+        print(f"eval: {spec}: {len(failed)} of {len(items)} answers failed (counted as empty), e.g. {failed[0]}",
+              file=sys.stderr)
+    return [c.text.strip() if not c.error else "" for c in completions]
+
+
+def reference_loss(model_dir: Path, items: list[EvalItem], max_length: int) -> dict[str, Any]:
+    from datagen.plugins import plugin
+
+    teacher_forced_loss = plugin("finetune").teacher_forced_loss
+    examples = [{"id": item.id, "messages": [*item.prompt, {"role": "assistant", "content": item.reference}]}
+                for item in items]
+    result = teacher_forced_loss(model_dir, examples, max_length=max_length)
+    result.pop("per_example", None)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def pair_summary(
+    first: str,
+    second: str,
+    preferences: list[float | None],
+    words_first: list[int],
+    words_second: list[int],
+    inconsistent: int = 0,
+    errors: int = 0,
+    samples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Win-rate of `first` over `second` with its interval, lengths and the length-controlled rate."""
+    judged = [(p, a, b) for p, a, b in zip(preferences, words_first, words_second, strict=True) if p is not None]
+    prefs = np.array([p for p, _, _ in judged], dtype=float)
+    diff = np.array([a - b for _, a, b in judged], dtype=float)
+    low, high = bootstrap_interval(prefs, samples=samples, seed=seed) if len(prefs) else (None, None)
+    return {
+        "first": first,
+        "second": second,
+        "n": len(preferences),
+        "judged": len(prefs),
+        "wins": int((prefs == 1).sum()),
+        "ties": int((prefs == 0.5).sum()),
+        "losses": int((prefs == 0).sum()),
+        "order_inconsistent": inconsistent,
+        "unjudged": len(preferences) - len(prefs),
+        "judge_errors": errors,
+        "win_rate": _round(prefs.mean()) if len(prefs) else None,
+        "ci95": [_round(low), _round(high)],
+        "lc_win_rate": _round(length_controlled_win_rate(prefs, diff)),
+        "words_first": _mean(words_first),
+        "words_second": _mean(words_second),
+    }
+
+
+def bootstrap_interval(
+    values: np.ndarray, samples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean: resample prompts with replacement."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def length_controlled_win_rate(
+    preferences: np.ndarray, length_diff: np.ndarray, penalty: float = 0.1
+) -> float | None:
+    """P(first wins) at zero length difference, from a logistic fit of preference on length difference.
+
+    The fit uses the ties as half wins (soft labels in the cross-entropy). The difference is
+    divided by its standard deviation so `penalty` (a small L2 on the slope only, which keeps
+    the fit finite when the longer answer always wins) means the same at any scale. With no
+    length variation the rate equals the plain win-rate."""
+    from scipy.optimize import minimize
+
+    y = np.asarray(preferences, dtype=float)
+    if len(y) < 2:
+        return float(y.mean()) if len(y) else None
+    x = np.asarray(length_diff, dtype=float)
+    scale = x.std()
+    if scale == 0:
+        return float(y.mean())
+    x = x / scale
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        bias, slope = theta
+        z = bias + slope * x
+        p = 1 / (1 + np.exp(-z))
+        loss = np.mean(np.logaddexp(0, z) - y * z) + penalty * slope**2
+        residual = p - y
+        return loss, np.array([residual.mean(), (residual * x).mean() + 2 * penalty * slope])
+
+    fit = minimize(objective, np.zeros(2), jac=True, method="L-BFGS-B")
+    return float(1 / (1 + math.exp(-fit.x[0])))
+
+
+# ---------------------------------------------------------------------------------------------
+# was the held-out set kept out of the training data?
+
+
+def find_run_dir(model_dir: Path) -> Path | None:
+    """The run directory (has manifest.json) a fine-tuned model folder lives in, if any."""
+    for folder in (model_dir, *model_dir.resolve().parents):
+        if (folder / "manifest.json").exists():
+            return folder
+    return None
+
+
+def check_contamination(data: Path, models: list[str], training_runs: list[Path] | None = None) -> dict[str, Any]:
+    """Whether each training run this eval can find decontaminated its data against `data`."""
+    fingerprint = held_out_fingerprint(data)
+    runs = list(training_runs or [])
+    if training_runs is None:
+        for spec in models:
+            backend, _, path = spec.partition(":")
+            if backend == "local" and path and (run := find_run_dir(Path(path))) is not None and run not in runs:
+                runs.append(run)
+    checked = []
+    for run in runs:
+        manifest = json.loads((Path(run) / "manifest.json").read_text(encoding="utf-8"))
+        screened = {
+            entry.get("sha256")
+            for stage in manifest.get("stages", []) if stage.get("stage") == "decontaminate"
+            for entry in (stage.get("stats") or {}).get("held_out_sets", [])
+        }
+        checked.append({"run": str(run), "decontaminated": fingerprint in screened})
+    if not checked:
+        status = "unknown"
+    elif all(c["decontaminated"] for c in checked):
+        status = "decontaminated"
+    else:
+        status = "not_decontaminated"
+    return {"status": status, "sha256": fingerprint, "runs": checked}
+
+
+def _warn_or_refuse(contamination: dict[str, Any], require: bool) -> None:
+    status = contamination["status"]
+    if status == "decontaminated":
+        return
+    if status == "unknown":
+        message = ("eval: WARNING: no training run found for these models, so nobody checked that the held-out "
+                   "set was kept out of their training data")
+    else:
+        bad = ", ".join(c["run"] for c in contamination["runs"] if not c["decontaminated"])
+        message = (f"eval: WARNING: {bad}: its training data was NOT decontaminated against this held-out set; "
+                   "add a `decontaminate` stage with it in `held_out` and rerun, or the win-rates may be inflated")
+    if require:
+        raise ValueError(message.replace("WARNING: ", "") + " (require_decontaminated is on)")
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]{message}[/]")
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def summary_table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"datagen eval: {report['prompts']} prompts, judge {report['judge']}")
+    for column in ("first vs second", "win-rate", "95% CI", "LC win-rate", "W/T/L", "flips", "unjudged", "words"):
+        table.add_column(column, justify="left" if column == "first vs second" else "right")
+    for pair in report["pairs"]:
+        low, high = pair["ci95"]
+        table.add_row(
+            f"{pair['first']} vs {pair['second']}",
+            _fmt(pair["win_rate"]),
+            f"[{_fmt(low)}, {_fmt(high)}]",
+            _fmt(pair["lc_win_rate"]),
+            f"{pair['wins']}/{pair['ties']}/{pair['losses']}",
+            str(pair["order_inconsistent"]),
+            str(pair["unjudged"]),
+            f"{pair['words_first']:.0f} vs {pair['words_second']:.0f}",
+        )
+    for spec, loss in report.get("loss", {}).items():
+        table.caption = (table.caption + "  " if table.caption else "") + f"loss {spec}: {_fmt(loss.get('loss'))}"
+    return table
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _mean(values: list[int] | list[float]) -> float:
+    return round(float(np.mean(values)), 2) if len(values) else 0.0
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _short(spec: str) -> str:
+    return spec if len(spec) <= 32 else "…" + spec[-31:]
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    defaults = EvalConfig(data="-")
+    parser = subparsers.add_parser(
+        "eval",
+        help="compare models on held-out prompts: pairwise judge both ways, win-rates with CIs, loss",
+        description=(
+            "Every model answers every prompt of --data (cached); a judge compares the answers pairwise in both\n"
+            "orders (a verdict that flips with the order is a tie). Prints win-rates with bootstrap 95% intervals,\n"
+            "mean answer lengths and a length-controlled win-rate; local models also get the teacher-forced loss\n"
+            "on the reference answers. Writes OUT/eval.json.\n"
+            "Example: datagen eval --models local local:runs/quickstart/model --data heldout.jsonl --judge local"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--models", nargs="+", required=True, help="model specs, baseline first")
+    parser.add_argument("--data", required=True, help="held-out prompts (reference answers optional)")
+    parser.add_argument("--judge", default=None, help="judge backend spec (default: $DATAGEN_LLM or local)")
+    parser.add_argument("--out", default="runs/eval", help="folder for eval.json (default runs/eval)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
+                        help=f"answer length budget (default {defaults.max_tokens})")
+    parser.add_argument("--no-loss", action="store_true", help="skip the teacher-forced loss of local models")
+    parser.add_argument("--no-reference", action="store_true", help="do not judge models against the references")
+    parser.add_argument("--require-decontaminated", action="store_true",
+                        help="refuse when a tuned model's run did not decontaminate against --data")
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (else $OPENAI_BASE_URL)")
+    parser.add_argument("--max-concurrency", type=int, default=64, help="in-flight requests for openai:* (default 64)")
+    parser.add_argument("--cache", default=None, help="SQLite response cache (default: OUT/llm_cache.sqlite)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of answers and bootstrap (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=_eval_cli)
+
+
+def _eval_cli(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from datagen.cli_common import context_from_args
+
+    config = EvalConfig(
+        data=args.data, models=args.models, judge=args.judge, limit=args.limit, max_tokens=args.max_tokens,
+        loss=not args.no_loss, compare_reference=not args.no_reference,
+        require_decontaminated=args.require_decontaminated, seed=args.seed,
+    )
+    args.llm = args.judge
+    args.cache = args.cache or str(Path(args.out) / "llm_cache.sqlite")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    ctx = context_from_args(args)
+    try:
+        report = run_eval(config, args.out, ctx)
+    finally:
+        ctx.close()
+    Console(width=None if sys.stdout.isatty() else 160).print(summary_table(report))  # logs keep full specs
+    print(f"wrote {Path(args.out) / 'eval.json'}")
+    return 0
