@@ -598,74 +598,17 @@ def run(records: list[Record], ctx: StageContext, config: DedupConfig) -> StageR
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_common import add_io_args
+    from datagen.cli_config import add_stage_command
 
-    parser = subparsers.add_parser(
-        "dedup",
+    add_stage_command(
+        subparsers, "dedup", DedupConfig, run,
         help="drop exact and near-duplicate records (embeddings + FAISS)",
         description=(
-            "Exact duplicates (case, spacing and sentence punctuation ignored), then near duplicates by cosine "
-            "similarity of sentence embeddings (a static model distilled from the bundled all-MiniLM-L6-v2 by default). Of each duplicate "
-            "pair the record with "
-            "the higher judge score, else the longer answer, is kept; each dropped record names the kept one."
+            "Exact duplicates (case, spacing and sentence punctuation ignored; numbers kept), then near\n"
+            "duplicates by cosine similarity of embeddings (a static model distilled from the bundled\n"
+            "all-MiniLM-L6-v2 by default). Of each duplicate pair the record with the higher judge score,\n"
+            "else the longer answer, is kept; each dropped record names the kept one."
         ),
+        aliases={"embedder": ["--model"], "embed_field": ["--field"]},
+        with_llm=False,
     )
-    add_io_args(parser)
-    defaults = DedupConfig()
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=defaults.threshold,
-        help=f"cosine similarity counted as duplicate (default {defaults.threshold})",
-    )
-    parser.add_argument(
-        "--embedder",
-        "--model",
-        default=defaults.embedder,
-        help=f"static, minilm, or a model folder / hub id (default {defaults.embedder})",
-    )
-    parser.add_argument(
-        "--field",
-        default=defaults.embed_field,
-        choices=["instruction", "instruction_input", "all"],
-        help=f"text compared (default {defaults.embed_field})",
-    )
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="embedding batch size")
-    parser.add_argument(
-        "--k", type=int, default=defaults.k, help=f"neighbours per search (default {defaults.k})"
-    )
-    parser.add_argument(
-        "--ivf-threshold",
-        type=int,
-        default=defaults.ivf_threshold,
-        help=f"records above which an IVF index is used (default {defaults.ivf_threshold})",
-    )
-    parser.add_argument(
-        "--nprobe", type=int, default=defaults.nprobe, help=f"IVF cells probed (default {defaults.nprobe})"
-    )
-    parser.add_argument("--no-exact", action="store_true", help="skip exact-duplicate removal")
-    parser.add_argument("--no-semantic", action="store_true", help="skip embedding similarity (exact only)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for IVF training sample (default 0)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    from datagen.cli_common import read_input, write_result
-
-    config = DedupConfig(
-        threshold=args.threshold,
-        embed_field=args.field,
-        embedder=args.embedder,
-        batch_size=args.batch_size,
-        k=args.k,
-        ivf_threshold=args.ivf_threshold,
-        nprobe=args.nprobe,
-        exact=not args.no_exact,
-        semantic=not args.no_semantic,
-    )
-    ctx = StageContext(seed=args.seed, progress=not args.no_progress)
-    records = read_input(args.input)
-    result = run(records, ctx, config)
-    write_result(result, args)
-    return 0
