@@ -34,13 +34,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from datagen.llm import ChatRequest, ResponseCache, generate_sync, make_llm  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from client_throughput import control, start_server  # noqa: E402  (one loopback-server driver)
 
 SERVER = ROOT / "tests" / "openai_test_server.py"
 RESULTS = ROOT / "bench" / "results" / "orchestration.json"
@@ -109,25 +111,6 @@ except AttributeError:
     ok = len(out)
 print(json.dumps({"seconds": seconds, "ok": ok}))
 """
-
-
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(SERVER), "--port", "0", "--latency", str(latency)],
-                            stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline() if proc.stdout else ""
-    if not line.startswith("LISTENING "):
-        proc.kill()
-        raise RuntimeError(f"test server did not start: {line!r}")
-    return proc, line.split()[1]
-
-
-def control(base_url: str, path: str, payload: dict | None = None) -> dict:
-    root = base_url.rsplit("/v1", 1)[0]
-    data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(f"{root}/_control/{path}", data=data, method="POST" if data is not None else "GET")
-    req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
 
 
 def server_counts(base_url: str) -> dict:

@@ -159,6 +159,9 @@ def add_stage_command(
                         help="set any config field (YAML value), e.g. --set max_tokens=256")
     if with_llm:
         add_llm_args(parser)
+    else:  # the LLM flags bring these along; a stage without an LLM still needs them
+        parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same result (default 0)")
+        parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     def handler(args: argparse.Namespace) -> int:
         from datagen.cli_common import run_stage_cli

@@ -401,6 +401,7 @@ class Pipeline:
         from datagen.stages.context import StageContext
 
         cfg = self.config
+        run_started = time.perf_counter()
         run_dir = Path(run_dir or Path("runs") / cfg.name)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -512,18 +513,25 @@ class Pipeline:
             raise
         ctx.close()
 
+        started = time.perf_counter()
         manifest["export"] = self._export(records, run_dir / "export", cfg.export.formats)
+        manifest["export_seconds"] = round(time.perf_counter() - started, 3)
         faults.at_point("after_export")
         if cfg.finetune is not None:
+            started = time.perf_counter()
             manifest["finetune"] = self._finetune(records, run_dir, input_hash, progress, say)
+            manifest["finetune_seconds"] = round(time.perf_counter() - started, 3)
         if cfg.eval is not None:
             from datagen.eval import run_pipeline_eval
 
+            started = time.perf_counter()
             self._write_manifest(run_dir, manifest)
             manifest["eval"] = run_pipeline_eval(self, run_dir, progress)
+            manifest["eval_seconds"] = round(time.perf_counter() - started, 3)
         manifest["llm_usage_total"] = _sum_usage(manifest["stages"])
         manifest["cost_usd_total"] = round(sum(s.get("cost_usd", 0.0) for s in manifest["stages"]), 6)
         manifest["status"] = "finished"
+        manifest["wall_seconds"] = round(time.perf_counter() - run_started, 3)
         self._write_manifest(run_dir, manifest)
         from datagen.report import write_report
 

@@ -515,6 +515,10 @@ def summary_table(manifest: dict[str, Any]) -> Table:
             str(sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage.values())),
             f"{s.get('seconds', 0):.1f}",
         )
+    # Where the wall time went besides the stages: export, fine-tuning, and the whole run.
+    for label, key in (("export", "export_seconds"), ("finetune", "finetune_seconds"), ("eval", "eval_seconds"), ("total", "wall_seconds")):
+        if key in manifest:
+            table.add_row(label, "", "", "", "", "", "", "", f"{manifest[key]:.1f}")
     return table
 
 

@@ -59,10 +59,41 @@ def clustered(n: int, dim: int = 32, dups: int = 40, seed: int = 0) -> tuple[np.
 
 def test_normalize_text_ignores_case_spacing_and_punctuation():
     assert normalize_text("Hello,  World!") == normalize_text("hello world")
-    assert normalize_text("  What's\tthe\n\ntime?? ") == "whats the time"
+    assert normalize_text("  What’s\tthe\n\ntime?? ") == "what's the time"
     assert normalize_text("STRASSE") == normalize_text("straße")
     assert normalize_text("ﬁle") == "file"  # NFKC ligature
     assert normalize_text("hello world") != normalize_text("hello, word")
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("Compute 3.5 times 2.", "Compute 35 times 2."),
+        ("Add -5 to the total.", "Add 5 to the total."),
+        ("Round .5 up", "Round 5 up"),
+        ("Increase it by 50%.", "Increase it by 50."),
+        ("Write it in C#", "Write it in C"),
+        ("Sort 1,000 rows", "Sort 1000 rows"),
+        ("Is e-mail allowed?", "Is email allowed?"),
+    ],
+)
+def test_normalize_text_keeps_numbers_and_word_internal_marks(a, b):
+    # Stripping every punctuation mark made these collide, and exact dedup dropped one as an
+    # identical task although they ask different things.
+    assert normalize_text(a) != normalize_text(b)
+
+
+def test_normalize_text_drops_sentence_punctuation_around_words():
+    assert normalize_text("“What is 3.5 — squared?”") == normalize_text("what is 3.5 squared")
+    assert normalize_text("Costs 5.") == normalize_text("costs 5")
+    assert normalize_text("(Hello) WORLD...") == normalize_text("hello world")
+
+
+def test_exact_dedup_keeps_records_that_differ_in_a_number():
+    records = [rec(0, "Convert 3.5 km to miles."), rec(1, "Convert 35 km to miles."), rec(2, "convert 35 KM to miles")]
+    result = run(records, StageContext(progress=False), DedupConfig(semantic=False))
+    assert [r.id for r in result.kept] == ["r0", "r1"]
+    assert result.dropped[0].meta.drop_detail["kept_id"] == "r1"
 
 
 def test_exact_dedup_keeps_best_and_names_it():
@@ -182,7 +213,7 @@ def test_ivf_path_above_ivf_threshold():
     vectors, pairs = clustered(600, dups=50, seed=3)
     ivf = semantic_dedup(vectors, threshold=0.9, ivf_threshold=100, nprobe=4)
     assert ivf.stats["index"] == "ivf"
-    assert ivf.stats["nlist"] == round(4 * math.sqrt(600))
+    assert ivf.stats["nlist"] == round(math.sqrt(2 * 600))
     flat = semantic_dedup(vectors, threshold=0.9, ivf_threshold=10_000)
     assert flat.stats["index"] == "flat"
     caught = [not (ivf.keep[i] and ivf.keep[j]) for i, j in pairs]
@@ -190,8 +221,45 @@ def test_ivf_path_above_ivf_threshold():
     gone = np.flatnonzero(~ivf.keep)
     assert ivf.keep[ivf.kept_by[gone]].all()
     # IVF with every cell probed is exact.
-    full = semantic_dedup(vectors, threshold=0.9, ivf_threshold=100, nlist=8, nprobe=8)
+    full = semantic_dedup(vectors, threshold=0.9, ivf_threshold=100, nlist=8, nprobe=8, probe_margin=2.0)
     assert full.keep.tolist() == flat.keep.tolist()
+
+
+def test_cell_join_with_every_cell_probed_is_the_exact_greedy():
+    """The join compares a vector with every member of its probed cells: probing all cells
+    must give exactly the O(N^2) definition, for any priority order."""
+    vectors, _ = clustered(500, dups=60, seed=11)
+    rank = np.random.default_rng(2).permutation(500)
+    ivf = semantic_dedup(vectors, rank=rank, threshold=0.9, ivf_threshold=10, nlist=6, nprobe=6, probe_margin=2.0)
+    assert ivf.stats["index"] == "ivf" and ivf.stats["mean_probes"] == 6
+    order = np.argsort(rank)
+    expected = np.empty(500, dtype=bool)
+    expected[order] = reference_greedy(vectors[order], 0.9)
+    assert ivf.keep.tolist() == expected.tolist()
+    sims = vectors @ vectors.T
+    gone = np.flatnonzero(~ivf.keep)
+    assert ivf.keep[ivf.kept_by[gone]].all()
+    assert np.all(rank[ivf.kept_by[gone]] < rank[gone])
+    assert np.allclose(ivf.by_sim[gone], sims[gone, ivf.kept_by[gone]], atol=1e-5)
+    # A kept record's max_sim is its nearest neighbour's similarity when that one was kept,
+    # NaN when it was not (its nearest kept neighbour is then unknown).
+    np.fill_diagonal(sims, -np.inf)
+    for i in np.flatnonzero(ivf.keep):
+        nearest = int(np.argmax(sims[i]))
+        if ivf.keep[nearest]:
+            assert ivf.max_sim[i] == pytest.approx(sims[i, nearest], abs=1e-5)
+        else:
+            assert np.isnan(ivf.max_sim[i])
+
+
+def test_probe_margin_skips_far_cells():
+    vectors, pairs = clustered(800, dups=60, seed=4)
+    tight = semantic_dedup(vectors, threshold=0.9, ivf_threshold=10, nlist=16, nprobe=8, probe_margin=0.0)
+    loose = semantic_dedup(vectors, threshold=0.9, ivf_threshold=10, nlist=16, nprobe=8, probe_margin=2.0)
+    assert tight.stats["mean_probes"] < 1.05 and loose.stats["mean_probes"] == 8
+    exact = semantic_dedup(vectors, threshold=0.9, ivf_threshold=10_000)
+    assert loose.keep.tolist() == exact.keep.tolist()  # 8 of 16 cells: every planted pair still found
+    assert sum(not (tight.keep[i] and tight.keep[j]) for i, j in pairs) >= 0.9 * len(pairs)
 
 
 def test_max_sim_recorded_for_kept_and_dropped():
@@ -233,12 +301,23 @@ def planted() -> list[Record]:
 
 
 @pytest.mark.slow
-def test_real_model_finds_planted_duplicates(planted, tmp_path):
-    result = run(planted, StageContext(progress=False), DedupConfig())
+@pytest.mark.parametrize(
+    "embedder, false_drops",
+    [
+        ("minilm", set()),
+        # The static model averages token vectors: "good morning" / "good night" differ in one
+        # content word and score 0.93 (MiniLM: 0.84), so r3 goes for r12. The price of ~200x
+        # speed, measured on real text in bench/dedup.py (precision 0.94 vs 0.98 at 0.9).
+        ("static", {"r3"}),
+    ],
+)
+def test_real_model_finds_planted_duplicates(planted, tmp_path, embedder, false_drops):
+    config = DedupConfig(embedder=embedder)
+    result = run(planted, StageContext(progress=False), config)
     kept_ids = {r.id for r in result.kept}
     gone = {r.id: r for r in result.dropped}
     # r0/r6 go for r7 (best judge score); r8 and r9 for the earlier r2 and r5 (equal priority).
-    assert set(gone) == {"r0", "r6", "r8", "r9"}
+    assert set(gone) == {"r0", "r6", "r8", "r9"} | false_drops
     assert gone["r8"].meta.drop_detail["kept_id"] == "r2" and gone["r9"].meta.drop_detail["kept_id"] == "r5"
     assert "r7" in kept_ids  # judge score wins over input order
     assert gone["r0"].meta.drop_detail["kept_id"] == "r7"
@@ -250,10 +329,11 @@ def test_real_model_finds_planted_duplicates(planted, tmp_path):
     for r in result.kept:
         assert r.meta.scores["max_sim"] < 0.9
     # Different tasks all survive.
-    assert {"r1", "r3", "r4", "r10", "r11", "r12"} <= kept_ids
+    assert {"r1", "r3", "r4", "r10", "r11", "r12"} - false_drops <= kept_ids
 
     # IVF with every cell probed gives the same answer on the same texts.
-    ivf = run(planted, StageContext(progress=False), DedupConfig(ivf_threshold=4, nlist=2, nprobe=2))
+    every_cell = {"ivf_threshold": 4, "nlist": 2, "nprobe": 2, "probe_margin": 2.0}
+    ivf = run(planted, StageContext(progress=False), config.model_copy(update=every_cell))
     assert ivf.stats["index"] == "ivf"
     assert [r.id for r in ivf.kept] == [r.id for r in result.kept]
 
@@ -270,6 +350,8 @@ def test_real_model_finds_planted_duplicates(planted, tmp_path):
             str(src),
             "--threshold",
             "0.9",
+            "--embedder",
+            embedder,
             "--out",
             str(out),
             "--dropped",
@@ -287,10 +369,10 @@ def test_real_model_finds_planted_duplicates(planted, tmp_path):
 def test_embed_texts_normalised_float32():
     from datagen.embed import embed_texts, record_text
 
-    vectors = embed_texts(["one", "two three", ""], progress=False)
+    vectors = embed_texts(["one", "two three", ""], model="minilm", progress=False)
     assert vectors.dtype == np.float32 and vectors.shape == (3, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert embed_texts([], progress=False).shape == (0, 384)
+    assert embed_texts([], model="minilm", progress=False).shape == (0, 384)
     r = Record(id="x", instruction="Do it", input="data", output="done")
     assert record_text(r, "instruction") == "Do it"
     assert record_text(r, "instruction_input") == "Do it\n\ndata"
