@@ -178,7 +178,7 @@ def validate_pipeline_eval(data: dict[str, Any], source: str) -> None:
     """Config errors of the `eval:` section, phrased like every other pipeline key."""
     from pydantic import ValidationError
 
-    from datagen.pipeline import ConfigError, _check_keys, _format_validation
+    from datagen.pipeline_config import ConfigError, _check_keys, _format_validation
 
     options = data["eval"]
     _check_keys(options, EvalConfig, "eval.", source)

@@ -1,5 +1,8 @@
 """One YAML file runs the whole job: generate → evolve → distill → dedup → filter → fine-tune.
 
+This module is the runner; the YAML schema and its validation live in `pipeline_config.py`,
+the run directory's hashes, versions and costs in `run_files.py`.
+
 The run directory is the unit of resume. Each stage writes `kept.jsonl`, `dropped.jsonl` and
 last a `done.json` naming the hash of its input and of its config; on rerun a stage whose
 marker matches is skipped, and an interrupted stage re-runs through the LLM cache, so no
@@ -9,11 +12,8 @@ finished call is paid twice. Every file is written atomically (temp + rename).
 from __future__ import annotations
 
 import argparse
-import difflib
-import hashlib
 import importlib
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,314 +21,37 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datagen import __version__, faults
 from datagen.errors import DatagenError, StageFailed, check_error_rate
-from datagen.ray_cluster import Executor, RayConfig
+from datagen.pipeline_config import (  # noqa: F401 - the config API, also importable from here
+    ALIASES,
+    EXPORT_FORMATS,
+    STAGES,
+    ConfigError,
+    ExportConfig,
+    InputConfig,
+    PipelineConfig,
+    Price,
+    StageSpec,
+    _check_keys,
+    _format_validation,
+    apply_overrides,
+    stage_config_class,
+    validate_config,
+)
 from datagen.records import Record, StageResult
-
-# stage name -> (module, config class). Aliases let YAML use the CLI's verbs too.
-STAGES: dict[str, tuple[str, str]] = {
-    "self_instruct": ("datagen.stages.self_instruct", "SelfInstructConfig"),
-    "evol_instruct": ("datagen.stages.evol_instruct", "EvolConfig"),
-    "distill": ("datagen.stages.distill", "DistillConfig"),
-    "dedup": ("datagen.stages.dedup", "DedupConfig"),
-    "quality": ("datagen.stages.quality", "QualityConfig"),
-    "decontaminate": ("datagen.stages.decontaminate", "DecontaminateConfig"),
-}
-ALIASES = {"evolve": "evol_instruct", "filter": "quality", "self-instruct": "self_instruct"}
-EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "records", "hf")
-
-
-def stage_config_class(stage: str) -> type[BaseModel]:
-    module_name, class_name = STAGES[stage]
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-class Price(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input_per_million: float = Field(0.0, description="USD per 1M prompt tokens")
-    output_per_million: float = Field(0.0, description="USD per 1M completion tokens")
-    batch_share: float = Field(0.5, ge=0, description="share of these prices the Batch API charges")
-
-
-class InputConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    path: str | None = Field(
-        None,
-        description="records to start from: Self-Instruct seeds, Alpaca, ShareGPT, messages, parquet, HF folder; "
-        "default: the bundled 175 seed tasks",
-    )
-    limit: int | None = Field(None, description="use only the first N records (handy for a dry run)")
-
-
-class ExportConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    formats: list[str] = Field(default_factory=lambda: ["alpaca", "sharegpt", "messages", "hf"])
-
-
-class StageSpec(BaseModel):
-    """One entry of `stages:`; `name` is the stage kind, `config` its validated options."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    name: str
-    label: str
-    config: Any
-
-
-class PipelineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field("run", description="run name; the run directory defaults to runs/<name>")
-    seed: int = Field(0, description="same seed + same inputs + same cache -> same dataset")
-    llm: str = Field("local", description="default backend for every stage: local, openai:MODEL, vllm:MODEL")
-    llm_options: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="per-backend options, e.g. {openai: {base_url: ..., max_concurrency: 64}}; keys come from env",
-    )
-    prices: dict[str, Price] = Field(default_factory=dict, description="backend spec -> USD per 1M tokens")
-    budget_usd: float | None = Field(
-        None, ge=0, description="spending cap of this run directory in USD (all runs of it together); needs prices"
-    )
-    prompts_dir: str | None = Field(None, description="folder whose *.txt override the bundled prompts")
-    max_error_rate: float = Field(
-        0.02, ge=0, le=1,
-        description="a stage whose failed LLM requests exceed this share fails (not marked done); "
-        "a rerun re-sends only the failed calls",
-    )
-    input: InputConfig = Field(default_factory=InputConfig)
-    stages: list[dict[str, Any]] = Field(default_factory=list)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    executor: Executor = Field("local", description="local: this process; ray: record-parallel LLM calls and "
-                               "embeddings on a Ray cluster (never changes the data, so not in any stage hash)")
-    ray: RayConfig = Field(default_factory=RayConfig, description="cluster address and pool sizes for executor: ray")
-    finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig options; omit to skip training")
-    eval: dict[str, Any] | None = Field(
-        None, description="EvalConfig options: judge the tuned model against the base on held-out data after training"
-    )
-
-    def stage_specs(self) -> list[StageSpec]:
-        specs, seen = [], {}
-        for entry in self.stages:
-            ((raw_name, options),) = entry.items()
-            name = ALIASES.get(raw_name, raw_name)
-            seen[name] = seen.get(name, 0) + 1
-            label = name if seen[name] == 1 else f"{name}_{seen[name]}"
-            specs.append(StageSpec(name=name, label=label, config=stage_config_class(name).model_validate(options or {})))
-        return specs
-
-
-class ConfigError(ValueError):
-    """A config problem, already phrased as `file: where: what is wrong`."""
-
-
-def _suggest(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(options))})"
-
-
-def _check_keys(data: Any, model: type[BaseModel], where: str, source: str) -> None:
-    """Unknown keys get a message naming the key and the closest real one, before pydantic."""
-    if not isinstance(data, dict):
-        return
-    fields = model.model_fields
-    for key, value in data.items():
-        if key not in fields:
-            if model.model_config.get("extra") == "forbid":
-                raise ConfigError(f"{source}: {where}{key}: unknown key{_suggest(str(key), list(fields))}")
-            continue
-        annotation = fields[key].annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            _check_keys(value, annotation, f"{where}{key}.", source)
-
-
-def _format_validation(exc: ValidationError, where: str, source: str) -> ConfigError:
-    first = exc.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"])
-    return ConfigError(f"{source}: {where}{loc}: {first['msg']} (got {first.get('input')!r})")
-
-
-def validate_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: top level must be a mapping of keys")
-    _check_keys(data, PipelineConfig, "", source)
-    for backend, options in (data.get("llm_options") or {}).items():
-        if isinstance(options, dict) and "api_key" in options:
-            raise ConfigError(
-                f"{source}: llm_options.{backend}.api_key: keys never go in a config file "
-                "(it is copied into the run directory); set OPENAI_API_KEY instead"
-            )
-    stages = data.get("stages") or []
-    if not isinstance(stages, list):
-        raise ConfigError(f"{source}: stages: must be a list like [- self_instruct: {{...}}]")
-    for index, entry in enumerate(stages):
-        if isinstance(entry, str):
-            entry = {entry: {}}
-            stages[index] = entry
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise ConfigError(f"{source}: stages[{index}]: each stage is one `name: {{options}}` mapping")
-        ((raw_name, options),) = entry.items()
-        name = ALIASES.get(raw_name, raw_name)
-        if name not in STAGES:
-            raise ConfigError(f"{source}: stages[{index}]: unknown stage {raw_name!r}{_suggest(str(raw_name), list(STAGES))}")
-        cls = stage_config_class(name)
-        _check_keys(options or {}, cls, f"stages[{index}].{raw_name}.", source)
-        try:
-            cls.model_validate(options or {})
-        except ValidationError as exc:
-            raise _format_validation(exc, f"stages[{index}].{raw_name}.", source) from None
-    if data.get("finetune") is not None:
-        from datagen.plugins import plugin
-
-        FinetuneConfig = plugin("finetune").FinetuneConfig  # noqa: N806 - a class, as imported
-        _check_keys(data["finetune"], FinetuneConfig, "finetune.", source)
-        try:
-            FinetuneConfig.model_validate(data["finetune"])
-        except ValidationError as exc:
-            raise _format_validation(exc, "finetune.", source) from None
-    if data.get("eval") is not None:
-        from datagen.eval import validate_pipeline_eval
-
-        validate_pipeline_eval(data, source)
-    for fmt in (data.get("export") or {}).get("formats", []) or []:
-        if fmt not in EXPORT_FORMATS:
-            raise ConfigError(f"{source}: export.formats: unknown format {fmt!r}{_suggest(str(fmt), list(EXPORT_FORMATS))}")
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        raise _format_validation(exc, "", source) from None
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`--set a.b=value`; a stage is addressed by name: `stages.distill.n=4`. Values are YAML."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. stages.distill.n=4")
-        dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
-        parts = dotted.strip().split(".")
-        node: Any = data
-        for depth, part in enumerate(parts[:-1]):
-            if isinstance(node, list):
-                matches = [e for e in node if isinstance(e, dict) and ALIASES.get(next(iter(e)), next(iter(e))) ==
-                           ALIASES.get(part, part)]
-                if not matches:
-                    raise ConfigError(f"--set {dotted}: no stage named {part!r} in this pipeline")
-                entry = matches[0]
-                key = next(iter(entry))
-                if entry[key] is None:
-                    entry[key] = {}
-                node = entry[key]
-                continue
-            if part == "stages" and depth == 0:
-                node = node.setdefault("stages", [])
-                continue
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
-    return data
-
-
-# ---------------------------------------------------------------- hashing & files
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _json_hash(obj: Any) -> str:
-    return sha256_bytes(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
-
-
-def _prompts_hash(prompts_dir: str | None) -> str:
-    """The bundled prompts and the override folder the stages will really use (the config's
-    `prompts_dir`, else `DATAGEN_PROMPTS`): editing either reruns the stages."""
-    import os
-
-    from datagen.prompts import builtin_prompts_dir
-
-    override = prompts_dir or os.environ.get("DATAGEN_PROMPTS")
-    digest = hashlib.sha256()
-    for folder in [builtin_prompts_dir()] + ([Path(override)] if override else []):
-        for path in sorted(Path(folder).glob("*.txt")):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-# Stage config fields that name a backend spec (the teacher, the judge).
-_BACKEND_FIELDS = ("llm", "judge")
-
-
-def _backend_identities(cfg: PipelineConfig, specs: list[StageSpec]) -> dict[str, Any]:
-    """What each backend the run uses would answer with: endpoint (also one taken from the
-    environment), weights, output-changing engine options. Speed settings (concurrency,
-    timeouts, retries, rate limits) are left out, so tuning them never reruns a stage."""
-    from datagen.llm import make_backend, parse_spec
-
-    names = {cfg.llm}
-    for spec in specs:
-        for field_name in _BACKEND_FIELDS:
-            value = getattr(spec.config, field_name, None)
-            if isinstance(value, str) and value:
-                names.add(value)
-    identities = {}
-    for name in sorted(names):
-        backend, _ = parse_spec(name)
-        inner = make_backend(name, **cfg.llm_options.get(backend, {}))
-        identities[name] = inner.cache_identity() if hasattr(inner, "cache_identity") else {}
-    return identities
-
-
-def _records_jsonl(records: list[Record]) -> str:
-    return "".join(r.model_dump_json() + "\n" for r in records)
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"datagen": __version__, "python": platform.python_version()}
-    for package in ("torch", "transformers", "trl", "peft", "datasets", "sentence-transformers", "faiss-cpu",
-                    "openai", "vllm"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
-def _cost(usage: dict[str, Any], prices: dict[str, Price], batch: bool = False) -> float:
-    """USD of a stage's calls; openai:* calls sent through the Batch API at its share."""
-    total = 0.0
-    for spec, stats in usage.items():
-        price = prices.get(spec)
-        if price:
-            usd = stats["prompt_tokens"] / 1e6 * price.input_per_million
-            usd += stats["completion_tokens"] / 1e6 * price.output_per_million
-            total += usd * (price.batch_share if batch and spec.startswith("openai:") else 1.0)
-    return round(total, 6)
-
-
-def _usage_delta(after: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    delta = {}
-    for spec, stats in after.items():
-        prev = before.get(spec, {})
-        entry = {}
-        for key, value in stats.items():
-            if isinstance(value, dict):
-                old = prev.get(key, {})
-                entry[key] = {k: v - old.get(k, 0) for k, v in value.items() if v - old.get(k, 0)}
-            else:
-                entry[key] = value - prev.get(key, 0)
-        if entry.get("requests"):
-            delta[spec] = entry
-    return delta
-
+from datagen.run_files import (
+    backend_identities,
+    cost_usd,
+    json_hash,
+    prompts_hash,
+    records_jsonl,
+    sha256_bytes,
+    sum_usage,
+    usage_delta,
+    versions,
+)
 
 # ---------------------------------------------------------------- running
 
@@ -392,7 +115,7 @@ class Pipeline:
         records = read_records(path)
         if self.config.input.limit:
             records = records[: self.config.input.limit]
-        return records, sha256_bytes(_records_jsonl(records).encode("utf-8"))
+        return records, sha256_bytes(records_jsonl(records).encode("utf-8"))
 
     def run(self, run_dir: str | Path | None = None, progress: bool = True) -> RunResult:
         from datagen.io import atomic_write_text, read_records
@@ -427,13 +150,13 @@ class Pipeline:
             ray_config=cfg.ray,
         )
         specs = cfg.stage_specs()
-        global_hash = _json_hash({"seed": cfg.seed, "llm": cfg.llm, "prompts": _prompts_hash(cfg.prompts_dir),
-                                  "backends": _backend_identities(cfg, specs)})
+        global_hash = json_hash({"seed": cfg.seed, "llm": cfg.llm, "prompts": prompts_hash(cfg.prompts_dir),
+                                  "backends": backend_identities(cfg, specs)})
         manifest: dict[str, Any] = {
             "name": cfg.name,
             "datagen_version": __version__,
-            "versions": _versions(),
-            "config_hash": _json_hash(cfg.model_dump(mode="json")),
+            "versions": versions(),
+            "config_hash": json_hash(cfg.model_dump(mode="json")),
             "input": {"records": len(records), "sha256": input_hash},
             "stages": [],
             "status": "running",
@@ -444,7 +167,7 @@ class Pipeline:
             for number, spec in enumerate(specs, start=1):
                 stage_dir = run_dir / spec.label
                 config_json = spec.config.model_dump(mode="json")
-                stage_hash = _json_hash({"stage": spec.name, "config": config_json, "global": global_hash})
+                stage_hash = json_hash({"stage": spec.name, "config": config_json, "global": global_hash})
                 marker = stage_dir / "done.json"
                 if marker.exists():
                     done = json.loads(marker.read_text())
@@ -463,10 +186,10 @@ class Pipeline:
                 started = time.perf_counter()
                 result: StageResult = module.run(records, ctx, spec.config)
                 seconds = time.perf_counter() - started
-                usage = _usage_delta(ctx.usage(), usage_before)
-                kept_text = _records_jsonl(result.kept)
+                usage = usage_delta(ctx.usage(), usage_before)
+                kept_text = records_jsonl(result.kept)
                 atomic_write_text(stage_dir / "kept.jsonl", kept_text)
-                atomic_write_text(stage_dir / "dropped.jsonl", _records_jsonl(result.dropped))
+                atomic_write_text(stage_dir / "dropped.jsonl", records_jsonl(result.dropped))
                 try:
                     check_error_rate(spec.label, usage, cfg.max_error_rate)
                 except StageFailed:
@@ -486,7 +209,7 @@ class Pipeline:
                     "drop_reasons": result.drop_counts(),
                     "stats": result.stats,
                     "llm_usage": usage,
-                    "cost_usd": _cost(usage, cfg.prices, batch=bool(cfg.llm_options.get("openai", {}).get("batch"))),
+                    "cost_usd": cost_usd(usage, cfg.prices, batch=bool(cfg.llm_options.get("openai", {}).get("batch"))),
                     "seconds": round(seconds, 3),
                     "config": config_json,
                 }
@@ -528,7 +251,7 @@ class Pipeline:
             self._write_manifest(run_dir, manifest)
             manifest["eval"] = run_pipeline_eval(self, run_dir, progress)
             manifest["eval_seconds"] = round(time.perf_counter() - started, 3)
-        manifest["llm_usage_total"] = _sum_usage(manifest["stages"])
+        manifest["llm_usage_total"] = sum_usage(manifest["stages"])
         manifest["cost_usd_total"] = round(sum(s.get("cost_usd", 0.0) for s in manifest["stages"]), 6)
         manifest["status"] = "finished"
         manifest["wall_seconds"] = round(time.perf_counter() - run_started, 3)
@@ -561,7 +284,7 @@ class Pipeline:
         config = FinetuneConfig.model_validate(self.config.finetune or {})
         model_dir = run_dir / "model"
         marker = model_dir / "done.json"
-        ft_hash = _json_hash({"data": data_hash, "config": config.model_dump(mode="json")})
+        ft_hash = json_hash({"data": data_hash, "config": config.model_dump(mode="json")})
         if marker.exists() and json.loads(marker.read_text()).get("hash") == ft_hash:
             say.stage(0, 0, "finetune", "skipped: finished before")
             return json.loads(marker.read_text())["metrics"]
@@ -579,17 +302,6 @@ class Pipeline:
         from datagen.io import atomic_write_text
 
         atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
-
-
-def _sum_usage(stages: list[dict[str, Any]]) -> dict[str, int]:
-    total = {"requests": 0, "calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
-    for stage in stages:
-        if stage.get("skipped"):
-            continue
-        for stats in (stage.get("llm_usage") or {}).values():
-            for key in total:
-                total[key] += int(stats.get(key, 0))
-    return total
 
 
 class _Console:

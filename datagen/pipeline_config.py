@@ -1,0 +1,223 @@
+"""The pipeline YAML: its schema, validation with one-line errors, and `--set` overrides.
+
+Kept apart from the runner (`datagen/pipeline.py`) so that reading a config, checking it
+(`--dry-run`, `datagen eval`, `datagen study`) and running it are separate ideas. Every error
+names the file, the key and, for a typo, the closest real key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from datagen.ray_cluster import Executor, RayConfig
+
+# stage name -> (module, config class). Aliases let YAML use the CLI's verbs too.
+STAGES: dict[str, tuple[str, str]] = {
+    "self_instruct": ("datagen.stages.self_instruct", "SelfInstructConfig"),
+    "evol_instruct": ("datagen.stages.evol_instruct", "EvolConfig"),
+    "distill": ("datagen.stages.distill", "DistillConfig"),
+    "dedup": ("datagen.stages.dedup", "DedupConfig"),
+    "quality": ("datagen.stages.quality", "QualityConfig"),
+    "decontaminate": ("datagen.stages.decontaminate", "DecontaminateConfig"),
+}
+ALIASES = {"evolve": "evol_instruct", "filter": "quality", "self-instruct": "self_instruct"}
+EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "records", "hf")
+
+
+def stage_config_class(stage: str) -> type[BaseModel]:
+    module_name, class_name = STAGES[stage]
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_million: float = Field(0.0, description="USD per 1M prompt tokens")
+    output_per_million: float = Field(0.0, description="USD per 1M completion tokens")
+    batch_share: float = Field(0.5, ge=0, description="share of these prices the Batch API charges")
+
+
+class InputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        None,
+        description="records to start from: Self-Instruct seeds, Alpaca, ShareGPT, messages, parquet, HF folder; "
+        "default: the bundled 175 seed tasks",
+    )
+    limit: int | None = Field(None, description="use only the first N records (handy for a dry run)")
+
+
+class ExportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    formats: list[str] = Field(default_factory=lambda: ["alpaca", "sharegpt", "messages", "hf"])
+
+
+class StageSpec(BaseModel):
+    """One entry of `stages:`; `name` is the stage kind, `config` its validated options."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    label: str
+    config: Any
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("run", description="run name; the run directory defaults to runs/<name>")
+    seed: int = Field(0, description="same seed + same inputs + same cache -> same dataset")
+    llm: str = Field("local", description="default backend for every stage: local, openai:MODEL, vllm:MODEL")
+    llm_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-backend options, e.g. {openai: {base_url: ..., max_concurrency: 64}}; keys come from env",
+    )
+    prices: dict[str, Price] = Field(default_factory=dict, description="backend spec -> USD per 1M tokens")
+    budget_usd: float | None = Field(
+        None, ge=0, description="spending cap of this run directory in USD (all runs of it together); needs prices"
+    )
+    prompts_dir: str | None = Field(None, description="folder whose *.txt override the bundled prompts")
+    max_error_rate: float = Field(
+        0.02, ge=0, le=1,
+        description="a stage whose failed LLM requests exceed this share fails (not marked done); "
+        "a rerun re-sends only the failed calls",
+    )
+    input: InputConfig = Field(default_factory=InputConfig)
+    stages: list[dict[str, Any]] = Field(default_factory=list)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    executor: Executor = Field("local", description="local: this process; ray: record-parallel LLM calls and "
+                               "embeddings on a Ray cluster (never changes the data, so not in any stage hash)")
+    ray: RayConfig = Field(default_factory=RayConfig, description="cluster address and pool sizes for executor: ray")
+    finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig options; omit to skip training")
+    eval: dict[str, Any] | None = Field(
+        None, description="EvalConfig options: judge the tuned model against the base on held-out data after training"
+    )
+
+    def stage_specs(self) -> list[StageSpec]:
+        specs, seen = [], {}
+        for entry in self.stages:
+            ((raw_name, options),) = entry.items()
+            name = ALIASES.get(raw_name, raw_name)
+            seen[name] = seen.get(name, 0) + 1
+            label = name if seen[name] == 1 else f"{name}_{seen[name]}"
+            specs.append(StageSpec(name=name, label=label, config=stage_config_class(name).model_validate(options or {})))
+        return specs
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as `file: where: what is wrong`."""
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(options))})"
+
+
+def _check_keys(data: Any, model: type[BaseModel], where: str, source: str) -> None:
+    """Unknown keys get a message naming the key and the closest real one, before pydantic."""
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            if model.model_config.get("extra") == "forbid":
+                raise ConfigError(f"{source}: {where}{key}: unknown key{_suggest(str(key), list(fields))}")
+            continue
+        annotation = fields[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            _check_keys(value, annotation, f"{where}{key}.", source)
+
+
+def _format_validation(exc: ValidationError, where: str, source: str) -> ConfigError:
+    first = exc.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"])
+    return ConfigError(f"{source}: {where}{loc}: {first['msg']} (got {first.get('input')!r})")
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of keys")
+    _check_keys(data, PipelineConfig, "", source)
+    for backend, options in (data.get("llm_options") or {}).items():
+        if isinstance(options, dict) and "api_key" in options:
+            raise ConfigError(
+                f"{source}: llm_options.{backend}.api_key: keys never go in a config file "
+                "(it is copied into the run directory); set OPENAI_API_KEY instead"
+            )
+    stages = data.get("stages") or []
+    if not isinstance(stages, list):
+        raise ConfigError(f"{source}: stages: must be a list like [- self_instruct: {{...}}]")
+    for index, entry in enumerate(stages):
+        if isinstance(entry, str):
+            entry = {entry: {}}
+            stages[index] = entry
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise ConfigError(f"{source}: stages[{index}]: each stage is one `name: {{options}}` mapping")
+        ((raw_name, options),) = entry.items()
+        name = ALIASES.get(raw_name, raw_name)
+        if name not in STAGES:
+            raise ConfigError(f"{source}: stages[{index}]: unknown stage {raw_name!r}{_suggest(str(raw_name), list(STAGES))}")
+        cls = stage_config_class(name)
+        _check_keys(options or {}, cls, f"stages[{index}].{raw_name}.", source)
+        try:
+            cls.model_validate(options or {})
+        except ValidationError as exc:
+            raise _format_validation(exc, f"stages[{index}].{raw_name}.", source) from None
+    if data.get("finetune") is not None:
+        from datagen.plugins import plugin
+
+        FinetuneConfig = plugin("finetune").FinetuneConfig  # noqa: N806 - a class, as imported
+        _check_keys(data["finetune"], FinetuneConfig, "finetune.", source)
+        try:
+            FinetuneConfig.model_validate(data["finetune"])
+        except ValidationError as exc:
+            raise _format_validation(exc, "finetune.", source) from None
+    if data.get("eval") is not None:
+        from datagen.eval import validate_pipeline_eval
+
+        validate_pipeline_eval(data, source)
+    for fmt in (data.get("export") or {}).get("formats", []) or []:
+        if fmt not in EXPORT_FORMATS:
+            raise ConfigError(f"{source}: export.formats: unknown format {fmt!r}{_suggest(str(fmt), list(EXPORT_FORMATS))}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _format_validation(exc, "", source) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`--set a.b=value`; a stage is addressed by name: `stages.distill.n=4`. Values are YAML."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. stages.distill.n=4")
+        dotted, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        parts = dotted.strip().split(".")
+        node: Any = data
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                matches = [e for e in node if isinstance(e, dict) and ALIASES.get(next(iter(e)), next(iter(e))) ==
+                           ALIASES.get(part, part)]
+                if not matches:
+                    raise ConfigError(f"--set {dotted}: no stage named {part!r} in this pipeline")
+                entry = matches[0]
+                key = next(iter(entry))
+                if entry[key] is None:
+                    entry[key] = {}
+                node = entry[key]
+                continue
+            if part == "stages" and depth == 0:
+                node = node.setdefault("stages", [])
+                continue
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return data
