@@ -191,7 +191,7 @@ class BatchRunner:
                        requests: list[ChatRequest], reservations: dict[str, Reservation],
                        on_result: ResultCallback | None) -> dict[str, str]:
         """Commit the batch's answers; returns custom_id -> why, for the ones to resubmit."""
-        from datagen.llm.openai_compat import parse_chat_completion
+        from datagen.llm.wire import parse_chat_completion
 
         view = batch["view"]
         answered: set[str] = set()
@@ -236,7 +236,7 @@ class BatchRunner:
 
     # ---- HTTP --------------------------------------------------------------------------
     async def _json(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-        from datagen.llm.openai_compat import HTTPStatusError, _error_message
+        from datagen.llm.wire import HTTPStatusError, _error_message
 
         url = f"{self.client.base_url}{path}"
         for attempt in range(6):
@@ -257,7 +257,7 @@ class BatchRunner:
         async with self.session.post(f"{self.client.base_url}/files", data=form) as response:
             body = await response.read()
             if response.status >= 400:
-                from datagen.llm.openai_compat import _error_message
+                from datagen.llm.wire import _error_message
 
                 raise ValueError(f"{self.client.base_url}/files: {response.status} {_error_message(body)}")
             return str(json.loads(body)["id"])
