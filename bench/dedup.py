@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datagen.stages.dedup import SIM_EPS, semantic_dedup  # noqa: E402
+from datagen.near_dup import SIM_EPS, semantic_dedup  # noqa: E402
 
 THRESHOLD = 0.9
 
