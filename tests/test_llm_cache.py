@@ -213,3 +213,23 @@ def test_generate_sync_works_inside_a_running_loop():
         return generate_sync(llm, [chat("inside")])
 
     assert asyncio.run(from_async_code())[0].text == "echo:inside:0"
+
+
+def test_request_is_messages_plus_frozen_sampling_and_round_trips():
+    """`ChatRequest` = messages + `SamplingParams` (as in vLLM); its canonical form stays flat,
+    so cache keys written before the split still match, and it round-trips (Ray rows)."""
+    import dataclasses
+    import json
+
+    from datagen.llm import SamplingParams
+
+    req = chat("x", n=2, temperature=0.3, stop=["\n"], seed=7, response_format={"type": "json_object"})
+    assert req.sampling == SamplingParams(n=2, temperature=0.3, stop=("\n",), seed=7)
+    assert (req.n, req.temperature, req.stop, req.seed) == (2, 0.3, ("\n",), 7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        req.sampling.n = 3  # type: ignore[misc]
+    flat = json.loads(req.canonical())
+    assert set(flat) == {"messages", "n", "temperature", "top_p", "max_tokens", "stop", "seed", "response_format"}
+    assert ChatRequest.from_canonical(req.canonical()) == req
+    one = req.with_sampling(n=1, seed=8)
+    assert (one.n, one.seed, one.messages) == (1, 8, req.messages) and req.n == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from datagen.llm.base import LLM, ChatRequest, Completion, UsageStats, generate_sync
+from datagen.llm.base import LLM, ChatRequest, Completion, SamplingParams, UsageStats, generate_sync
 from datagen.llm.cache import CachedLLM, ResponseCache
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "ChatRequest",
     "Completion",
     "ResponseCache",
+    "SamplingParams",
     "UsageStats",
     "generate_sync",
     "make_backend",

@@ -11,22 +11,35 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol, runtime_checkable
 
 ResultCallback = Callable[[int, "Completion"], None]
 
 
 @dataclass(frozen=True)
-class ChatRequest:
-    messages: tuple[tuple[str, str], ...]
+class SamplingParams:
+    """How to sample, apart from what to answer (as vLLM splits prompt and `SamplingParams`).
+    Frozen, so one object can be shared by thousands of requests and hashed."""
+
     n: int = 1
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 512
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    # OpenAI-style `response_format` (e.g. a json_schema); backends that cannot honour it ignore it.
+
+
+_SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """Chat messages plus `SamplingParams`; `response_format` is an OpenAI-style JSON string
+    (e.g. a json_schema) that backends which cannot honour it do not send."""
+
+    messages: tuple[tuple[str, str], ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     response_format: str | None = None
 
     @staticmethod
@@ -46,14 +59,39 @@ class ChatRequest:
             messages = [{"role": "user", "content": messages}]
         return ChatRequest(
             messages=tuple((m["role"], m["content"]) for m in messages),
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_tokens,
-            stop=tuple(stop),
-            seed=seed,
+            sampling=SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                    stop=tuple(stop), seed=seed),
             response_format=json.dumps(response_format, sort_keys=True) if response_format else None,
         )
+
+    # Read-only views of the sampling settings: `req.n` reads as plainly as `req.sampling.n`.
+    @property
+    def n(self) -> int:
+        return self.sampling.n
+
+    @property
+    def temperature(self) -> float:
+        return self.sampling.temperature
+
+    @property
+    def top_p(self) -> float:
+        return self.sampling.top_p
+
+    @property
+    def max_tokens(self) -> int:
+        return self.sampling.max_tokens
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        return self.sampling.stop
+
+    @property
+    def seed(self) -> int | None:
+        return self.sampling.seed
+
+    def with_sampling(self, **changes: Any) -> ChatRequest:
+        """The same messages with some sampling settings changed (e.g. one of n samples)."""
+        return replace(self, sampling=replace(self.sampling, **changes))
 
     def message_dicts(self) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in self.messages]
@@ -62,19 +100,28 @@ class ChatRequest:
         return json.loads(self.response_format) if self.response_format else None
 
     def canonical(self) -> str:
-        """Stable JSON of everything that changes the answer: the cache key's body.
-        (Same text as `json.dumps(asdict(self))`, built without asdict's deep copies: it runs
-        once per request, thousands of times per stage.)"""
-        return json.dumps({f: getattr(self, f) for f in _REQUEST_FIELDS}, sort_keys=True, ensure_ascii=False)
+        """Stable JSON of everything that changes the answer: the cache key's body. Flat (the
+        sampling settings beside the messages), so keys stay what they were before the split.
+        Built without `asdict`'s deep copies: it runs for every request of a stage."""
+        body: dict[str, Any] = {name: getattr(self.sampling, name) for name in _SAMPLING_FIELDS}
+        body["messages"] = self.messages
+        body["response_format"] = self.response_format
+        return json.dumps(body, sort_keys=True, ensure_ascii=False)
+
+    @staticmethod
+    def from_canonical(text: str) -> ChatRequest:
+        """The request back from `canonical()` (e.g. a row shipped to a Ray worker)."""
+        data = json.loads(text)
+        sampling = SamplingParams(**{name: data[name] for name in _SAMPLING_FIELDS})
+        return ChatRequest(messages=tuple(tuple(m) for m in data["messages"]),  # type: ignore[misc]
+                           sampling=replace(sampling, stop=tuple(sampling.stop)),
+                           response_format=data.get("response_format"))
 
     def cache_key(self, backend: str, model: str, identity: str = "") -> str:
         """`identity` is the backend's `cache_identity()` as JSON: endpoint, weights, engine options."""
         parts = [backend, model, identity, self.canonical()] if identity else [backend, model, self.canonical()]
         payload = json.dumps(parts, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-_REQUEST_FIELDS = tuple(f.name for f in fields(ChatRequest))
 
 
 @dataclass

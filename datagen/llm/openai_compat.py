@@ -22,7 +22,6 @@ The wire format is just the documented `POST {base_url}/chat/completions`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -240,7 +239,7 @@ class OpenAICompatLLM:
 
         async def single(k: int) -> Completion:
             seed = req.seed if req.seed is None or k == 0 else req.seed + 1000 + k
-            sub = dataclasses.replace(req, n=1, seed=seed)
+            sub = req.with_sampling(n=1, seed=seed)
             try:
                 return await self._call(session, sub, 1)
             except (FatalLLMError, BudgetExceeded):

@@ -23,7 +23,6 @@ before each attempt. A budget is refused under this executor rather than silentl
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections.abc import Sequence
@@ -41,10 +40,7 @@ def request_to_row(request: ChatRequest) -> str:
 
 
 def request_from_row(text: str) -> ChatRequest:
-    data = json.loads(text)
-    data["messages"] = tuple(tuple(m) for m in data["messages"])
-    data["stop"] = tuple(data["stop"])
-    return ChatRequest(**data)
+    return ChatRequest.from_canonical(text)
 
 
 def split_concurrency(total: int, actors: int) -> int:
