@@ -92,8 +92,11 @@ def build_report(run_dir: Path) -> str:
     sections.append("<h2>Scores (final records)</h2>")
     if not score_values:
         sections.append("<p>no scores recorded</p>")
+    scales = judge_scales(stages)
     for key, values in sorted(score_values.items()):
-        sections.append(svg_histogram(values, f"score: {key}", x_label=f"{key} score"))
+        scale = scales.get(key)
+        on = f" (judge scale {scale[0]:g}-{scale[1]:g})" if scale else ""
+        sections.append(svg_histogram(values, f"score: {key}{on}", x_label=f"{key} score{on}"))
     sections.append("<h2>Similarity to nearest kept neighbour (dedup)</h2>")
     sections.append(svg_histogram(similarity, "cosine similarity", x_label="cosine similarity to nearest kept record"))
 
@@ -118,6 +121,19 @@ def build_report(run_dir: Path) -> str:
              "th{background:#f3f3f3}svg{display:block;margin:1em 0}td{white-space:pre-wrap}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>datagen report</title>"
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
+
+
+def judge_scales(stages: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Score name -> the (low, high) scale its judge used, as the stage declared it: a score of
+    4.5 means one thing on 1-5 and another on 1-10, so the report always says which."""
+    score_names = {"distill": "judge", "quality": "quality_judge"}
+    scales = {}
+    for stage in stages:
+        scale = (stage.get("stats") or {}).get("judge_scale")
+        name = score_names.get(stage.get("stage", ""))
+        if name and isinstance(scale, list) and len(scale) == 2:
+            scales[name] = (float(scale[0]), float(scale[1]))
+    return scales
 
 
 def run_totals(stages: list[dict[str, Any]]) -> dict[str, Any]:

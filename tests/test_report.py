@@ -40,3 +40,12 @@ def test_line_chart_and_interval_chart():
     chart = svg_intervals([("a vs b", 0.6, 0.5, 0.7)], "Win-rates")
     assert "0.600 [0.500, 0.700]" in chart
     assert "nothing to show" in svg_intervals([], "Win-rates")
+
+
+def test_judge_scores_show_the_scale_their_judge_used() -> None:
+    from datagen.report import judge_scales
+
+    stages = [{"stage": "distill", "stats": {"judge_scale": [1, 10]}},
+              {"stage": "quality", "stats": {"judge_scale": [1, 5]}},
+              {"stage": "dedup", "stats": {}}]
+    assert judge_scales(stages) == {"judge": (1.0, 10.0), "quality_judge": (1.0, 5.0)}
