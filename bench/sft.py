@@ -82,7 +82,7 @@ def make_mode(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from datagen.llm.local import embedded_model_dir
+    from datagen.embedded import embedded_model_dir
     from finetune.train import FinetuneConfig, make_trainer, prepare_tokenizer
 
     config = FinetuneConfig(
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from datagen.llm.local import embedded_model_dir
+    from datagen.embedded import embedded_model_dir
     from finetune.data import records_to_examples
 
     torch.set_num_threads(args.threads)

@@ -85,7 +85,7 @@ def add_io_args(parser: argparse.ArgumentParser, input_required: bool = True,
 
 def context_from_args(args: argparse.Namespace) -> StageContext:
     from datagen.llm import ResponseCache
-    from datagen.llm.local import cache_root
+    from datagen.paths import cache_root
 
     cache = None
     if hasattr(args, "cache") and not getattr(args, "no_cache", False):  # no --cache flag: a stage without LLM

@@ -50,7 +50,7 @@ def default_model_path() -> str:
 
 def static_model_dir() -> Path:
     """Where the distilled static model lives (`DATAGEN_CACHE`, else ~/.cache/datagen)."""
-    from datagen.llm.local import cache_root
+    from datagen.paths import cache_root
 
     return cache_root() / f"static-minilm-l6-v2-{STATIC_DIMS}d"
 

@@ -274,7 +274,7 @@ def local_model_dir(spec: str) -> Path | None:
         return None
     if path:
         return Path(path)
-    from datagen.llm.local import embedded_model_dir
+    from datagen.embedded import embedded_model_dir
 
     return embedded_model_dir()
 

@@ -224,7 +224,7 @@ def build_peft_config(config: FinetuneConfig) -> Any:
 def resolve_base_model(config: FinetuneConfig) -> str:
     if config.base_model:
         return config.base_model
-    from datagen.llm.local import embedded_model_dir
+    from datagen.embedded import embedded_model_dir
 
     return str(embedded_model_dir())
 

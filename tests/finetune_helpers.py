@@ -14,7 +14,7 @@ from typing import Any
 def _smol_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
-    from datagen.llm.local import embedded_model_dir
+    from datagen.embedded import embedded_model_dir
 
     return AutoTokenizer.from_pretrained(embedded_model_dir())
 

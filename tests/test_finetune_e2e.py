@@ -47,7 +47,7 @@ def _records() -> list[Record]:
 def test_train_end_to_end_saves_a_loadable_model(tmp_path, method: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from datagen.llm.local import embedded_model_dir
+    from datagen.embedded import embedded_model_dir
 
     out = tmp_path / f"ft-{method}"
     config = FinetuneConfig(
@@ -97,7 +97,7 @@ def test_packed_loss_matches_separate_loss_on_the_embedded_model(tmp_path) -> No
     from finetune_helpers import examples, smol_tokenizer
     from transformers import AutoModelForCausalLM
 
-    from datagen.llm.local import embedded_model_dir
+    from datagen.embedded import embedded_model_dir
     from finetune.train import make_trainer, prepare_tokenizer
 
     torch.set_num_threads(1)

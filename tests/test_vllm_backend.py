@@ -63,7 +63,7 @@ def vllm_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    from datagen.llm.local import embedded_model_dir
+    from datagen.embedded import embedded_model_dir
 
     return embedded_model_dir()
 

@@ -21,7 +21,7 @@ _IFD_LOCK = threading.Lock()
 def load_causal_lm(path: str | None = None) -> tuple[Any, Any]:
     """(tokenizer, model) for IFD, loaded once per process. None = embedded SmolLM2 folder."""
     if path is None:
-        from datagen.llm.local import embedded_model_dir
+        from datagen.embedded import embedded_model_dir
 
         path = str(embedded_model_dir())
     with _IFD_LOCK:
