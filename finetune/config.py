@@ -1,0 +1,109 @@
+"""The SFT stage's settings, with the defaults the field expects: LoRA lr 2e-4 / full 2e-5,
+3 epochs, warmup 3 %, cosine schedule, assistant-only loss, bfd packing, NEFTune off.
+One validated model, shared by `datagen finetune`, the pipeline's `finetune:` section and
+the launcher for multi-process training.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "inverse_sqrt")
+
+
+class FinetuneConfig(BaseModel):
+    """Everything `datagen finetune` and the pipeline's finetune stage can set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str | None = Field(
+        None, description="HF model id or local folder; default: the embedded SmolLM2-135M-Instruct"
+    )
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapter or full fine-tuning")
+    lr: float | None = Field(None, gt=0, description="peak learning rate; default 2e-4 for LoRA, 2e-5 for full")
+    epochs: float = Field(3.0, gt=0, description="passes over the training split (ignored when max_steps is set)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of the steps spent warming up the lr")
+    lr_scheduler: Literal[SCHEDULERS] = Field("cosine", description="learning-rate schedule after warmup")  # type: ignore[valid-type]
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_length: int = Field(
+        2048, ge=16, description="tokens per example (longer ones are truncated); with packing, tokens per packed row"
+    )
+    batch_size: int = Field(
+        2,
+        ge=1,
+        description="rows per optimizer step (times grad_accum): packed rows of up to max_length tokens, or padded "
+        "examples. On CPU packed rows get one forward pass each and are accumulated",
+    )
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step")
+    packing: bool = Field(
+        True,
+        description="pack examples into max_length rows with best-fit decreasing (no attention across examples, "
+        "no pad tokens). The 'wrapped' strategy is never used: it cuts examples and lets them attend to each other",
+    )
+    assistant_only_loss: bool = Field(
+        True, description="train only on assistant tokens (answer + end-of-turn), not on system/user text"
+    )
+    neftune_noise_alpha: float | None = Field(
+        None,
+        ge=0,
+        description="NEFTune embedding noise (paper: 5-15). Off by default: its gains were shown on 7B models "
+        "judged by GPT-4, it makes losses noisy, and with packing transformers scales the noise by the packed "
+        "row length, so alpha is weaker than the paper's",
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_target_modules: str | list[str] = Field(
+        "all-linear", description="modules that get adapters: 'all-linear' (every linear layer but the LM head) or names"
+    )
+    eval_fraction: float = Field(
+        0.05, ge=0, lt=1, description="held-out share for eval loss and sample answers (at least 1 example when >= 4)"
+    )
+    eval_before: bool = Field(True, description="also measure the eval loss before training (the base model's)")
+    seed: int = Field(0, description="seed for the split, adapter init, shuffling and dropout")
+    system_prompt: str | None = Field(None, description="system message added to every example that has none")
+    chat_template: str | None = Field(
+        None, description="training chat template (.jinja path or text) with {% generation %} markers; default: derived"
+    )
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations to save memory (GPU, large models); always off on CPU"
+    )
+    cpu: bool = Field(False, description="train on the CPU even when a GPU is available")
+    save_merged: bool = Field(True, description="LoRA: also save the base model with the adapter merged in")
+    merged_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the saved model; auto = the base checkpoint's"
+    )
+    sample_prompts: int = Field(3, ge=0, description="held-out prompts answered by base and tuned model (samples.md)")
+    sample_max_new_tokens: int = Field(128, ge=1, description="answer length for the sample comparison")
+    logging_steps: int = Field(1, ge=1, description="log the training loss every N optimizer steps")
+    launcher: Literal["none", "accelerate"] = Field(
+        "none", description="none: train in this process; accelerate: `accelerate launch` num_processes workers "
+        "(DDP for LoRA, FSDP for full), same data, masking, packing and optimizer batch"
+    )
+    num_processes: int = Field(1, ge=1, description="training processes in all (GPUs, or CPU processes over gloo)")
+    num_machines: int = Field(1, ge=1, description="machines taking part; run the same command on each")
+    machine_rank: int = Field(0, ge=0, description="this machine's rank (0 = the one at main_process_ip)")
+    main_process_ip: str | None = Field(None, description="address of machine 0 (multi-machine only)")
+    main_process_port: int | None = Field(None, ge=1, description="rendezvous port (default: a free one)")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="auto: DDP for LoRA (small trainable part, replicated), FSDP for full fine-tuning "
+        "(sharded weights, gradients and optimizer state)"
+    )
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _targets(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("lora_target_modules is empty")
+        if isinstance(value, list) and any(name in {"lm_head"} for name in value):
+            raise ValueError("an adapter on lm_head is never trained by TRL's fused LM head loss; remove it")
+        return value
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
