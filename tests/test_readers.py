@@ -91,7 +91,7 @@ def test_our_dropped_records_read_back_even_with_an_empty_instruction(tmp_path: 
 
 
 def test_task_rows_without_name_or_flag_keep_their_instances(tmp_path: Path, capsys) -> None:
-    from datagen.stages.self_instruct import _seed_task
+    from datagen.stages.self_instruct_tasks import seed_task as _seed_task
 
     task = {
         "id": "t1",

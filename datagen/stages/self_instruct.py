@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -50,6 +49,16 @@ from datagen.stages.self_instruct_replies import (
     has_list_markers,
     parse_instances,
     parse_task_list,
+)
+from datagen.stages.self_instruct_tasks import (
+    Candidate,
+    Task,
+    as_prompt_task,
+    classify_examples,
+    normalize,
+    pick_examples,
+    seed_task,
+    task_records,
 )
 
 if TYPE_CHECKING:
@@ -148,49 +157,6 @@ class SelfInstructConfig(BaseModel):
 # ------------------------------------------------------------------ the stage
 
 
-@dataclass
-class _Task:
-    instruction: str
-    instances: list[Instance]
-    is_classification: bool
-
-
-@dataclass
-class _Candidate:
-    instruction: str
-    round: int
-    request: int
-    item: int
-    is_classification: bool = False
-    classified: bool = False
-    classification_guessed: bool = False
-    instances: list[Instance] = field(default_factory=list)
-
-
-def _seed_task(record: Record) -> _Task:
-    raw = record.meta.instances
-    instances = []
-    if isinstance(raw, list):
-        for item in raw:
-            if isinstance(item, dict) and str(item.get("output", "")).strip():
-                instances.append(Instance(str(item.get("input") or ""), str(item["output"])))
-    if not instances and record.output.strip():
-        instances = [Instance(record.input, record.output)]
-    is_cls = record.meta.is_classification
-    if is_cls is None:
-        is_cls = guess_is_classification(record.instruction)
-    return _Task(record.instruction.strip(), instances, bool(is_cls))
-
-
-def _pick_examples(tasks: list[_Task], k: int, rng: Any, classification: bool | None) -> list[_Task]:
-    """k seed tasks with instances (short ones preferred, to keep prompts small), fixed per run."""
-    pool = [
-        t for t in tasks if t.instances and (classification is None or t.is_classification == classification)
-    ]
-    short = [t for t in pool if max(len(i.input) + len(i.output) for i in t.instances) <= 600] or pool
-    return rng.sample(short, min(k, len(short)))
-
-
 def run(records: list[Record], ctx: StageContext, config: SelfInstructConfig) -> StageResult:
     """Generate `config.num_instructions` new tasks from the seed `records` (see module docstring)."""
     return _Run(records, ctx, config).execute()
@@ -203,7 +169,7 @@ class _Run:
         from datagen.novelty import NoveltyIndex, tokenize, tokenize_cjk
 
         self.records, self.ctx, self.config = records, ctx, config
-        self.seeds = [_seed_task(r) for r in records if r.instruction.strip()]
+        self.seeds = [seed_task(r) for r in records if r.instruction.strip()]
         if not self.seeds:
             raise ValueError("self_instruct needs at least one seed task with an instruction")
         self.llm = ctx.llm(config.llm)
@@ -212,19 +178,19 @@ class _Run:
             threshold=config.novelty_threshold,
             tokenizer=tokenize_cjk if config.novelty_cjk_tokens else tokenize,
         )
-        self.exact_seen = {_normalize(t.instruction) for t in self.seeds}
+        self.exact_seen = {normalize(t.instruction) for t in self.seeds}
         self.blacklist = blacklist_pattern(config.blacklist)
         self.prompt_rng = ctx.rng("self_instruct:prompts")
         example_rng = ctx.rng("self_instruct:examples")
-        self.cls_examples = _classify_examples(self.seeds, config.classify_examples, example_rng)
+        self.cls_examples = classify_examples(self.seeds, config.classify_examples, example_rng)
         self.inst_examples = {
             is_cls: [
-                _as_prompt_task(t)
-                for t in _pick_examples(self.seeds, config.instance_examples, example_rng, is_cls)
+                as_prompt_task(t)
+                for t in pick_examples(self.seeds, config.instance_examples, example_rng, is_cls)
             ]
             for is_cls in (True, False)
         }
-        self.machine: list[_Task] = []
+        self.machine: list[Task] = []
         self.kept: list[Record] = []
         self.drops: list[Record] = []
         self.drop_counts: dict[str, int] = {}
@@ -240,7 +206,7 @@ class _Run:
     # -------------------------------------------------------------- bookkeeping
 
     def drop(
-        self, text: str, reason: str, cand: _Candidate | None = None, request: int = -1, **detail: Any
+        self, text: str, reason: str, cand: Candidate | None = None, request: int = -1, **detail: Any
     ) -> None:
         where = (cand.round, cand.request, cand.item) if cand else (self.round_no, request, -1)
         rec = Record(
@@ -302,8 +268,8 @@ class _Run:
                     self.classify(accepted)
                     for cand in self.make_instances(accepted):
                         n_kept += 1
-                        self.machine.append(_Task(cand.instruction, cand.instances, cand.is_classification))
-                        self.kept.extend(_records(cand, self.llm.name))
+                        self.machine.append(Task(cand.instruction, cand.instances, cand.is_classification))
+                        self.kept.extend(task_records(cand, self.llm.name))
                         self.bar.update(1)
                     self.show()
         finally:
@@ -345,7 +311,7 @@ class _Run:
             "self_instruct_generate", self.ctx.prompts_dir, tasks=shown, num_new=config.new_per_request
         )
 
-    def generate(self, n_requests: int, quota: int) -> list[_Candidate]:
+    def generate(self, n_requests: int, quota: int) -> list[Candidate]:
         """One round of task-list requests; returns the candidates that pass every filter, in
         request order, at most `quota` of them (the rest are dropped as surplus)."""
         from datagen.llm import ChatRequest, generate_sync
@@ -363,7 +329,7 @@ class _Run:
         ]
         replies = generate_sync(self.llm, requests)
         self.stats["generation_requests"] += len(requests)
-        accepted: list[_Candidate] = []
+        accepted: list[Candidate] = []
         for k, reply in enumerate(replies):
             req = self.request_no + k
             failed = failure_reason(reply)
@@ -378,7 +344,7 @@ class _Run:
                 continue
             truncated = (reply.finish_reasons[0] if reply.finish_reasons else "") == "length"
             for j, text in enumerate(items):
-                cand = _Candidate(text, self.round_no, req, j)
+                cand = Candidate(text, self.round_no, req, j)
                 self.stats["candidates"] += 1
                 if truncated and j == len(items) - 1:
                     self.drop(text, "truncated", cand)
@@ -392,14 +358,14 @@ class _Run:
         self.request_no += len(requests)
         return accepted
 
-    def accept(self, cand: _Candidate) -> bool:
+    def accept(self, cand: Candidate) -> bool:
         """Filters, then novelty against the pool; an accepted task joins the pool at once."""
         text = cand.instruction
         reason = filter_reason(text, self.config, self.blacklist)
         if reason:
             self.drop(text, reason[0], cand, **reason[1])
             return False
-        norm = _normalize(text)
+        norm = normalize(text)
         if norm in self.exact_seen:
             self.drop(text, "not_novel", cand, similar_to=text, rouge_l=1.0, exact=True)
             return False
@@ -413,7 +379,7 @@ class _Run:
 
     # -------------------------------------------------------------- steps 4-5
 
-    def classify(self, accepted: list[_Candidate]) -> None:
+    def classify(self, accepted: list[Candidate]) -> None:
         from datagen.llm import ChatRequest, generate_sync
         from datagen.parsing import parse_yes_no
         from datagen.prompts import render
@@ -440,7 +406,7 @@ class _Run:
                 cand.classification_guessed = True
             cand.is_classification, cand.classified = answer, True
 
-    def make_instances(self, accepted: list[_Candidate]) -> list[_Candidate]:
+    def make_instances(self, accepted: list[Candidate]) -> list[Candidate]:
         """Instances for each accepted task (output-first for classification); returns those
         that got at least one, in request order."""
         from datagen.llm import ChatRequest, generate_sync
@@ -463,7 +429,7 @@ class _Run:
             for c in accepted
         ]
         self.stats["instance_requests"] += len(requests)
-        done: list[_Candidate] = []
+        done: list[Candidate] = []
         for cand, reply in zip(accepted, generate_sync(self.llm, requests), strict=True):
             failed = failure_reason(reply)
             if failed:
@@ -487,50 +453,6 @@ class _Run:
             cand.instances = instances
             done.append(cand)
         return done
-
-
-def _normalize(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def _as_prompt_task(task: _Task) -> dict[str, Any]:
-    return {
-        "instruction": task.instruction,
-        "is_classification": task.is_classification,
-        "instances": [{"input": i.input, "output": i.output} for i in task.instances],
-    }
-
-
-def _classify_examples(seeds: list[_Task], k: int, rng: Any) -> list[dict[str, Any]]:
-    """Balanced labelled examples (half yes, half no), interleaved so the order gives no hint."""
-    yes = [t for t in seeds if t.is_classification]
-    no = [t for t in seeds if not t.is_classification]
-    n_yes = min(len(yes), math.ceil(k / 2))
-    chosen = rng.sample(yes, n_yes) + rng.sample(no, min(len(no), k - n_yes))
-    rng.shuffle(chosen)
-    return [_as_prompt_task(t) for t in chosen]
-
-
-def _records(cand: _Candidate, model: str) -> list[Record]:
-    task_id = stable_id(cand.instruction, prefix="task")
-    return [
-        Record(
-            id=stable_id(cand.instruction, inst.input, inst.output, prefix="si"),
-            instruction=cand.instruction,
-            input=inst.input,
-            output=inst.output,
-            meta=RecordMeta(
-                source="self_instruct",
-                round=cand.round,
-                model=model,
-                is_classification=cand.is_classification,
-                task_id=task_id,
-                instance_index=j,
-                classification_guessed=cand.classification_guessed,
-            ),
-        )
-        for j, inst in enumerate(cand.instances)
-    ]
 
 
 # ------------------------------------------------------------------ CLI
