@@ -20,13 +20,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from datagen.records import Record
 
-EmbedField = Literal["instruction", "instruction_input", "all"]
 EMBED_FIELDS: tuple[str, ...] = ("instruction", "instruction_input", "all")
 # bench/dedup.py: same planted recall as MiniLM at threshold 0.9, 4 points less precision, ~330x faster.
 DEFAULT_EMBEDDER = "static"
