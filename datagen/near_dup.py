@@ -189,6 +189,26 @@ def cell_join(
     return JoinResult(pair_i, pair_j, pair_sim, top_sim, top_id)
 
 
+def greedy_keep(
+    n: int, order: np.ndarray, candidates: Callable[[int], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The greedy pass both search paths share: visit rows in rank order; a row is dropped for
+    its most similar candidate (better-ranked, above threshold) that is still kept.
+    `candidates(i)` gives (ids, sims). Returns (keep, kept_by, by_sim)."""
+    keep = np.ones(n, dtype=bool)
+    kept_by = np.full(n, -1, dtype=np.int64)
+    by_sim = np.zeros(n, dtype=np.float32)
+    for i in order:
+        js, ss = candidates(i)
+        alive = keep[js]
+        if alive.any():
+            best = int(np.argmax(np.where(alive, ss, -np.inf)))
+            keep[i] = False
+            kept_by[i] = js[best]
+            by_sim[i] = ss[best]
+    return keep, kept_by, by_sim
+
+
 def greedy_pairs(join: JoinResult, rank: np.ndarray) -> SemanticResult:
     """The greedy keep of `greedy_select`, over the pair lists of `cell_join`.
 
@@ -204,17 +224,9 @@ def greedy_pairs(join: JoinResult, rank: np.ndarray) -> SemanticResult:
     starts = np.searchsorted(pi, np.arange(n + 1))
     rows = np.unique(pi)
     rows = rows[np.argsort(rank[rows], kind="stable")]
-    keep = np.ones(n, dtype=bool)
-    kept_by = np.full(n, -1, dtype=np.int64)
-    by_sim = np.zeros(n, dtype=np.float32)
-    for i in rows:
-        js, ss = pj[starts[i] : starts[i + 1]], ps[starts[i] : starts[i + 1]]
-        alive = keep[js]
-        if alive.any():
-            best = int(np.argmax(np.where(alive, ss, -np.inf)))
-            keep[i] = False
-            kept_by[i] = js[best]
-            by_sim[i] = ss[best]
+    keep, kept_by, by_sim = greedy_keep(
+        n, rows, lambda i: (pj[starts[i] : starts[i + 1]], ps[starts[i] : starts[i + 1]])
+    )
     max_sim = np.full(n, np.nan, dtype=np.float32)
     nearest_kept = (join.top_id >= 0) & keep[np.where(join.top_id >= 0, join.top_id, 0)]
     max_sim[nearest_kept] = join.top_sim[nearest_kept]
@@ -294,17 +306,11 @@ def greedy_select(
     sequential = np.flatnonzero(has_candidate)
     sequential = sequential[np.argsort(rank[sequential], kind="stable")]
 
-    keep = np.ones(n, dtype=bool)
-    kept_by = np.full(n, -1, dtype=np.int64)
-    by_sim = np.zeros(n, dtype=np.float32)
-    for i in sequential:
+    def candidates(i: int) -> tuple[np.ndarray, np.ndarray]:
         d_row, i_row = row_lists(int(i))
-        alive = keep[i_row]
-        if alive.any():
-            best = int(np.argmax(np.where(alive, d_row, -np.inf)))
-            keep[i] = False
-            kept_by[i] = i_row[best]
-            by_sim[i] = d_row[best]
+        return i_row, d_row
+
+    keep, kept_by, by_sim = greedy_keep(n, sequential, candidates)
 
     # Nearest kept neighbour of each kept record (for the report's similarity histogram).
     kept_nb = (ids >= 0) & (ids != self_ids) & keep[safe]

@@ -35,3 +35,25 @@ def openai_server(_openai_server_session):
     _openai_server_session.reset()
     yield _openai_server_session
     _openai_server_session.reset()
+
+
+@pytest.fixture(scope="module")
+def scripted_module_server(_openai_server_session):
+    """The loopback server answering every stage's prompts like a real model would
+    (tests/pipeline_responder.py), for a module's pipeline runs; module-scoped so a baseline
+    run can be shared by its tests."""
+    from pipeline_responder import reply
+
+    _openai_server_session.reset()
+    _openai_server_session.responder = reply
+    yield _openai_server_session
+    _openai_server_session.responder = None
+    _openai_server_session.reset()
+
+
+@pytest.fixture
+def scripted_server(scripted_module_server):
+    """The scripted server with default settings and zeroed counters for each test."""
+    scripted_module_server.reset()
+    yield scripted_module_server
+    scripted_module_server.reset()

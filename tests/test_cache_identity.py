@@ -11,8 +11,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
 from datagen.llm import CachedLLM, ChatRequest, make_backend
 from datagen.pipeline import Pipeline, validate_config
 
@@ -83,15 +81,6 @@ def test_vllm_output_options_are_in_the_key_speed_options_are_not(tmp_path):
 # ---- the stage resume hash ------------------------------------------------------------------
 
 
-@pytest.fixture
-def scripted(openai_server):
-    from pipeline_responder import reply
-
-    openai_server.responder = reply
-    yield openai_server
-    openai_server.responder = None
-
-
 def _run(tmp_path: Path, base_url: str, run_dir: Path, **llm_options):
     data = tmp_path / "data.jsonl"
     if not data.exists():
@@ -108,17 +97,17 @@ def _run(tmp_path: Path, base_url: str, run_dir: Path, **llm_options):
     return Pipeline(config).run(run_dir=run_dir, progress=False)
 
 
-def test_resume_hash_ignores_speed_but_not_endpoint_or_prompt_overrides(scripted, tmp_path, monkeypatch):
+def test_resume_hash_ignores_speed_but_not_endpoint_or_prompt_overrides(scripted_server, tmp_path, monkeypatch):
     monkeypatch.delenv("DATAGEN_PROMPTS", raising=False)
     run_dir = tmp_path / "run"
-    first = _run(tmp_path, scripted.base_url, run_dir)
+    first = _run(tmp_path, scripted_server.base_url, run_dir)
     assert not first.stages[0].skipped
     # Speed settings: skipped, nothing sent.
-    scripted.reset_stats()
-    again = _run(tmp_path, scripted.base_url, run_dir, max_concurrency=3, timeout=77, max_attempts=2)
-    assert again.stages[0].skipped and scripted.stats.requests == 0
+    scripted_server.reset_stats()
+    again = _run(tmp_path, scripted_server.base_url, run_dir, max_concurrency=3, timeout=77, max_attempts=2)
+    assert again.stages[0].skipped and scripted_server.stats.requests == 0
     # Same server under another name: a different endpoint, so the stage reruns.
-    other_name = scripted.base_url.replace("127.0.0.1", "localhost")
+    other_name = scripted_server.base_url.replace("127.0.0.1", "localhost")
     assert not _run(tmp_path, other_name, run_dir).stages[0].skipped
     assert _run(tmp_path, other_name, run_dir).stages[0].skipped
     # A prompt override from the environment: the stage reruns.

@@ -58,34 +58,15 @@ def _exports(run_dir: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def _module_server(_openai_server_session):
-    from pipeline_responder import reply
-
-    _openai_server_session.reset()
-    _openai_server_session.responder = reply
-    yield _openai_server_session
-    _openai_server_session.responder = None
-    _openai_server_session.reset()
-
-
-@pytest.fixture
-def scripted_server(_module_server):
-    """The scripted server with default settings and zeroed counters for each test."""
-    _module_server.reset()
-    yield _module_server
-    _module_server.reset()
-
-
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory, _module_server):
+def baseline(tmp_path_factory, scripted_module_server):
     """An uninterrupted run: its exports and request count are what every other run must match."""
     folder = tmp_path_factory.mktemp("baseline")
     config_path = folder / "p.yaml"
-    config_path.write_text(yaml.safe_dump(_config(_module_server.base_url, 1)))
-    _module_server.reset()
+    config_path.write_text(yaml.safe_dump(_config(scripted_module_server.base_url, 1)))
+    scripted_module_server.reset()
     done = _run(config_path, folder / "run")
     assert done.returncode == 0, done.stderr[-3000:]
-    requests = _module_server.stats.requests
+    requests = scripted_module_server.stats.requests
     return {"exports": _exports(folder / "run"), "requests": requests, "config": config_path}
 
 

@@ -40,24 +40,6 @@ def cluster():
         running.stop()
 
 
-@pytest.fixture(scope="module")
-def _module_server(_openai_server_session):
-    from pipeline_responder import reply
-
-    _openai_server_session.reset()
-    _openai_server_session.responder = reply
-    yield _openai_server_session
-    _openai_server_session.responder = None
-    _openai_server_session.reset()
-
-
-@pytest.fixture
-def server(_module_server):
-    _module_server.reset()
-    yield _module_server
-    _module_server.reset()
-
-
 def _config(base_url: str, executor: str, address: str | None = None, **ray_options) -> dict:
     return {
         "name": "ray",
@@ -87,12 +69,12 @@ def _exports(run_dir: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def local_baseline(tmp_path_factory, _module_server):
+def local_baseline(tmp_path_factory, scripted_module_server):
     folder = tmp_path_factory.mktemp("local")
-    _module_server.reset()
-    _run(_config(_module_server.base_url, "local"), folder / "run")
-    return {"exports": _exports(folder / "run"), "requests": _module_server.stats.requests,
-            "ok_replies": _ok_replies(_module_server)}
+    scripted_module_server.reset()
+    _run(_config(scripted_module_server.base_url, "local"), folder / "run")
+    return {"exports": _exports(folder / "run"), "requests": scripted_module_server.stats.requests,
+            "ok_replies": _ok_replies(scripted_module_server)}
 
 
 def _ok_replies(server) -> Counter:
@@ -100,7 +82,7 @@ def _ok_replies(server) -> Counter:
     return Counter((e.prompt, e.seed, e.n) for e in server.stats.log if e.outcome == "ok")
 
 
-def test_cluster_run_is_byte_identical_to_local(tmp_path: Path, cluster, server, local_baseline) -> None:
+def test_cluster_run_is_byte_identical_to_local(tmp_path: Path, cluster, scripted_server, local_baseline) -> None:
     seen_on_second_node: list[int] = []
 
     def watch() -> None:  # proves the second node did work, not just the head
@@ -112,29 +94,29 @@ def test_cluster_run_is_byte_identical_to_local(tmp_path: Path, cluster, server,
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        result = _run(_config(server.base_url, "ray", cluster.address), tmp_path / "run")
+        result = _run(_config(scripted_server.base_url, "ray", cluster.address), tmp_path / "run")
     finally:
         done.set()
         watcher.join()
     assert _exports(tmp_path / "run") == local_baseline["exports"]
-    assert server.stats.requests == local_baseline["requests"]  # every call once, as locally
+    assert scripted_server.stats.requests == local_baseline["requests"]  # every call once, as locally
     assert seen_on_second_node
     assert result.manifest["llm_usage_total"]["calls"] == local_baseline["requests"]
 
     # An identical rerun on the cluster resumes from the run's cache: zero calls.
-    server.reset()
-    _run(_config(server.base_url, "ray", cluster.address), tmp_path / "run")
-    assert server.stats.requests == 0
+    scripted_server.reset()
+    _run(_config(scripted_server.base_url, "ray", cluster.address), tmp_path / "run")
+    assert scripted_server.stats.requests == 0
 
 
 def test_worker_killed_mid_stage_loses_nothing_and_pays_no_completed_call_twice(
-    tmp_path: Path, cluster, server, local_baseline
+    tmp_path: Path, cluster, scripted_server, local_baseline
 ) -> None:
     """kill -9 of the LLM actor on node 2 once it has finished 3 calls of its current batch
     (and has 2 more in flight): Ray restarts it and retries the batch; the retry must skip
     the finished calls (already in the driver's sink) and resend only the 2 in flight."""
     per_actor = 2
-    server.configure(latency=0.25)
+    scripted_server.configure(latency=0.25)
     kill: dict[str, object] = {}
 
     def kill_mid_batch() -> None:
@@ -144,7 +126,7 @@ def test_worker_killed_mid_stage_loses_nothing_and_pays_no_completed_call_twice(
             if not pids:
                 continue
             ports = tcp_ports(pids[0])
-            mine = [e for e in list(server.stats.log) if e.client_port in ports]
+            mine = [e for e in list(scripted_server.stats.log) if e.client_port in ports]
             finished = [e for e in mine if e.end and e.outcome == "ok"]
             in_flight = [e for e in mine if not e.end]
             now = time.monotonic()
@@ -158,7 +140,7 @@ def test_worker_killed_mid_stage_loses_nothing_and_pays_no_completed_call_twice(
     killer = threading.Thread(target=kill_mid_batch, daemon=True)
     killer.start()
     try:
-        _run(_config(server.base_url, "ray", cluster.address, max_concurrency=per_actor, batch_size=16),
+        _run(_config(scripted_server.base_url, "ray", cluster.address, max_concurrency=per_actor, batch_size=16),
              tmp_path / "run")
     finally:
         stop.set()
@@ -169,8 +151,8 @@ def test_worker_killed_mid_stage_loses_nothing_and_pays_no_completed_call_twice(
     # No completed call paid twice: every request got as many successful replies as in the
     # local run (once each); the only
     # repeats are the calls that were in flight on the killed actor (cut off, never answered).
-    assert _ok_replies(server) == local_baseline["ok_replies"]
-    repaid = server.stats.requests - local_baseline["requests"]
+    assert _ok_replies(scripted_server) == local_baseline["ok_replies"]
+    repaid = scripted_server.stats.requests - local_baseline["requests"]
     assert repaid <= per_actor, kill
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert all("llm_error" not in s["drop_reasons"] for s in manifest["stages"])
@@ -238,14 +220,14 @@ def test_vllm_on_ray_is_built_up_to_the_engine(cluster) -> None:
     assert (completion.prompt_tokens, completion.completion_tokens) == (4, 9)
 
 
-def test_fatal_endpoint_error_on_a_worker_stops_the_run_with_its_own_line(tmp_path: Path, cluster, server) -> None:
+def test_fatal_endpoint_error_on_a_worker_stops_the_run_with_its_own_line(tmp_path: Path, cluster, scripted_server) -> None:
     """A wrong key fails on the actors; the driver must end with the same FatalLLMError (one
     line in the CLI) a local run gives, not a Ray traceback, and nothing is marked done."""
     from datagen.errors import FatalLLMError
 
-    server.configure(api_key="the-right-key")
+    scripted_server.configure(api_key="the-right-key")
     with pytest.raises(FatalLLMError, match="401"):
-        _run(_config(server.base_url, "ray", cluster.address), tmp_path / "run")
+        _run(_config(scripted_server.base_url, "ray", cluster.address), tmp_path / "run")
     assert not list((tmp_path / "run").glob("*/done.json"))
 
 
