@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,10 +92,9 @@ class BatchRunner:
             raise ValueError(f"{self.state_path}: not valid JSON; delete it to start the batches afresh") from None
 
     def _save(self, batches: list[dict[str, Any]]) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"batches": batches}, indent=1), encoding="utf-8")
-        os.replace(tmp, self.state_path)
+        from datagen.io import atomic_write_text
+
+        atomic_write_text(self.state_path, json.dumps({"batches": batches}, indent=1))
 
     # ---- the run -------------------------------------------------------------------------
     async def run(self, requests: list[ChatRequest], keys: list[str],
