@@ -431,7 +431,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", nargs="+", required=True, help="model specs, baseline first")
-    parser.add_argument("--data", required=True, help="held-out prompts (reference answers optional)")
+    parser.add_argument("--data", "--input", dest="data", required=True, help="held-out prompts (reference answers optional)")
     parser.add_argument("--judge", default=None, help="judge backend spec (default: $DATAGEN_LLM or local)")
     parser.add_argument("--out", default="runs/eval", help="folder for eval.json (default runs/eval)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
