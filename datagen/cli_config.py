@@ -125,6 +125,8 @@ def config_from_args(args: argparse.Namespace, model: type[BaseModel], fields: S
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
+        if not where:  # a check across fields: its message names the options itself
+            raise ValueError(first["msg"].removeprefix("Value error, ")) from None
         raise ValueError(f"{flag_name(where)}: {first['msg']} (got {first.get('input')!r})") from None
 
 

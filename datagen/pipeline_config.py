@@ -138,6 +138,9 @@ def _check_keys(data: Any, model: type[BaseModel], where: str, source: str) -> N
 def _format_validation(exc: ValidationError, where: str, source: str) -> ConfigError:
     first = exc.errors()[0]
     loc = ".".join(str(x) for x in first["loc"])
+    if not loc:  # a check across fields: its message names the keys itself
+        prefix = f"{where.rstrip('.')}: " if where else ""
+        return ConfigError(f"{source}: {prefix}{first['msg'].removeprefix('Value error, ')}")
     return ConfigError(f"{source}: {where}{loc}: {first['msg']} (got {first.get('input')!r})")
 
 
@@ -179,6 +182,12 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
             FinetuneConfig.model_validate(data["finetune"])
         except ValidationError as exc:
             raise _format_validation(exc, "finetune.", source) from None
+        if (data["finetune"].get("num_machines") or 1) > 1:
+            # Every machine must start the same training at the same time; only `datagen finetune`
+            # can be typed on each of them, a pipeline runs on one.
+            raise ConfigError(f"{source}: finetune.num_machines: a pipeline fine-tunes on one machine; across "
+                              "machines, run `datagen finetune --input RUN_DIR/export/records.jsonl ...` on each "
+                              "(README, Scaling out)")
     if data.get("eval") is not None:
         from datagen.eval import validate_pipeline_eval
 

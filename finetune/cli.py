@@ -69,7 +69,11 @@ def _run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     metrics = train(args.data, config, args.out, progress=not args.no_progress)
-    print(format_summary(metrics, args.out), file=sys.stderr)
+    if metrics.get("saved") is False:
+        print(f"machine {config.machine_rank} of {config.num_machines}: its processes trained their share; "
+              f"machine 0 ({config.main_process_ip}) saved the model and metrics in its --out", file=sys.stderr)
+    else:
+        print(format_summary(metrics, args.out), file=sys.stderr)
     print(json.dumps(metrics, ensure_ascii=False))
     return 0
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
+# torchrun's own default: every machine must name the same port, so a free port picked on one
+# machine is no use across machines (on one machine it is: nothing else needs to know it).
+MULTI_MACHINE_PORT = 29500
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "inverse_sqrt")
 
 
@@ -85,11 +88,22 @@ class FinetuneConfig(BaseModel):
         "none", description="none: train in this process; accelerate: `accelerate launch` num_processes workers "
         "(DDP for LoRA, FSDP for full), same data, masking, packing and optimizer batch"
     )
-    num_processes: int = Field(1, ge=1, description="training processes in all (GPUs, or CPU processes over gloo)")
-    num_machines: int = Field(1, ge=1, description="machines taking part; run the same command on each")
-    machine_rank: int = Field(0, ge=0, description="this machine's rank (0 = the one at main_process_ip)")
-    main_process_ip: str | None = Field(None, description="address of machine 0 (multi-machine only)")
-    main_process_port: int | None = Field(None, ge=1, description="rendezvous port (default: a free one)")
+    num_processes: int = Field(
+        1, ge=1, description="training processes in all, over all machines (GPUs, or CPU processes over gloo); "
+        "each machine runs num_processes / num_machines of them"
+    )
+    num_machines: int = Field(
+        1, ge=1, description="machines taking part; run the same command on each, only machine_rank differs"
+    )
+    machine_rank: int = Field(0, ge=0, description="this machine's rank: 0 at main_process_ip (it writes the output), "
+                              "1 .. num_machines-1 on the others")
+    main_process_ip: str | None = Field(
+        None, description="address of machine 0 that every machine can reach (needed when num_machines > 1)"
+    )
+    main_process_port: int | None = Field(
+        None, ge=1, le=65535, description=f"rendezvous port on machine 0 (default: a free one on one machine, "
+        f"{MULTI_MACHINE_PORT} across machines)"
+    )
     distributed: Literal["auto", "ddp", "fsdp"] = Field(
         "auto", description="auto: DDP for LoRA (small trainable part, replicated), FSDP for full fine-tuning "
         "(sharded weights, gradients and optimizer state)"
@@ -103,6 +117,23 @@ class FinetuneConfig(BaseModel):
         if isinstance(value, list) and any(name in {"lm_head"} for name in value):
             raise ValueError("an adapter on lm_head is never trained by TRL's fused LM head loss; remove it")
         return value
+
+    @model_validator(mode="after")
+    def _launch_plan(self) -> FinetuneConfig:
+        """Refuse a launch plan accelerate would reject with a traceback, or hang on, or ignore."""
+        if (self.num_processes > 1 or self.num_machines > 1) and self.launcher != "accelerate":
+            raise ValueError(f"num_processes {self.num_processes} / num_machines {self.num_machines} need "
+                             "launcher: accelerate (--launcher accelerate)")
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError(f"num_machines {self.num_machines} needs main_process_ip: the address of machine 0 "
+                             "that every machine can reach (--main-process-ip)")
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank {self.machine_rank} must be below num_machines {self.num_machines} "
+                             f"(machines are numbered 0 to {self.num_machines - 1})")
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes {self.num_processes} is the total over all machines and must split "
+                             f"evenly over num_machines {self.num_machines}")
+        return self
 
     @property
     def learning_rate(self) -> float:

@@ -1,12 +1,14 @@
 """Multi-process fine-tuning: `accelerate launch` runs the same training on every process.
 
 The parent (`train()` with `launcher: accelerate`) prepares the examples exactly as a
-single-process run does, writes them next to the output, and launches `num_processes`
-workers of this module. Each worker builds the same trainer (same split, masking, packing);
+single-process run does, writes them next to the output, and launches its machine's share
+(`num_processes / num_machines`) of the workers of this module. Across machines the same
+command runs on each; every machine prepares the same examples from its own copy of the data. Each worker builds the same trainer (same split, masking, packing);
 the Trainer sees the launcher's environment and wraps the model in DDP (LoRA: the adapter
 is small, replicate it) or FSDP (full fine-tuning: shard weights, gradients, optimizer
 state). Each process accumulates 1/N of the optimizer batch (see `build_sft_config`), so the
-loss curve is the single-process one. Only rank 0 writes files; the parent publishes them.
+loss curve is the single-process one. Only global rank 0 (on machine 0) writes files; the
+parent there publishes them, the parents on the other machines return their part's summary.
 On CPU the processes talk over gloo, which is how the tests check all this without GPUs.
 """
 
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from finetune.config import MULTI_MACHINE_PORT
 from finetune.data import DataStats
 from finetune.train import FinetuneConfig, _train_into, is_main_process, on_cpu
 
@@ -49,6 +52,13 @@ def launch_args(config: FinetuneConfig, port: int) -> list[str]:
     return args
 
 
+def rendezvous_port(config: FinetuneConfig) -> int:
+    """The port on machine 0 where the processes meet: every machine must name the same one."""
+    if config.main_process_port:
+        return config.main_process_port
+    return MULTI_MACHINE_PORT if config.num_machines > 1 else _free_port()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -57,13 +67,13 @@ def _free_port() -> int:
 
 def launch(folder: Path, train_ex: list[Any], eval_ex: list[Any], stats: DataStats, config: FinetuneConfig,
            progress: bool) -> dict[str, Any]:
-    """Run `num_processes` workers on `folder` and return rank 0's metrics."""
+    """Run this machine's workers on `folder`; return rank 0's metrics (machine 0) or this machine's part."""
     spec = folder / LAUNCH_DIR
     spec.mkdir(parents=True, exist_ok=True)
     payload = {"train": train_ex, "eval": eval_ex, "stats": stats.as_dict(), "config": config.model_dump(mode="json"),
                "progress": progress}
     (spec / "job.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
-    port = config.main_process_port or _free_port()
+    port = rendezvous_port(config)
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     if on_cpu(config):
@@ -75,12 +85,21 @@ def launch(folder: Path, train_ex: list[Any], eval_ex: list[Any], stats: DataSta
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-        raise RuntimeError(f"finetune: accelerate launch of {config.num_processes} processes failed:\n{tail}")
-    metrics = json.loads((spec / "metrics.json").read_text(encoding="utf-8"))
+        where = (f" on machine {config.machine_rank} of {config.num_machines} (rendezvous "
+                 f"{config.main_process_ip}:{port})" if config.num_machines > 1 else "")
+        raise RuntimeError(f"finetune: accelerate launch of {config.num_processes} processes{where} failed:\n{tail}")
+    if config.machine_rank > 0:  # rank 0, on machine 0, wrote the model and metrics there
+        metrics = {"machine_rank": config.machine_rank, **_launch_summary(config), "saved": False}
+    else:
+        metrics = json.loads((spec / "metrics.json").read_text(encoding="utf-8"))
     import shutil
 
     shutil.rmtree(spec, ignore_errors=True)
     return metrics
+
+
+def _launch_summary(config: FinetuneConfig) -> dict[str, Any]:
+    return {"num_processes": config.num_processes, "num_machines": config.num_machines, "distributed": strategy(config)}
 
 
 def main(folder: str) -> None:
@@ -91,7 +110,7 @@ def main(folder: str) -> None:
     metrics = _train_into(root, job["train"], job["eval"], DataStats(**job["stats"]), config,
                           job["progress"] and is_main_process())
     if is_main_process():
-        metrics.update(num_processes=config.num_processes, distributed=strategy(config))
+        metrics.update(_launch_summary(config))
         (root / LAUNCH_DIR / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False), encoding="utf-8")
 
 

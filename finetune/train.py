@@ -56,7 +56,9 @@ def train(
 
     `out_dir` appears only when training and saving succeeded: all files are written to a hidden
     sibling folder that is renamed at the end, so a crashed run never looks finished. An existing
-    finished result in `out_dir` is replaced; any other non-empty folder there is refused.
+    finished result in `out_dir` is replaced; any other non-empty folder there is refused. On a
+    machine other than machine 0 of a multi-machine run nothing is written: its processes trained
+    their share, machine 0 saves the result; the returned summary says `saved: False`.
     """
     config = config or FinetuneConfig()
     out = Path(out_dir)
@@ -80,6 +82,9 @@ def train(
             from finetune.distributed import launch
 
             metrics = launch(tmp, train_ex, eval_ex, stats, config, progress)
+            if config.machine_rank > 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return metrics
         else:
             metrics = _train_into(tmp, train_ex, eval_ex, stats, config, progress)
         metrics["total_seconds"] = round(time.time() - started, 2)

@@ -9,15 +9,21 @@ up to float summation order.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from finetune_helpers import CONVERSATIONS, smol_tokenizer, tiny_llama
 
+from datagen.io import write_records
 from datagen.records import Record
 from finetune.distributed import launch_args, strategy
 from finetune.train import FinetuneConfig, build_sft_config, train
 
+ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow  # two launched training processes, ~1 min on 2 busy cores
 
 
@@ -85,3 +91,72 @@ def test_launch_options_and_batch_split(tiny_model_dir: Path) -> None:
     assert build_sft_config(_config(tiny_model_dir), "/tmp/x", has_eval=False).gradient_accumulation_steps == 4
     with pytest.raises(ValueError, match="num_processes 3 must divide the optimizer batch of 4"):
         build_sft_config(lora.model_copy(update={"num_processes": 3}), "/tmp/x", has_eval=False)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_machines(commands: list[list[str]], folders: list[Path]) -> list[subprocess.CompletedProcess]:
+    """Start every machine's command at once, as users do on real machines; if one fails, stop
+    the others (they would otherwise wait at the rendezvous until torch's own timeout)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd, folder in zip(commands, folders, strict=True)]
+    outputs: list[tuple[str, str] | None] = [None] * len(procs)
+    try:
+        while any(out is None for out in outputs):
+            for k, proc in enumerate(procs):
+                if outputs[k] is None and proc.poll() is not None:
+                    outputs[k] = proc.communicate()
+                    if proc.returncode != 0:
+                        for other in procs:
+                            if other.poll() is None:
+                                other.kill()
+            time.sleep(0.5)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return [subprocess.CompletedProcess(cmd, p.returncode, *out)  # type: ignore[misc]
+            for cmd, p, out in zip(commands, procs, outputs, strict=True)]
+
+
+def test_two_machines_on_loopback_give_the_single_process_loss_curve(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`num_machines: 2` for real: two `datagen finetune` commands, as typed on two machines,
+    machine 0 at 127.0.0.1, one CPU process each. Same loss curve as 1 process; only machine 0
+    writes anything."""
+    data = write_records(_records(), tmp_path / "data.jsonl")
+    single = train(data, _config(tiny_model_dir), tmp_path / "one", progress=False)
+    port = _free_port()
+    options = ["--base-model", str(tiny_model_dir), "--method", "lora", "--max-steps", "6", "--batch-size", "4",
+               "--max-length", "256", "--eval-fraction", "0", "--samples", "0", "--lora-dropout", "0",
+               "--no-merge", "--threads", "1", "--warmup-ratio", "0", "--lr", "1e-3", "--cpu", "--no-progress",
+               "--launcher", "accelerate", "--num-processes", "2", "--num-machines", "2",
+               "--main-process-ip", "127.0.0.1", "--main-process-port", str(port)]
+    machines = [tmp_path / "machine0", tmp_path / "machine1"]  # each machine's own disk
+    for folder in machines:
+        folder.mkdir()
+    done = _run_machines([[sys.executable, "-m", "datagen.cli", "finetune", "--input", str(data), "--out", "model",
+                           *options, "--machine-rank", str(rank)] for rank in (0, 1)], machines)
+    for rank, result in enumerate(done):
+        assert result.returncode == 0, f"machine {rank}:\n{result.stderr[-3000:]}"
+    first, second = (json.loads(result.stdout.strip().splitlines()[-1]) for result in done)
+    assert first["num_machines"] == 2 and first["num_processes"] == 2 and first["distributed"] == "ddp"
+    assert second == {"machine_rank": 1, "num_processes": 2, "num_machines": 2, "distributed": "ddp", "saved": False}
+    assert "machine 1 of 2" in done[1].stderr
+    one, two = _losses(tmp_path / "one"), _losses(machines[0] / "model")
+    assert len(one) == len(two) == 6
+    assert one[0] != one[-1]  # it really trained
+    assert two == pytest.approx(one, rel=2e-3, abs=1e-4)
+    assert single["steps"] == first["steps"] == 6
+    assert json.loads((machines[0] / "model" / "metrics.json").read_text())["num_machines"] == 2
+    assert (machines[0] / "model" / "adapter" / "adapter_config.json").exists()
+    assert [p.name for p in machines[0].iterdir()] == ["model"]  # no temp folder left
+    assert not (machines[0] / "model" / "_launch").exists()
+    assert list(machines[1].iterdir()) == []  # machine 1 trained its share and wrote nothing

@@ -243,6 +243,60 @@ def test_cli_maps_only_the_options_given() -> None:
         config_from_args(bad)
 
 
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--launcher", "accelerate", "--num-processes", "2", "--num-machines", "2"],
+         "num_machines 2 needs main_process_ip: the address of machine 0 that every machine can reach"),
+        (["--num-processes", "2"], "num_processes 2 / num_machines 1 need launcher: accelerate"),
+        (["--launcher", "accelerate", "--num-processes", "3", "--num-machines", "2", "--main-process-ip", "10.0.0.1"],
+         "num_processes 3 is the total over all machines and must split evenly over num_machines 2"),
+        (["--launcher", "accelerate", "--num-processes", "2", "--num-machines", "2", "--main-process-ip", "10.0.0.1",
+          "--machine-rank", "2"], "machine_rank 2 must be below num_machines 2"),
+    ],
+)
+def test_a_launch_plan_accelerate_cannot_run_is_one_line(tmp_path, capsys, flags: list[str], message: str) -> None:
+    """Caught before anything starts: accelerate would assert with a traceback, wait for a machine
+    that never comes, or (launcher none) quietly train in one process."""
+    from datagen.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "hi", "output": "hello"}\n')
+    assert main(["finetune", "--input", str(data), "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("datagen: error: invalid finetune options: ") and "\n" not in err
+    assert message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_machine_meets_at_the_same_port() -> None:
+    """A free port picked on each machine would differ between them: across machines the port is
+    the one given, else torchrun's 29500 on all (on one machine a free port is picked)."""
+    from finetune.distributed import launch_args, rendezvous_port
+
+    two = FinetuneConfig(launcher="accelerate", num_processes=4, num_machines=2, machine_rank=1,
+                         main_process_ip="10.0.0.1")
+    assert rendezvous_port(two) == 29500
+    assert rendezvous_port(two.model_copy(update={"main_process_port": 6000})) == 6000
+    args = launch_args(two, rendezvous_port(two))
+    assert [args[args.index(f"--{name}") + 1] for name in
+            ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port")] == [
+        "4", "2", "1", "10.0.0.1", "29500"]
+
+
+def test_a_pipeline_refuses_several_machines(tmp_path, capsys) -> None:
+    from datagen.cli import main
+
+    config = tmp_path / "p.yaml"
+    config.write_text("name: x\nstages: [distill]\nfinetune: {launcher: accelerate, num_processes: 2, "
+                      "num_machines: 2, main_process_ip: 10.0.0.1}\n")
+    assert main(["run", str(config)]) == 2
+    assert "finetune.num_machines: a pipeline fine-tunes on one machine" in capsys.readouterr().err
+    config.write_text("name: x\nstages: [distill]\nfinetune: {num_machines: 2, launcher: accelerate}\n")
+    assert main(["run", str(config)]) == 2
+    assert "finetune: num_machines 2 needs main_process_ip" in capsys.readouterr().err
+
+
 def test_datagen_cli_lists_finetune() -> None:
     """`datagen finetune` is there, reached through the plugin entry point (no import cycle)."""
     from datagen.cli import build_parser
