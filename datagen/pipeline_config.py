@@ -186,7 +186,7 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
             # Every machine must start the same training at the same time; only `datagen finetune`
             # can be typed on each of them, a pipeline runs on one.
             raise ConfigError(f"{source}: finetune.num_machines: a pipeline fine-tunes on one machine; across "
-                              "machines, run `datagen finetune --input RUN_DIR/export/records.jsonl ...` on each "
+                              "machines, run `datagen finetune --input RUN_DIR/export/messages.jsonl ...` on each "
                               "(README, Scaling out)")
     if data.get("eval") is not None:
         from datagen.eval import validate_pipeline_eval

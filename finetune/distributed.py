@@ -14,6 +14,7 @@ On CPU the processes talk over gloo, which is how the tests check all this witho
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -84,7 +85,11 @@ def launch(folder: Path, train_ex: list[Any], eval_ex: list[Any], stats: DataSta
                "-m", "finetune.distributed", str(folder)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        ours = next((line for line in lines if line.startswith("finetune: ")), None)
+        if ours:  # a worker refused with its own one-line reason (see check_same_job)
+            raise ValueError(ours)
+        tail = "\n".join(lines[-15:])
         where = (f" on machine {config.machine_rank} of {config.num_machines} (rendezvous "
                  f"{config.main_process_ip}:{port})" if config.num_machines > 1 else "")
         raise RuntimeError(f"finetune: accelerate launch of {config.num_processes} processes{where} failed:\n{tail}")
@@ -102,11 +107,54 @@ def _launch_summary(config: FinetuneConfig) -> dict[str, Any]:
     return {"num_processes": config.num_processes, "num_machines": config.num_machines, "distributed": strategy(config)}
 
 
+# Options each machine may set for itself; every other option, and the data, must agree.
+PER_MACHINE = ("machine_rank", "num_threads")
+
+
+def job_fingerprint(job: dict[str, Any]) -> str:
+    shared = {key: value for key, value in job["config"].items() if key not in PER_MACHINE}
+    text = json.dumps({"train": job["train"], "eval": job["eval"], "config": shared}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_same_job(fingerprint: str, config: FinetuneConfig) -> None:
+    """Refuse to train when the machines prepared different examples or options.
+
+    Each machine reads its own copy of the data; a different file, seed or lr would not fail,
+    it would train each shard of the batch differently and average the gradients: a wrong model
+    with no error. Every worker posts its job's fingerprint to the launcher's rendezvous store
+    (torchrun's TCPStore at MASTER_ADDR:MASTER_PORT, which the process group also uses) and reads
+    everyone's, so all processes stop together with the same message.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 2:
+        return
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timedelta(minutes=10))
+    prefix = f"datagen/job/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    store.set(prefix + os.environ["RANK"], fingerprint)
+    prints = [store.get(prefix + str(rank)).decode() for rank in range(world)]
+    per_machine = world // config.num_machines
+    differ = sorted({rank // per_machine for rank, other in enumerate(prints) if other != prints[0]})
+    if differ:
+        names = ", ".join(map(str, differ))
+        where = (f"machine{'s' if len(differ) > 1 else ''} {names}" if config.num_machines > 1
+                 else "the launched processes")
+        raise SystemExit(f"finetune: {where} prepared other examples or options than machine 0: give every "
+                         "machine the same --input file, base model and options (only --machine-rank and "
+                         "--num-threads may differ)")
+
+
 def main(folder: str) -> None:
     """One launched worker."""
     root = Path(folder)
     job = json.loads((root / LAUNCH_DIR / "job.json").read_text(encoding="utf-8"))
     config = FinetuneConfig.model_validate(job["config"])
+    check_same_job(job_fingerprint(job), config)
     metrics = _train_into(root, job["train"], job["eval"], DataStats(**job["stats"]), config,
                           job["progress"] and is_main_process())
     if is_main_process():

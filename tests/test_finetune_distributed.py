@@ -127,18 +127,22 @@ def _run_machines(commands: list[list[str]], folders: list[Path]) -> list[subpro
             for cmd, p, out in zip(commands, procs, outputs, strict=True)]
 
 
+def _machine_options(model_dir: Path, port: int) -> list[str]:
+    """`_config`'s options as a user types them, for 2 machines with one process each."""
+    return ["--base-model", str(model_dir), "--method", "lora", "--max-steps", "6", "--batch-size", "4",
+            "--max-length", "256", "--eval-fraction", "0", "--samples", "0", "--lora-dropout", "0",
+            "--no-merge", "--threads", "1", "--warmup-ratio", "0", "--lr", "1e-3", "--cpu", "--no-progress",
+            "--launcher", "accelerate", "--num-processes", "2", "--num-machines", "2",
+            "--main-process-ip", "127.0.0.1", "--main-process-port", str(port)]
+
+
 def test_two_machines_on_loopback_give_the_single_process_loss_curve(tmp_path: Path, tiny_model_dir: Path) -> None:
     """`num_machines: 2` for real: two `datagen finetune` commands, as typed on two machines,
     machine 0 at 127.0.0.1, one CPU process each. Same loss curve as 1 process; only machine 0
     writes anything."""
     data = write_records(_records(), tmp_path / "data.jsonl")
     single = train(data, _config(tiny_model_dir), tmp_path / "one", progress=False)
-    port = _free_port()
-    options = ["--base-model", str(tiny_model_dir), "--method", "lora", "--max-steps", "6", "--batch-size", "4",
-               "--max-length", "256", "--eval-fraction", "0", "--samples", "0", "--lora-dropout", "0",
-               "--no-merge", "--threads", "1", "--warmup-ratio", "0", "--lr", "1e-3", "--cpu", "--no-progress",
-               "--launcher", "accelerate", "--num-processes", "2", "--num-machines", "2",
-               "--main-process-ip", "127.0.0.1", "--main-process-port", str(port)]
+    options = _machine_options(tiny_model_dir, _free_port())
     machines = [tmp_path / "machine0", tmp_path / "machine1"]  # each machine's own disk
     for folder in machines:
         folder.mkdir()
@@ -160,3 +164,22 @@ def test_two_machines_on_loopback_give_the_single_process_loss_curve(tmp_path: P
     assert [p.name for p in machines[0].iterdir()] == ["model"]  # no temp folder left
     assert not (machines[0] / "model" / "_launch").exists()
     assert list(machines[1].iterdir()) == []  # machine 1 trained its share and wrote nothing
+
+
+def test_machines_with_different_data_refuse_to_train(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Machine 1 given another data file: DDP would train on it without an error (each machine
+    prepares its own examples) and average gradients of different batches; both refuse instead."""
+    data = write_records(_records(), tmp_path / "data.jsonl")
+    other = write_records(_records()[1:], tmp_path / "other.jsonl")
+    machines = [tmp_path / "machine0", tmp_path / "machine1"]
+    for folder in machines:
+        folder.mkdir()
+    options = _machine_options(tiny_model_dir, _free_port())
+    done = _run_machines([[sys.executable, "-m", "datagen.cli", "finetune", "--input", str(path), "--out", "model",
+                           *options, "--machine-rank", str(rank)] for rank, path in ((0, data), (1, other))], machines)
+    for result in done:
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines()[-1] == (
+            "datagen: error: finetune: machine 1 prepared other examples or options than machine 0: give every "
+            "machine the same --input file, base model and options (only --machine-rank and --num-threads may differ)")
+    assert [list(folder.iterdir()) for folder in machines] == [[], []]
