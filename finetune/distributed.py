@@ -3,10 +3,11 @@
 The parent (`train()` with `launcher: accelerate`) prepares the examples exactly as a
 single-process run does, writes them next to the output, and launches its machine's share
 (`num_processes / num_machines`) of the workers of this module. Across machines the same
-command runs on each; every machine prepares the same examples from its own copy of the data. Each worker builds the same trainer (same split, masking, packing);
-the Trainer sees the launcher's environment and wraps the model in DDP (LoRA: the adapter
-is small, replicate it) or FSDP (full fine-tuning: shard weights, gradients, optimizer
-state). Each process accumulates 1/N of the optimizer batch (see `build_sft_config`), so the
+command runs on each and every machine prepares the examples from its own copy of the data
+(checked equal before training). Each worker builds the same trainer (same split, masking,
+packing); the Trainer sees the launcher's environment and wraps the model in DDP (LoRA: the
+adapter is small, replicate it) or FSDP (full fine-tuning: shard weights, gradients,
+optimizer state). Each process accumulates 1/N of the optimizer batch (see `build_sft_config`), so the
 loss curve is the single-process one. Only global rank 0 (on machine 0) writes files; the
 parent there publishes them, the parents on the other machines return their part's summary.
 On CPU the processes talk over gloo, which is how the tests check all this without GPUs.
