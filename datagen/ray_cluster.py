@@ -98,9 +98,9 @@ def disconnect() -> None:
 
 def _quiet_progress(ray: Any) -> None:
     """Ray Data draws its own progress bars on stderr; our stages already draw theirs."""
-    import logging
-
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # "execution finished" per dataset
+    # "Dataset ... execution finished" per dataset, at INFO: Ray Data re-reads its logging
+    # config at every execution (resetting a level set here), and only this variable outlives that.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
