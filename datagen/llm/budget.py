@@ -92,7 +92,11 @@ class Budget:
         """Like `reserve`, but a request that does not fit only because others are in flight
         waits for them to settle (their real cost is usually below their worst case, which
         frees money); the budget stops when it still does not fit with nothing in flight."""
-        worst = rate.cost(estimate_prompt_tokens(messages), max_tokens * n)
+        return await self.reserve_usd_when_settled(rate.cost(estimate_prompt_tokens(messages), max_tokens * n))
+
+    async def reserve_usd_when_settled(self, worst: float) -> Reservation:
+        """`reserve_when_settled` for a worst case already priced (the Ray executor's permit
+        actor gets the dollar figure from each worker, not the prompt)."""
         while True:
             with self._lock:
                 if self.stopped:
@@ -113,6 +117,20 @@ class Budget:
             self.reserved = max(0.0, self.reserved - reservation.usd)
             self.spent += usd
         return usd
+
+    def forfeit(self, reservation: Reservation) -> None:
+        """An attempt whose outcome will never be reported (its process died mid-request): it
+        may have been billed, so its worst case counts as spent (the cap stays a cap)."""
+        with self._lock:
+            self.reserved = max(0.0, self.reserved - reservation.usd)
+            self.spent += reservation.usd
+
+    def absorb(self, usd: float, stopped: bool = False) -> None:
+        """Spend made under another `Budget` on this run's behalf (the Ray executor's permit
+        gate), so this one's report and progress line show it."""
+        with self._lock:
+            self.spent += usd
+            self.stopped = self.stopped or stopped
 
     def describe(self) -> str:
         return f"${self.spent:.4f}/${self.cap:.2f}"
