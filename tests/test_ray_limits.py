@@ -173,12 +173,13 @@ def test_a_429_on_one_actor_pauses_the_other(two_node_cluster, openai_server):  
     assert after and min(after) >= retry_after - 0.2, after[:3]
 
 
-def test_batch_api_under_ray_runs_on_the_driver(two_node_cluster, openai_server, tmp_path, capsys,  # noqa: F811
+def test_batch_api_under_ray_runs_on_the_driver(two_node_cluster, openai_server, tmp_path, caplog,  # noqa: F811
                                                 monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     pipeline, run_dir = _pipeline(tmp_path, openai_server.base_url, two_node_cluster.address, 12), tmp_path / "run"
     assert main(["run", str(pipeline), "--run-dir", str(run_dir), "--no-progress", "--batch", "--budget", "5"]) == 0
-    assert "executor: ray: openai:test uses the Batch API" in capsys.readouterr().err
+    said = [r.getMessage() for r in caplog.records if "Batch API" in r.getMessage()]
+    assert said == ["executor: ray: openai:test uses the Batch API, so its batches are sent from the driver"]
     stats = openai_server.stats
     assert stats.requests == 0 and stats.batches_created == 1 and stats.batch_requests == 12
     assert (run_dir / "batches.json").exists()  # batch ids in the run directory, as locally

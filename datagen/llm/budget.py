@@ -50,6 +50,11 @@ class BudgetExceeded(DatagenError):
             f"budget: stopped at the cap: spent ${spent:.4f} of ${cap:.4f}, ${max(0.0, cap - spent):.4f} left "
             f"(the next request's worst case does not fit; rerun with a higher --budget to resume from the cache)"
         )
+        self.reserved = reserved
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its figures, not its message: it crosses processes under `executor: ray`.
+        return (type(self), (self.spent, self.cap, self.reserved))
 
 
 @dataclass
