@@ -13,12 +13,16 @@ usual `CachedLLM`, so the cache key, the cache file and resume are exactly the l
 - `vllm:` -> `RayVLLMLLM`: `ray.data.llm` vLLM engine replicas (replicas, tensor parallel
   size and batch size from the `ray:` config); rows stream back to the driver as they finish.
 
-Global limits: the actors split the backend's `max_concurrency` and its per-minute request
-and token rates between them (`actor_options`), so the cluster keeps the bounds a local run
-has, and every completion passes through the driver's `CachedLLM`, so token accounting sees
-the whole cluster. Not done yet: a spend budget (`budget_usd`) and shared 429 cool-downs
-across actors; they belong in one actor that hands out permits, asked by each worker's client
-before each attempt. A budget is refused under this executor rather than silently per actor.
+Global limits (datagen/llm/ray_gate.py): the run's budget (`budget_usd`), per-minute request
+and token rates (configured or announced by the server's headers) and 429 `Retry-After`
+cool-downs are held once, in a permit actor on the driver's node, and every actor's client asks
+it before each attempt and reports after, so they hold for the cluster as they do locally: the
+cap is never crossed by all actors together, a 429 seen by one actor pauses all of them, and
+when the budget stops every actor stops sending, the replies in flight still land in the cache
+and the driver raises the same `BudgetExceeded` (exit 75) with the cluster's spend. Only the
+in-flight bound (and its AIMD adaptation) is split across the actors (`actor_options`). The
+Batch API (`batch: true`) is not spread at all: the provider runs the batch, so
+`StageContext.llm` sends it from the driver, as the local executor does.
 """
 
 from __future__ import annotations
