@@ -53,8 +53,7 @@ def test_stop_strings_and_length_limit(local_llm):
 
 
 def test_same_seed_same_output(local_llm):
-    # Requests of equal settings share a batch seeded from its first request, so "same
-    # output" holds for the same batch: the same requests in the same order.
+    # Each sample draws from its own generator seeded from its request, so a rerun repeats it.
     requests = [
         ChatRequest.chat("Invent a name for a cat.", n=2, temperature=1.0, seed=7, max_tokens=12),
         ChatRequest.chat("Invent a name for a dog.", n=2, temperature=1.0, seed=8, max_tokens=12),
