@@ -17,7 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 RAY = str(Path(sys.executable).with_name("ray"))
 NODE_OPTIONS = ["--num-cpus", "1", "--object-store-memory", str(250 * 1024 * 1024), "--disable-usage-stats",
@@ -126,3 +129,18 @@ class LocalRayCluster:
             time.sleep(0.5)
             table = _processes()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster() -> Iterator[LocalRayCluster]:
+    """One two-node cluster for every Ray test of the session (starting one takes ~20 s on 2
+    busy cores); import it into a test module to use it."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    running = LocalRayCluster().start(nodes=2)
+    try:
+        yield running
+    finally:
+        from datagen.ray_cluster import disconnect
+
+        disconnect()
+        running.stop()

@@ -124,3 +124,27 @@ def test_stage_command_budget_stops_with_exit_75_and_writes_nothing(openai_serve
     assert "budget: stopped at the cap" in capsys.readouterr().err
     assert not out.exists()
     assert 0 < openai_server.stats.requests < 175
+
+
+def test_permit_gate_forfeits_a_dead_workers_reservation():
+    """Under `executor: ray` a worker killed mid-request never settles its permit: once its
+    lease runs out the gate counts the worst case as spent (it may have been billed), so the
+    cap still holds and the budget does not wait for it forever."""
+    import asyncio
+
+    from datagen.llm.ray_gate import PermitGate
+
+    async def scenario() -> tuple[tuple[int, float, bool], tuple[int, float, bool]]:
+        gate = PermitGate(cap_usd=1.0, already_spent=0.25)
+        gate.add_backend("openai:test", None, None, 60.0, lease=30.0)
+        lost = await gate.admit("openai:test", 0.5, 0, 0)  # its worker dies: never settled
+        kept = await gate.admit("openai:test", 0.2, 0, 0)
+        gate.release(kept[0], status=200)
+        gate.charge(kept[0], Rate(0.0, 100_000.0), 0, 1)  # the reply cost $0.10
+        assert (gate.budget.spent, gate.budget.reserved) == (pytest.approx(0.35), pytest.approx(0.5))
+        assert gate.sweep(now=1e12) == 1
+        assert (gate.budget.spent, gate.budget.reserved) == (pytest.approx(0.85), 0.0)
+        return lost, await gate.admit("openai:test", 0.2, 0, 0)  # $0.15 left: stopped
+
+    lost, refused = asyncio.run(scenario())
+    assert lost[2] is False and refused[1:] == (pytest.approx(0.85), True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from datagen.llm.local_engine import REPETITION_PENALTY, ContinuousBatcher, Finished, Job
+from datagen.llm.local_kv import DECODE_ATTENTION, use_grouped_decode_attention
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +36,7 @@ def model_and_tokenizer():
     path = embedded_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    assert use_grouped_decode_attention(model)  # as LocalLLM loads it
     return model, tokenizer
 
 
@@ -60,12 +62,20 @@ def test_greedy_equals_generate_on_each_prompt_alone(model_and_tokenizer):
     jobs = [Job(i, prompt_ids(tokenizer, p), 1, 10 + 6 * (i % 3), 0.0, 1.0, (), None) for i, p in enumerate(PROMPTS)]
     ours = run(model, tokenizer, jobs, max_batch=3)
     assert set(ours) == {(job.index, 0) for job in jobs}
+    model.set_attn_implementation("sdpa")  # the reference is transformers' own path throughout
+    try:
+        references = {}
+        for job in jobs:
+            ids = torch.tensor([job.prompt_ids])
+            with torch.inference_mode():
+                generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=job.max_tokens,
+                                           do_sample=False, repetition_penalty=REPETITION_PENALTY,
+                                           pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+            references[job.index] = generated
+    finally:
+        model.set_attn_implementation(DECODE_ATTENTION)
     for job in jobs:
-        ids = torch.tensor([job.prompt_ids])
-        with torch.inference_mode():
-            generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=job.max_tokens,
-                                       do_sample=False, repetition_penalty=REPETITION_PENALTY,
-                                       pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+        generated = references[job.index]
         reference = generated[:-1] if generated and generated[-1] == tokenizer.eos_token_id else generated
         assert ours[(job.index, 0)].tokens == reference, tokenizer.decode(job.prompt_ids)
         expected_reason = "length" if len(reference) == job.max_tokens else "stop"
@@ -94,3 +104,48 @@ def test_stop_string_and_end_token_end_a_row_early(model_and_tokenizer):
     assert stopped[(0, 0)].reason == "stop"
     assert stop in tokenizer.decode(stopped[(0, 0)].tokens)
     assert len(stopped[(0, 0)].tokens) < len(free[(0, 0)].tokens)
+
+
+# ---------------------------------------------------------------- the pieces, without a model
+
+
+def test_grouped_decode_attention_equals_sdpa_with_a_padding_mask():
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from datagen.llm.local_kv import grouped_decode_attention
+
+    class Module:  # what transformers' attention functions read off the layer
+        num_key_value_groups = 3
+        is_causal = True
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(4, 9, 1, 16, generator=generator)
+    key, value = torch.randn(2, 4, 3, 20, 16, generator=generator)
+    mask = torch.ones(4, 1, 1, 20, dtype=torch.bool)
+    mask[1, ..., :7] = False  # left padding of one row
+    mask[3, ..., :19] = False  # a row that sees only its newest token
+    ours, _ = grouped_decode_attention(Module(), query, key, value, mask, scaling=0.25)
+    stock, _ = sdpa_attention_forward(Module(), query, key, value, mask, scaling=0.25)
+    assert ours.shape == stock.shape == (4, 1, 9, 16)
+    torch.testing.assert_close(ours, stock, atol=1e-5, rtol=1e-5)
+
+
+def test_growing_layer_keeps_the_same_keys_as_dynamic_layer_past_its_spare_room():
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from datagen.llm.local_kv import SPARE_COLUMNS, GrowingLayer
+
+    generator = torch.Generator().manual_seed(1)
+    ours, stock = GrowingLayer(), DynamicLayer()
+    steps = [torch.randn(2, 3, 5, 8, generator=generator)] + [
+        torch.randn(2, 3, 1, 8, generator=generator) for _ in range(SPARE_COLUMNS + 40)]
+    for new in steps:  # prefill 5 columns, then one per step, past a re-allocation
+        keys, values = ours.update(new, -new)
+        stock_keys, stock_values = stock.update(new, -new)
+        assert torch.equal(keys, stock_keys) and torch.equal(values, stock_values)
+    assert ours.get_seq_length() == stock.get_seq_length() == 5 + SPARE_COLUMNS + 40
+    ours.batch_select_indices(torch.tensor([1]))
+    stock.batch_select_indices(torch.tensor([1]))
+    assert torch.equal(ours.update(steps[-1][:1], steps[-1][:1])[0], stock.update(steps[-1][:1], steps[-1][:1])[0])

@@ -19,7 +19,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="executor: ray needs `pip install 'datagen[ray]'`")
 
-from ray_cluster_helpers import LocalRayCluster, tcp_ports  # noqa: E402
+from ray_cluster_helpers import tcp_ports, two_node_cluster  # noqa: E402, F401 - a fixture
 
 from datagen.pipeline import Pipeline, validate_config  # noqa: E402
 
@@ -27,17 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow  # a Ray cluster takes ~20 s to start on 2 busy cores
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    running = LocalRayCluster().start(nodes=2)
-    try:
-        yield running
-    finally:
-        from datagen.ray_cluster import disconnect
-
-        disconnect()
-        running.stop()
+@pytest.fixture
+def cluster(two_node_cluster):  # noqa: F811
+    return two_node_cluster
 
 
 def _config(base_url: str, executor: str, address: str | None = None, **ray_options) -> dict:
@@ -231,17 +223,19 @@ def test_fatal_endpoint_error_on_a_worker_stops_the_run_with_its_own_line(tmp_pa
     assert not list((tmp_path / "run").glob("*/done.json"))
 
 
-def test_actor_options_split_the_runs_limits() -> None:
-    from datagen.llm.ray_pool import actor_options
+def test_actor_options_split_concurrency_and_leave_rates_to_the_gate() -> None:
+    from datagen.llm import make_backend
+    from datagen.llm.ray_pool import RATE_OPTIONS, actor_options, gate_limits
     from datagen.ray_cluster import RayConfig
 
     options = {"base_url": "http://x/v1", "max_concurrency": 64, "max_requests_per_minute": 600,
                "max_tokens_per_minute": 90000, "price": object()}
     shared = actor_options("openai", options, RayConfig(actors=4), 64)
-    assert (shared["max_concurrency"], shared["max_requests_per_minute"], shared["max_tokens_per_minute"]) == (
-        16, 150.0, 22500.0)
-    assert "price" not in shared and shared["base_url"] == "http://x/v1"
+    # Concurrency is split; the rates are not: the run's permit gate holds them whole.
+    assert shared["max_concurrency"] == 16 and not set(RATE_OPTIONS) & set(shared)
+    assert shared["price"] is options["price"] and shared["base_url"] == "http://x/v1"
+    assert gate_limits(options, make_backend("openai:m", timeout=10.0)) == {
+        "requests_per_minute": 600, "tokens_per_minute": 90000, "period": 60.0, "lease": 80.0}
     assert actor_options("openai", options, RayConfig(actors=4, max_concurrency=8), 64)["max_concurrency"] == 8
-    with pytest.raises(ValueError, match="budget_usd: not enforced across a Ray cluster"):
-        actor_options("openai", {**options, "budget": object()}, RayConfig(), 64)
+    assert "budget" not in actor_options("openai", {**options, "budget": object()}, RayConfig(), 64)
     assert actor_options("local", {"batch_size": 4}, RayConfig(), 64) == {"batch_size": 4}

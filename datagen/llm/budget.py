@@ -50,6 +50,11 @@ class BudgetExceeded(DatagenError):
             f"budget: stopped at the cap: spent ${spent:.4f} of ${cap:.4f}, ${max(0.0, cap - spent):.4f} left "
             f"(the next request's worst case does not fit; rerun with a higher --budget to resume from the cache)"
         )
+        self.reserved = reserved
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its figures, not its message: it crosses processes under `executor: ray`.
+        return (type(self), (self.spent, self.cap, self.reserved))
 
 
 @dataclass
@@ -92,7 +97,11 @@ class Budget:
         """Like `reserve`, but a request that does not fit only because others are in flight
         waits for them to settle (their real cost is usually below their worst case, which
         frees money); the budget stops when it still does not fit with nothing in flight."""
-        worst = rate.cost(estimate_prompt_tokens(messages), max_tokens * n)
+        return await self.reserve_usd_when_settled(rate.cost(estimate_prompt_tokens(messages), max_tokens * n))
+
+    async def reserve_usd_when_settled(self, worst: float) -> Reservation:
+        """`reserve_when_settled` for a worst case already priced (the Ray executor's permit
+        actor gets the dollar figure from each worker, not the prompt)."""
         while True:
             with self._lock:
                 if self.stopped:
@@ -113,6 +122,20 @@ class Budget:
             self.reserved = max(0.0, self.reserved - reservation.usd)
             self.spent += usd
         return usd
+
+    def forfeit(self, reservation: Reservation) -> None:
+        """An attempt whose outcome will never be reported (its process died mid-request): it
+        may have been billed, so its worst case counts as spent (the cap stays a cap)."""
+        with self._lock:
+            self.reserved = max(0.0, self.reserved - reservation.usd)
+            self.spent += reservation.usd
+
+    def absorb(self, usd: float, stopped: bool = False) -> None:
+        """Spend made under another `Budget` on this run's behalf (the Ray executor's permit
+        gate), so this one's report and progress line show it."""
+        with self._lock:
+            self.spent += usd
+            self.stopped = self.stopped or stopped
 
     def describe(self) -> str:
         return f"${self.spent:.4f}/${self.cap:.2f}"

@@ -63,6 +63,9 @@ class LocalLLM:
                 self._tokenizer.pad_token = self._tokenizer.eos_token
             self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype))
             self._model.eval()
+            from datagen.llm.local_kv import use_grouped_decode_attention
+
+            use_grouped_decode_attention(self._model)
 
     async def generate(
         self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None

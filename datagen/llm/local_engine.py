@@ -1,24 +1,27 @@
 """The `local` backend's decoding loop: continuous batching over a transformers KV cache.
 
 Why not `model.generate`: it decodes a fixed batch until its longest row ends, so every
-finished row keeps costing a full forward pass, and small fixed batches (needed for
-padding) leave the CPU's matrix units half idle. On 2 cores SmolLM2-135M decodes ~135
-tokens/s at 8 rows but ~250-290 at 32-64, and `generate`'s per-step machinery costs more
-again. transformers' own continuous batching (`generate_batch`) crashed under
-`inference_mode` and crawled under `no_grad` here. So this loop, which is small:
+finished row keeps costing a full forward pass, and small fixed batches (needed to limit
+padding) leave the CPU's matrix units half idle. On 2 cores SmolLM2-135M's matrix products
+run ~2x faster per token at 32-64 rows than at 8. transformers' own continuous batching
+(`generate_batch`) crashed under `inference_mode` and crawled under `no_grad` here. So this
+loop, which is small:
 
 - every sequence (one per sample: `n` samples of a prompt share one prefill) waits in a
   queue sorted by prompt length;
-- up to `max_batch` run together; a finished row leaves the batch at once (its cache rows
-  are dropped) and, once a quarter of the slots are free, waiting prompts are prefilled
-  (left-padded, as one batch) and their cache rows merged into the running cache;
+- up to `max_batch` run together. A row that ends is reported at once; its slot is freed
+  when an eighth of the batch has ended (dropping rows copies the cache, so it is batched)
+  and then the common left padding is trimmed. Once a quarter of the slots are free,
+  waiting prompts are prefilled (left-padded, as one batch) and merged into the running
+  cache;
 - each row keeps its own sampling settings, stop strings, token budget and random
   generator (seeded from the request), so a request's output does not depend on which
   other requests it shared a batch with (up to floating-point summation order), and a run
-  reproduces for the same seeds.
+  reproduces for the same seeds;
+- the cache and the decode attention are `datagen.llm.local_kv`'s (no per-step copies).
 
-Only full-attention `DynamicLayer` caches are merged; a model with any other cache layer
-(sliding windows, hybrid models) runs one wave at a time, as `generate` would.
+Only full-attention caches are merged; a model with any other cache layer (sliding windows,
+hybrid models) runs one wave at a time, as `generate` would.
 """
 
 from __future__ import annotations
@@ -27,8 +30,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from datagen.llm import local_kv
+
 STOP_WINDOW = 24  # tokens decoded per step to look for a stop string; longer than any stop
 REPETITION_PENALTY = 1.1  # SmolLM2-135M loops without it at temperature 0
+DEAD_SHARE = 8  # drop ended rows once 1/8 of the batch has ended
+REFILL_SHARE = 4  # admit waiting prompts once 1/4 of the slots are free
+
+OnSequence = Callable[["Job", int, "Finished"], None]
 
 
 @dataclass
@@ -60,6 +69,7 @@ class _Row:
     generator: Any
     tokens: list[int] = field(default_factory=list)
     position: int = 0  # real tokens in the cache (prompt + fed tokens): the next fed token's position
+    ended: bool = False  # reported; still in the batch until the next compaction
 
 
 @dataclass
@@ -72,40 +82,57 @@ class _Batch:
     mask: Any
     seen: Any
     next_tokens: Any
+    growing: bool  # a `local_kv` cache: rows can be merged and padding trimmed
 
-    def advance(self, batcher: ContinuousBatcher, on_sequence: Callable[[Job, int, Finished], None]) -> _Batch | None:
-        """Record each row's new token, report the rows that ended and drop them (cache rows
-        too); None when no row goes on."""
+    @property
+    def live(self) -> int:
+        return sum(not row.ended for row in self.rows)
+
+    def advance(self, batcher: ContinuousBatcher, on_sequence: OnSequence) -> _Batch | None:
+        """Record each live row's new token and report the rows that end; compact the batch
+        once enough have ended. None when no row goes on."""
         import torch
 
         self.seen[torch.arange(len(self.rows), device=self.seen.device), self.next_tokens] = True
-        keep = []
-        for i, (row, token) in enumerate(zip(self.rows, self.next_tokens.tolist(), strict=True)):
+        for row, token in zip(self.rows, self.next_tokens.tolist(), strict=True):
+            if row.ended:
+                continue
             if token in batcher.eos_ids:
+                row.ended = True
                 on_sequence(row.job, row.sample, Finished(row.tokens, "stop"))
                 continue
             row.tokens.append(token)
-            if row.job.stops and batcher._hit_stop(row):
+            if row.job.stops and batcher.hit_stop(row):
+                row.ended = True
                 on_sequence(row.job, row.sample, Finished(row.tokens, "stop"))
             elif len(row.tokens) >= row.job.max_tokens:
+                row.ended = True
                 on_sequence(row.job, row.sample, Finished(row.tokens, "length"))
-            else:
-                keep.append(i)
-        if not keep:
+        live = self.live
+        if live == 0:
             return None
-        if len(keep) < len(self.rows):
-            index = torch.tensor(keep, device=self.seen.device)
-            self.rows = [self.rows[i] for i in keep]
-            self.cache.batch_select_indices(index)
-            self.mask, self.seen, self.next_tokens = self.mask[index], self.seen[index], self.next_tokens[index]
-            self.cache, self.mask = _trim_left_padding(self.cache, self.mask)
+        if len(self.rows) - live >= max(1, len(self.rows) // DEAD_SHARE):
+            self.compact()
         return self
 
-    def absorb(self, other: _Batch) -> None:
-        """Take another batch's rows into this one (its cache left-padded to the same length)."""
+    def compact(self) -> None:
+        """Drop the ended rows from the batch and its cache."""
         import torch
 
-        self.cache, self.mask = _merge_caches(self.cache, self.mask, other.cache, other.mask)
+        keep = [i for i, row in enumerate(self.rows) if not row.ended]
+        if len(keep) == len(self.rows):
+            return
+        index = torch.tensor(keep, device=self.seen.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.mask = local_kv.keep_rows(self.cache, self.mask, index, trim=self.growing)
+        self.seen, self.next_tokens = self.seen[index], self.next_tokens[index]
+
+    def absorb(self, other: _Batch) -> None:
+        """Take another batch's rows into this one (the shorter cache left-padded)."""
+        import torch
+
+        self.compact()
+        self.mask = local_kv.merge_caches(self.cache, self.mask, other.cache, other.mask)
         self.rows.extend(other.rows)
         self.seen = torch.cat([self.seen, other.seen])
         self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
@@ -128,42 +155,36 @@ class ContinuousBatcher:
         self.device = next(model.parameters()).device
         self.torch = torch
 
-    def run(self, jobs: Sequence[Job], on_sequence: Callable[[Job, int, Finished], None]) -> None:
+    def run(self, jobs: Sequence[Job], on_sequence: OnSequence) -> None:
         """Decode every job's samples; `on_sequence(job, sample, finished)` as each one ends.
 
         Invariant between steps: `next_tokens[i]` is row i's newest token, already recorded
         in `rows[i].tokens` and checked for an ending, not yet fed to the model."""
-        torch = self.torch
         waiting: list[_Row] = []
         for job in sorted(jobs, key=lambda j: (len(j.prompt_ids), j.index)):
             for sample in range(job.samples):
                 waiting.append(_Row(job, sample, self._generator(job, sample)))
         waiting.reverse()  # pop() from the end takes the shortest prompt first
         running: _Batch | None = None
-        mergeable = True
-        with torch.inference_mode():
+        with self.torch.inference_mode():
             while waiting or running:
-                free = self.max_batch - (len(running.rows) if running else 0)
-                if waiting and (running is None or (mergeable and free >= max(1, self.max_batch // 4))):
+                free = self.max_batch - (running.live if running else 0)
+                refill = running is None or (running.growing and free >= max(1, self.max_batch // REFILL_SHARE))
+                if waiting and refill:
                     admitted = self._prefill([waiting.pop() for _ in range(min(free, len(waiting)))], on_sequence)
-                    if admitted is None:
-                        continue
                     if running is None:
                         running = admitted
-                        mergeable = all(type(layer).__name__ == "DynamicLayer" for layer in running.cache.layers)
-                    else:
+                    elif admitted is not None:
                         running.absorb(admitted)
-                else:
+                elif running is not None:
                     running = self._decode_step(running, on_sequence)
 
     # ------------------------------------------------------------------ the model calls
 
-    def _prefill(self, admitted: list[_Row], on_sequence: Callable[[Job, int, Finished], None]) -> _Batch | None:
+    def _prefill(self, admitted: list[_Row], on_sequence: OnSequence) -> _Batch | None:
         """One left-padded forward pass over the admitted prompts (a prompt shared by several
         samples is computed once and its cache rows repeated); returns the rows that go on
         after their first token, as a batch of their own."""
-        from transformers import DynamicCache
-
         torch = self.torch
         unique: dict[int, int] = {}
         for row in admitted:
@@ -178,7 +199,7 @@ class ContinuousBatcher:
             mask[slot, width - len(prompt):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        cache, growing = local_kv.growing_cache(self.model.config)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1, :].float()
@@ -187,14 +208,14 @@ class ContinuousBatcher:
         order = [unique[row.job.index] for row in admitted]
         if order != list(range(len(unique))):
             index = torch.tensor(order, device=self.device)
-            cache.batch_select_indices(index)
-            mask, seen, logits = mask[index], seen[index], logits[index]
+            mask = local_kv.keep_rows(cache, mask, index, trim=False)
+            seen, logits = seen[index], logits[index]
         for row in admitted:
             row.position = len(row.job.prompt_ids)
-        batch = _Batch(admitted, cache, mask, seen, self._choose(admitted, logits, seen))
+        batch = _Batch(admitted, cache, mask, seen, self._choose(admitted, logits, seen), growing)
         return batch.advance(self, on_sequence)
 
-    def _decode_step(self, batch: _Batch, on_sequence: Callable[[Job, int, Finished], None]) -> _Batch | None:
+    def _decode_step(self, batch: _Batch, on_sequence: OnSequence) -> _Batch | None:
         torch = self.torch
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
         positions = torch.tensor([[row.position] for row in batch.rows], device=self.device)
@@ -214,7 +235,7 @@ class ContinuousBatcher:
         penalised = torch.where(logits > 0, logits / REPETITION_PENALTY, logits * REPETITION_PENALTY)
         logits = torch.where(seen, penalised, logits)
         chosen = logits.argmax(dim=-1)
-        sampled = [i for i, row in enumerate(rows) if row.job.temperature > 0]
+        sampled = [i for i, row in enumerate(rows) if row.job.temperature > 0 and not row.ended]
         if sampled:
             index = torch.tensor(sampled, device=self.device)
             temperatures = torch.tensor([rows[i].job.temperature for i in sampled], device=self.device)
@@ -225,7 +246,7 @@ class ContinuousBatcher:
                 chosen[i] = torch.multinomial(probs[k], 1, generator=rows[i].generator)[0]
         return chosen
 
-    def _hit_stop(self, row: _Row) -> bool:
+    def hit_stop(self, row: _Row) -> bool:
         tail = self.tokenizer.decode(row.tokens[-STOP_WINDOW:], skip_special_tokens=True)
         return any(stop in tail for stop in row.job.stops)
 
@@ -248,37 +269,3 @@ def _top_p_filter(torch: Any, probs: Any, top_ps: Any) -> Any:
     before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ranked above
     sorted_probs = sorted_probs.masked_fill(before >= top_ps.unsqueeze(1), 0.0)
     return torch.zeros_like(probs).scatter_(1, order, sorted_probs)
-
-
-def _merge_caches(cache: Any, mask: Any, new_cache: Any, new_mask: Any) -> tuple[Any, Any]:
-    """Stack two caches of different lengths into one batch, left-padding the shorter (its
-    padding is masked out, and rotary positions travel in the keys, so nothing shifts)."""
-    import torch
-
-    length = max(mask.shape[1], new_mask.shape[1])
-
-    def left_pad(tensor: Any, to: int, dim: int) -> Any:
-        missing = to - tensor.shape[dim]
-        if missing == 0:
-            return tensor
-        shape = list(tensor.shape)
-        shape[dim] = missing
-        return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-    for layer, new_layer in zip(cache.layers, new_cache.layers, strict=True):
-        layer.keys = torch.cat([left_pad(layer.keys, length, 2), left_pad(new_layer.keys, length, 2)])
-        layer.values = torch.cat([left_pad(layer.values, length, 2), left_pad(new_layer.values, length, 2)])
-    return cache, torch.cat([left_pad(mask, length, 1), left_pad(new_mask, length, 1)])
-
-
-def _trim_left_padding(cache: Any, mask: Any) -> tuple[Any, Any]:
-    """Drop the leading columns that every remaining row has as padding (left behind by rows
-    that ended): attention over them is wasted work."""
-    columns_in_use = mask.any(dim=0).nonzero()
-    start = int(columns_in_use[0]) if len(columns_in_use) else 0
-    if start == 0:
-        return cache, mask
-    for layer in cache.layers:
-        layer.keys = layer.keys[:, :, start:, :]
-        layer.values = layer.values[:, :, start:, :]
-    return cache, mask[:, start:]

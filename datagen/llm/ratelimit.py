@@ -1,8 +1,8 @@
 """Admission control for a paid or slow endpoint: who may send a request, and when.
 
 One `RequestLimiter` per backend instance decides for every attempt (first tries and
-retries alike) through two calls, so it can later be wrapped by a shared, cross-process
-limiter (e.g. a Ray actor) without touching the client:
+retries alike) through two calls, so a shared, cross-process limiter wraps it under
+`executor: ray` (datagen/llm/ray_gate.py) without touching the client:
 
     ticket = await limiter.acquire(estimated_tokens, priority=attempt)
     ... send, read the reply ...

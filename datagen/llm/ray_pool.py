@@ -13,12 +13,16 @@ usual `CachedLLM`, so the cache key, the cache file and resume are exactly the l
 - `vllm:` -> `RayVLLMLLM`: `ray.data.llm` vLLM engine replicas (replicas, tensor parallel
   size and batch size from the `ray:` config); rows stream back to the driver as they finish.
 
-Global limits: the actors split the backend's `max_concurrency` and its per-minute request
-and token rates between them (`actor_options`), so the cluster keeps the bounds a local run
-has, and every completion passes through the driver's `CachedLLM`, so token accounting sees
-the whole cluster. Not done yet: a spend budget (`budget_usd`) and shared 429 cool-downs
-across actors; they belong in one actor that hands out permits, asked by each worker's client
-before each attempt. A budget is refused under this executor rather than silently per actor.
+Global limits (datagen/llm/ray_gate.py): the run's budget (`budget_usd`), per-minute request
+and token rates (configured or announced by the server's headers) and 429 `Retry-After`
+cool-downs are held once, in a permit actor on the driver's node, and every actor's client asks
+it before each attempt and reports after, so they hold for the cluster as they do locally: the
+cap is never crossed by all actors together, a 429 seen by one actor pauses all of them, and
+when the budget stops every actor stops sending, the replies in flight still land in the cache
+and the driver raises the same `BudgetExceeded` (exit 75) with the cluster's spend. Only the
+in-flight bound (and its AIMD adaptation) is split across the actors (`actor_options`). The
+Batch API (`batch: true`) is not spread at all: the provider runs the batch, so
+`StageContext.llm` sends it from the driver, as the local executor does.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from datagen.llm.base import ChatRequest, Completion, ResultCallback, run_sync
+from datagen.llm.budget import BudgetExceeded
+from datagen.llm.ray_gate import ClusterGate
 from datagen.ray_cluster import RayConfig, connect
 
 SINK_POLL_SECONDS = 0.2
@@ -49,22 +55,30 @@ def split_concurrency(total: int, actors: int) -> int:
 
 
 def actor_options(backend: str, options: dict[str, Any], config: RayConfig, default_concurrency: int) -> dict[str, Any]:
-    """Each actor's share of the run's limits: concurrency and per-minute rates are split
-    across the actors, so the cluster as a whole keeps the bounds a local run has."""
+    """What each actor's own client is built with: its share of the in-flight bound (split,
+    so the cluster keeps a local run's bound). The budget and the per-minute rates are not
+    split: they are held once for the run by the permit gate (datagen/llm/ray_gate.py)."""
     if backend != "openai":
         return dict(options)
-    if options.get("budget") is not None:
-        raise ValueError("budget_usd: not enforced across a Ray cluster yet (each actor would keep its own "
-                         "count); run this with executor: local, or without a budget")
-    if options.get("batch"):
-        raise ValueError("batch: the Batch API runs from one process; use executor: local for it")
-    shared = {k: v for k, v in options.items() if k not in {"budget", "price"}}
+    shared = {k: v for k, v in options.items() if k not in {"budget", *RATE_OPTIONS}}
     total = int(options.get("max_concurrency") or default_concurrency)
     shared["max_concurrency"] = config.max_concurrency or split_concurrency(total, config.actors)
-    for key in ("max_requests_per_minute", "max_tokens_per_minute"):
-        if options.get(key):
-            shared[key] = float(options[key]) / config.actors
     return shared
+
+
+RATE_OPTIONS = ("max_requests_per_minute", "max_tokens_per_minute")
+# A permit not settled after this many seconds beyond the client's timeout belongs to a dead worker.
+LEASE_SLACK_SECONDS = 60.0
+
+
+def gate_limits(options: dict[str, Any], twin: Any) -> dict[str, Any]:
+    """The run's whole per-minute allowance for one backend, as the permit gate holds it."""
+    return {
+        "requests_per_minute": options.get("max_requests_per_minute") or None,
+        "tokens_per_minute": options.get("max_tokens_per_minute") or None,
+        "period": float(options.get("rate_period") or 60.0),
+        "lease": 2 * float(getattr(twin, "timeout", 120.0)) + LEASE_SLACK_SECONDS,
+    }
 
 
 # --------------------------------------------------------------------------- the actors
@@ -108,11 +122,17 @@ class LLMWorker:
     Failed requests (after the client's own retries) are returned in the batch, not put in the
     sink: they are results too (counted, dropped by the stage), but must never be cached."""
 
-    def __init__(self, spec: str, options: dict[str, Any], sink: Any) -> None:
+    def __init__(self, spec: str, options: dict[str, Any], sink: Any, gate: Any = None,
+                 cap: float | None = None) -> None:
         from datagen.llm import make_backend
 
         self.backend = make_backend(spec, **options)
         self.sink = sink
+        self.permits = None
+        if gate is not None:  # budget, rates and cool-downs are the run's: ask the gate
+            from datagen.llm.ray_gate import install
+
+            self.permits = install(self.backend, gate, spec, cap)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -133,11 +153,15 @@ class LLMWorker:
         except Exception as exc:
             if not _is_datagen_error(exc):
                 raise
+            if self.permits is not None:
+                self.permits.flush()
             # Handed to the driver as the object itself: Ray's own wrapping of a raised
             # exception would bury the one-line message under a remote traceback.
             ray.get([*pending, self.sink.fail.remote(exc)])
             results = [Completion(error=f"fatal: {exc}")] * len(requests)
         ray.get(pending)  # the batch only counts as done once the sink holds every success
+        if self.permits is not None:  # ... and the gate every settlement (the driver reads its spend)
+            self.permits.flush()
         errors = {todo[j][0]: c.error or "internal: empty completion" for j, c in enumerate(results) if not c.ok}
         return {"index": np.asarray(indices, dtype=np.int64),
                 "error": np.asarray([errors.get(i, "") for i in indices], dtype=object)}
@@ -149,11 +173,13 @@ class LLMWorker:
 class RayPoolLLM:
     """`openai:` and `local:` backends over an actor pool; same identity as the wrapped backend."""
 
-    def __init__(self, spec: str, options: dict[str, Any], config: RayConfig) -> None:
+    def __init__(self, spec: str, options: dict[str, Any], config: RayConfig, gate: ClusterGate | None = None) -> None:
         from datagen.llm import make_backend
 
         self.spec = spec
         self.config = config
+        self._owns_gate = gate is None
+        self.gate = gate if gate is not None else ClusterGate(options.get("budget"))
         # Built on the driver only for its identity (name, model, endpoint, weights): CachedLLM
         # keys on `cache_identity()`, so a run resumes across executors. It never sends a request.
         self.local_twin = make_backend(spec, **options)
@@ -163,6 +189,7 @@ class RayPoolLLM:
         self.supports_json_schema = self.local_twin.supports_json_schema
         self.actor_options = actor_options(self.backend, options, config,
                                            getattr(self.local_twin, "max_concurrency", 64))
+        self.gate_limits = gate_limits(options, self.local_twin) if self.backend == "openai" else None
 
     def __getattr__(self, name: str) -> Any:
         # Anything else the cache may ask for identity (base_url, model_path, ...) is the twin's.
@@ -188,6 +215,10 @@ class RayPoolLLM:
             return []
         ray = connect(self.config)
         sink = _driver_local_actor(ray, ResultSink)
+        worker_kwargs: dict[str, Any] = {"spec": self.spec, "options": self.actor_options, "sink": sink}
+        gate = self.gate if self.gate_limits is not None else None
+        if gate is not None:
+            worker_kwargs.update(gate=gate.handle(ray, self.spec, **self.gate_limits), cap=gate.cap)
         rows = [{"index": i, "request": request_to_row(r)} for i, r in enumerate(requests)]
         blocks = max(1, math.ceil(len(rows) / self.config.batch_size))
         dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
@@ -196,7 +227,7 @@ class RayPoolLLM:
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.config.actors),
             num_cpus=self.config.cpus_per_actor,
-            fn_constructor_kwargs={"spec": self.spec, "options": self.actor_options, "sink": sink},
+            fn_constructor_kwargs=worker_kwargs,
         )
 
         def deliver(index: int, completion: Completion) -> None:
@@ -213,10 +244,20 @@ class RayPoolLLM:
                 consumer.join(SINK_POLL_SECONDS)
                 for index, completion in ray.get(sink.drain.remote()):
                     deliver(index, completion)
+                if gate is not None:
+                    gate.sync(ray)  # the driver's budget line shows the cluster's spend, live
                 fatal = ray.get(sink.fatal.remote())
-                if fatal is not None:
+                # Out of money: nothing new is sent anywhere (the gate refuses), but replies
+                # in flight are paid for, so wait for the pool to wind down and keep them.
+                if fatal is not None and not isinstance(fatal, BudgetExceeded):
                     raise fatal
             fatal = ray.get(sink.fatal.remote())
+            for index, completion in ray.get(sink.drain.remote()):
+                deliver(index, completion)
+            if gate is not None:
+                gate.sync(ray)
+            if isinstance(fatal, BudgetExceeded) and gate is not None and gate.budget is not None:
+                raise BudgetExceeded(gate.budget.spent, gate.budget.cap)
             if fatal is not None:
                 raise fatal
             if consumer.failure is not None:
@@ -233,6 +274,8 @@ class RayPoolLLM:
         return [r if r is not None else Completion(error="internal: no result from the Ray pool") for r in results]
 
     def close(self) -> None:
+        if self._owns_gate:
+            self.gate.close()
         self.local_twin.close()
 
 
@@ -263,14 +306,14 @@ def _is_datagen_error(exc: BaseException) -> bool:
     return isinstance(exc, DatagenError) and type(exc).__module__.startswith("datagen")
 
 
-def _driver_local_actor(ray: Any, cls: type) -> Any:
+def _driver_local_actor(ray: Any, cls: type, *args: Any, **options: Any) -> Any:
     """An actor pinned to the driver's node: it must outlive any worker node that dies."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()
     return ray.remote(num_cpus=0, max_restarts=0)(cls).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-    ).remote()
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False), **options
+    ).remote(*args)
 
 
 # --------------------------------------------------------------------------- vLLM on Ray
@@ -390,11 +433,12 @@ def assemble_vllm_completion(request: ChatRequest, samples: dict[int, dict[str, 
     )
 
 
-def make_ray_backend(spec: str, options: dict[str, Any], config: RayConfig) -> Any:
-    """The Ray-executor twin of `make_llm(spec).inner`."""
+def make_ray_backend(spec: str, options: dict[str, Any], config: RayConfig, gate: ClusterGate | None = None) -> Any:
+    """The Ray-executor twin of `make_llm(spec).inner`; `gate`: the run's permit gate (one per
+    run, shared by its backends, so the budget is one budget)."""
     from datagen.llm import parse_spec
 
     backend, model = parse_spec(spec)
     if backend == "vllm":
         return RayVLLMLLM(model or "", config)
-    return RayPoolLLM(spec, options, config)
+    return RayPoolLLM(spec, options, config, gate)

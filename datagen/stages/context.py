@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ from tqdm.auto import tqdm
 
 from datagen.llm import CachedLLM, ResponseCache, make_llm, parse_spec
 from datagen.llm.budget import Budget, Rate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +34,7 @@ class StageContext:
     budget: Budget | None = None
     prices: dict[str, Rate] = field(default_factory=dict)
     _llms: dict[str, CachedLLM] = field(default_factory=dict, repr=False)
+    _permit_gate: Any = field(default=None, repr=False)
 
     def llm(self, spec: str | None = None) -> CachedLLM:
         """The backend for `spec` (default: the context's), built once and shared."""
@@ -42,13 +46,28 @@ class StageContext:
                 if self.budget is not None and spec not in self.prices:
                     raise ValueError(f"budget: no price for {spec}: add it under `prices:` (USD per 1M tokens)")
                 options.update(budget=self.budget, price=self.prices.get(spec))
-            if self.executor == "ray":
+            if self.executor == "ray" and backend == "openai" and options.get("batch"):
+                # The provider runs a batch: there is nothing to spread over actors, and its
+                # ids live in the run directory. Sent from here, as the local executor does.
+                log.warning("executor: ray: %s uses the Batch API, so its batches are sent from the driver", spec)
+                self._llms[spec] = make_llm(spec, cache=self.cache, **options)
+            elif self.executor == "ray":
                 from datagen.llm.ray_pool import make_ray_backend
 
-                self._llms[spec] = CachedLLM(make_ray_backend(spec, options, self.ray_config), self.cache)
+                self._llms[spec] = CachedLLM(make_ray_backend(spec, options, self.ray_config, self._gate()),
+                                             self.cache)
             else:
                 self._llms[spec] = make_llm(spec, cache=self.cache, **options)
         return self._llms[spec]
+
+    def _gate(self) -> Any:
+        """The run's one permit gate under `executor: ray` (budget, rates, cool-downs for every
+        actor of every backend); its Ray actor starts with the first request that needs it."""
+        if self._permit_gate is None:
+            from datagen.llm.ray_gate import ClusterGate
+
+            self._permit_gate = ClusterGate(self.budget)
+        return self._permit_gate
 
     def embed_texts(self, texts: Any, **options: Any) -> Any:
         """`datagen.embed.embed_texts` here, or spread over the cluster's embedding actors."""
@@ -90,6 +109,9 @@ class StageContext:
         for llm in self._llms.values():
             llm.close()
         self._llms.clear()
+        if self._permit_gate is not None:
+            self._permit_gate.close()
+            self._permit_gate = None
         if self.executor == "ray":
             from datagen.ray_cluster import disconnect
 

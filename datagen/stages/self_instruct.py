@@ -245,8 +245,8 @@ class _Run:
         return max(1, min(batch, math.ceil(1.5 * remaining / max(per_request, 1e-6))))
 
     def round_seed(self) -> int:
-        # One seed per round, shared by the round's requests: the local backend only batches
-        # requests with equal settings, and the prompts already differ.
+        # One seed per round, shared by the round's requests (their prompts already differ).
+        # Kept as it is: a new seeding rule would change every cache key and repay a resumed run.
         return (self.ctx.seed * 1_000_003 + self.round_no) % (2**31)
 
     # -------------------------------------------------------------- the loop
