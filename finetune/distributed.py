@@ -142,6 +142,9 @@ def check_same_job(fingerprint: str, config: FinetuneConfig) -> None:
     per_machine = world // config.num_machines
     differ = sorted({rank // per_machine for rank, other in enumerate(prints) if other != prints[0]})
     if differ:
+        # Machine 0's launcher hosts the store: let everyone read before anyone leaves.
+        store.set(prefix + "read/" + os.environ["RANK"], "1")
+        store.wait([prefix + f"read/{rank}" for rank in range(world)])
         names = ", ".join(map(str, differ))
         where = (f"machine{'s' if len(differ) > 1 else ''} {names}" if config.num_machines > 1
                  else "the launched processes")

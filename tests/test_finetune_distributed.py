@@ -24,6 +24,7 @@ from finetune.distributed import launch_args, strategy
 from finetune.train import FinetuneConfig, build_sft_config, train
 
 ROOT = Path(__file__).resolve().parent.parent
+FAILURE_GRACE_S = 120  # a hang guard, not a speed check: a healthy machine exits within seconds
 pytestmark = pytest.mark.slow  # two launched training processes, ~1 min on 2 busy cores
 
 
@@ -102,21 +103,25 @@ def _free_port() -> int:
 
 
 def _run_machines(commands: list[list[str]], folders: list[Path]) -> list[subprocess.CompletedProcess]:
-    """Start every machine's command at once, as users do on real machines; if one fails, stop
-    the others (they would otherwise wait at the rendezvous until torch's own timeout)."""
+    """Start every machine's command at once, as users do on real machines. When one fails the
+    others get a grace period to fail on their own (with their own message), then are stopped:
+    one waiting at the rendezvous would otherwise wait until torch's own timeout."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     procs = [subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for cmd, folder in zip(commands, folders, strict=True)]
     outputs: list[tuple[str, str] | None] = [None] * len(procs)
+    failed_at: float | None = None
     try:
         while any(out is None for out in outputs):
             for k, proc in enumerate(procs):
                 if outputs[k] is None and proc.poll() is not None:
                     outputs[k] = proc.communicate()
-                    if proc.returncode != 0:
-                        for other in procs:
-                            if other.poll() is None:
-                                other.kill()
+                    if proc.returncode != 0 and failed_at is None:
+                        failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > FAILURE_GRACE_S:
+                for other in procs:
+                    if other.poll() is None:
+                        other.kill()
             time.sleep(0.5)
     finally:
         for proc in procs:
