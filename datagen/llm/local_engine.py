@@ -203,8 +203,11 @@ class ContinuousBatcher:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1, :].float()
+        # Every prompt token counts as seen (as in transformers' repetition penalty); padding
+        # columns repeat the row's last real token, so they mark nothing new.
+        real_ids = torch.where(mask.bool(), ids, ids[:, -1:])
         seen = torch.zeros((len(unique), self.vocab), dtype=torch.bool, device=self.device)
-        seen.scatter_(1, ids, mask.bool())
+        seen.scatter_(1, real_ids, True)
         order = [unique[row.job.index] for row in admitted]
         if order != list(range(len(unique))):
             index = torch.tensor(order, device=self.device)
