@@ -220,10 +220,13 @@ class RayPoolLLM:
         if gate is not None:
             worker_kwargs.update(gate=gate.handle(ray, self.spec, **self.gate_limits), cap=gate.cap)
         rows = [{"index": i, "request": request_to_row(r)} for i, r in enumerate(requests)]
-        blocks = max(1, math.ceil(len(rows) / self.config.batch_size))
+        # A call smaller than actors x batch_size (a Self-Instruct round, say) is split evenly,
+        # so no actor idles while another works through the whole call alone.
+        per_batch = max(1, min(self.config.batch_size, math.ceil(len(rows) / self.config.actors)))
+        blocks = max(1, math.ceil(len(rows) / per_batch))
         dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             LLMWorker,
-            batch_size=self.config.batch_size,
+            batch_size=per_batch,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.config.actors),
             num_cpus=self.config.cpus_per_actor,
