@@ -223,6 +223,15 @@ def test_fatal_endpoint_error_on_a_worker_stops_the_run_with_its_own_line(tmp_pa
     assert not list((tmp_path / "run").glob("*/done.json"))
 
 
+def test_a_small_call_is_spread_over_every_actor() -> None:
+    from datagen.llm.ray_pool import rows_per_batch
+
+    assert rows_per_batch(8, actors=2, batch_size=32) == 4  # a Self-Instruct round: both actors work
+    assert rows_per_batch(7, actors=2, batch_size=32) == 4
+    assert rows_per_batch(1000, actors=2, batch_size=32) == 32  # large calls keep the configured size
+    assert rows_per_batch(1, actors=4, batch_size=32) == 1
+
+
 def test_actor_options_split_concurrency_and_leave_rates_to_the_gate() -> None:
     from datagen.llm import make_backend
     from datagen.llm.ray_pool import RATE_OPTIONS, actor_options, gate_limits

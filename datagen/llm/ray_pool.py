@@ -54,6 +54,12 @@ def split_concurrency(total: int, actors: int) -> int:
     return max(1, total // max(1, actors))
 
 
+def rows_per_batch(rows: int, actors: int, batch_size: int) -> int:
+    """Requests per actor batch: `batch_size`, but a call smaller than actors x batch_size (a
+    Self-Instruct round, say) is split evenly, so no actor idles while another does it all."""
+    return max(1, min(batch_size, math.ceil(rows / max(1, actors))))
+
+
 def actor_options(backend: str, options: dict[str, Any], config: RayConfig, default_concurrency: int) -> dict[str, Any]:
     """What each actor's own client is built with: its share of the in-flight bound (split,
     so the cluster keeps a local run's bound). The budget and the per-minute rates are not
@@ -220,9 +226,7 @@ class RayPoolLLM:
         if gate is not None:
             worker_kwargs.update(gate=gate.handle(ray, self.spec, **self.gate_limits), cap=gate.cap)
         rows = [{"index": i, "request": request_to_row(r)} for i, r in enumerate(requests)]
-        # A call smaller than actors x batch_size (a Self-Instruct round, say) is split evenly,
-        # so no actor idles while another works through the whole call alone.
-        per_batch = max(1, min(self.config.batch_size, math.ceil(len(rows) / self.config.actors)))
+        per_batch = rows_per_batch(len(rows), self.config.actors, self.config.batch_size)
         blocks = max(1, math.ceil(len(rows) / per_batch))
         dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             LLMWorker,
