@@ -190,9 +190,9 @@ def f1(row: dict) -> float:
 
 def bench_e2e(texts: list[str], pairs: np.ndarray, threshold: float) -> tuple[dict, np.ndarray]:
     """The real stage (exact + static embedding + search) on `texts`, input order = priority."""
+    from datagen.context import StageContext
     from datagen.embed import load_model
     from datagen.records import Record
-    from datagen.stages.context import StageContext
     from datagen.stages.dedup import DedupConfig, run
 
     records = [Record(id=str(i), instruction=t, output="") for i, t in enumerate(texts)]

@@ -54,9 +54,9 @@ def make_records(count: int) -> list[Record]:
 
 
 def run_distill(records: list[Record], base_url: str, concurrency: int, executor: str, ray_config=None) -> dict:
+    from datagen.context import StageContext
     from datagen.llm import ResponseCache
     from datagen.stages import distill
-    from datagen.stages.context import StageContext
 
     with tempfile.TemporaryDirectory() as folder:
         ctx = StageContext(llm_spec="openai:teacher", cache=ResponseCache(Path(folder) / "c.sqlite"), progress=False,

@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-from datagen import __version__
+from datagen import __version__, bundled, commands_generate, commands_run, eval, io, registry, report, study
+from datagen.cli_config import add_stage_command
 from datagen.errors import EXIT_BAD_INPUT, DatagenError
-
-# Each module exposes `register_cli(subparsers)`; it adds its sub-command(s) and sets
-# `func(args) -> int` as the handler. Imports of heavy libraries stay inside handlers so
-# `datagen --help` is instant.
-COMMAND_MODULES = [
-    "datagen.commands_generate",
-    "datagen.stages.self_instruct",
-    "datagen.stages.evol_instruct",
-    "datagen.stages.distill",
-    "datagen.stages.dedup",
-    "datagen.stages.quality",
-    "datagen.stages.decontaminate",
-    "datagen.eval",
-    "datagen.study",
-    "datagen.pipeline",
-    "datagen.bundled",
-    "datagen.report",
-    "datagen.io",
-]
+from datagen.plugins import load_plugins
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,16 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"datagen {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        module = importlib.import_module(module_name)
+    # Each command module adds its sub-command(s) with `func(args) -> int` as the handler; heavy
+    # libraries are imported inside handlers so `datagen --help` stays instant. Stage commands
+    # come from the registry, in pipeline order, between `generate` and the whole-run commands.
+    commands_generate.register_cli(subparsers)
+    for stage in registry.stages().values():
+        add_stage_command(subparsers, stage)
+    for module in (eval, study, commands_run, bundled, report, io):
         module.register_cli(subparsers)
     # Plugins (the `finetune` package's `datagen finetune`) add their own commands.
-    from datagen.plugins import plugin, plugin_names
-
-    for name in plugin_names():
-        registered = plugin(name)
-        if hasattr(registered, "register_cli"):
-            registered.register_cli(subparsers)
+    for loaded in load_plugins():
+        if hasattr(loaded, "register_cli"):
+            loaded.register_cli(subparsers)
     return parser
 
 

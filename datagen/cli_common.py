@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from datagen.llm.budget import EXIT_BUDGET, BudgetExceeded, Rate, make_budget
+from datagen.context import StageContext
+from datagen.llm.budget import EXIT_BUDGET, BudgetExceeded
 from datagen.records import Record, StageResult
-from datagen.stages.context import StageContext
 
 OUTPUT_FORMATS = ("records", "alpaca", "sharegpt", "messages")
 
@@ -83,45 +82,6 @@ def add_io_args(parser: argparse.ArgumentParser, input_required: bool = True,
     parser.add_argument("--dropped", default=None, help="also write dropped records with their reasons here")
 
 
-def context_from_args(args: argparse.Namespace) -> StageContext:
-    from datagen.llm import ResponseCache
-    from datagen.paths import cache_root
-
-    cache = None
-    if hasattr(args, "cache") and not getattr(args, "no_cache", False):  # no --cache flag: a stage without LLM
-        cache = ResponseCache(args.cache or (cache_root() / "llm_cache.sqlite"))
-    options: dict[str, dict[str, Any]] = {}
-    openai_opts: dict[str, Any] = {}
-    if getattr(args, "max_concurrency", None):
-        openai_opts["max_concurrency"] = args.max_concurrency
-    if getattr(args, "base_url", None):
-        openai_opts["base_url"] = args.base_url
-    for flag in ("max_requests_per_minute", "max_tokens_per_minute", "batch"):
-        if getattr(args, flag, None) is not None:
-            openai_opts[flag] = getattr(args, flag)
-    options["openai"] = openai_opts
-    spec = getattr(args, "llm", None) or os.environ.get("DATAGEN_LLM", "local")
-    prices: dict[str, Rate] = {}
-    if getattr(args, "price", None):
-        try:
-            price_in, price_out = (float(x) for x in args.price.split(","))
-        except ValueError:
-            raise ValueError(f"--price {args.price!r}: expected IN,OUT in USD per 1M tokens, e.g. 0.15,0.60") from None
-        prices[spec] = Rate(price_in, price_out)
-    budget = None
-    if getattr(args, "budget", None) is not None:
-        budget = make_budget(args.budget, None, {})
-    return StageContext(
-        llm_spec=spec,
-        budget=budget,
-        prices=prices,
-        cache=cache,
-        seed=getattr(args, "seed", 0),
-        progress=not getattr(args, "no_progress", False),
-        llm_options=options,
-    )
-
-
 def read_input(path: str) -> list[Record]:
     from datagen.io import read_records
 
@@ -152,7 +112,7 @@ def run_stage_cli(args: argparse.Namespace, run: Any, config: Any, records: list
         records = read_input(args.input)
     from datagen.errors import check_error_rate
 
-    ctx = context_from_args(args)
+    ctx = StageContext.from_args(args)
     try:
         result = run(records, ctx, config)
         check_error_rate(getattr(args, "command", "stage"), ctx.usage(), getattr(args, "max_error_rate", 0.02))

@@ -19,13 +19,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from datagen.records import Record, StageResult
-from datagen.stages.context import StageContext
+from datagen.config_errors import parse_set
+from datagen.registry import Stage
 
 # Fields the shared flags already cover: `--llm` sets the stage's backend through the context.
 COMMON_FIELDS = frozenset({"llm"})
-
-StageRun = Callable[[list[Record], StageContext, Any], StageResult]
 
 
 def flag_name(field: str) -> str:
@@ -103,14 +101,11 @@ def add_config_flags(
 def apply_set_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """`--set a.b=value` into a plain dict (values are YAML), the same syntax as `datagen run`."""
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set max_tokens=256")
-        dotted, raw = item.split("=", 1)
+        parts, value = parse_set(item, example="--set max_tokens=256")
         node = values
-        parts = dotted.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = _yaml_value(raw)
+        node[parts[-1]] = value
     return values
 
 
@@ -130,36 +125,22 @@ def config_from_args(args: argparse.Namespace, model: type[BaseModel], fields: S
         raise ValueError(f"{flag_name(where)}: {first['msg']} (got {first.get('input')!r})") from None
 
 
-def add_stage_command(
-    subparsers: argparse._SubParsersAction,
-    command: str,
-    model: type[BaseModel],
-    run: StageRun,
-    *,
-    help: str,
-    description: str,
-    skip: Sequence[str] = (),
-    aliases: dict[str, Sequence[str]] | None = None,
-    value_parsers: dict[str, Callable[[str], Any]] | None = None,
-    input_aliases: Sequence[str] = (),
-    input_required: bool = True,
-    with_llm: bool = True,
-    extra_from_args: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
-    records_from_args: Callable[[argparse.Namespace], list[Record] | None] | None = None,
-    add_extra_flags: Callable[[argparse.ArgumentParser], None] | None = None,
-) -> argparse.ArgumentParser:
-    """Register `datagen COMMAND`: shared flags, one flag per config field, and the handler."""
+def add_stage_command(subparsers: argparse._SubParsersAction, stage: Stage) -> argparse.ArgumentParser:
+    """Register `datagen VERB` from a stage's registry entry: shared flags, one flag per config
+    field, the stage's own extra flags, and the handler."""
     from datagen.cli_common import add_io_args, add_llm_args
 
-    parser = subparsers.add_parser(command, help=help, description=description,
+    command = stage.command
+    parser = subparsers.add_parser(command.verb, help=stage.help, description=command.description,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_io_args(parser, input_required=input_required, input_aliases=input_aliases)
-    fields = add_config_flags(parser, model, skip=skip, aliases=aliases, value_parsers=value_parsers)
-    if add_extra_flags:
-        add_extra_flags(parser)
+    add_io_args(parser, input_required=command.input_required, input_aliases=command.input_aliases)
+    fields = add_config_flags(parser, stage.config, skip=command.skip_fields, aliases=command.flag_aliases,
+                              value_parsers=command.value_parsers)
+    if command.add_flags:
+        command.add_flags(parser)
     parser.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="set any config field (YAML value), e.g. --set max_tokens=256")
-    if with_llm:
+    if stage.makes_llm_calls:
         add_llm_args(parser)
     else:  # the LLM flags bring these along; a stage without an LLM still needs them
         parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same result (default 0)")
@@ -168,10 +149,10 @@ def add_stage_command(
     def handler(args: argparse.Namespace) -> int:
         from datagen.cli_common import run_stage_cli
 
-        extra = extra_from_args(args) if extra_from_args else None
-        config = config_from_args(args, model, fields, extra)
-        records = records_from_args(args) if records_from_args else None
-        return run_stage_cli(args, run, config, records)
+        extra = command.config_from_flags(args) if command.config_from_flags else None
+        config = config_from_args(args, stage.config, fields, extra)
+        records = command.records_from_args(args) if command.records_from_args else None
+        return run_stage_cli(args, stage.run, config, records)
 
     parser.set_defaults(func=handler)
     return parser

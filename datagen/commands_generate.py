@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from datagen.cli_common import add_llm_args, context_from_args
+from datagen.cli_common import add_llm_args
+from datagen.context import StageContext
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from datagen.llm import ChatRequest, generate_sync
 
-    ctx = context_from_args(args)
+    ctx = StageContext.from_args(args)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}
     ]

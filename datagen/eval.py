@@ -178,14 +178,14 @@ def validate_pipeline_eval(data: dict[str, Any], source: str) -> None:
     """Config errors of the `eval:` section, phrased like every other pipeline key."""
     from pydantic import ValidationError
 
-    from datagen.pipeline_config import ConfigError, _check_keys, _format_validation
+    from datagen.config_errors import ConfigError, check_keys, format_validation
 
     options = data["eval"]
-    _check_keys(options, EvalConfig, "eval.", source)
+    check_keys(options, EvalConfig, "eval.", source)
     try:
         config = EvalConfig.model_validate(options)
     except ValidationError as exc:
-        raise _format_validation(exc, "eval.", source) from None
+        raise format_validation(exc, "eval.", source) from None
     if not config.models and data.get("finetune") is None:
         raise ConfigError(f"{source}: eval.models: name the models to compare (there is no finetune: section to "
                           "provide a base and a tuned model)")
@@ -195,23 +195,16 @@ def run_pipeline_eval(pipeline: Any, run_dir: Path, progress: bool) -> dict[str,
     """Evaluate after fine-tuning: by default the base model (baseline) against the tuned one,
     with the run's LLM cache and the run's own decontamination record. Returns the summary
     the manifest keeps (eval.json has every answer and verdict)."""
+    from datagen.context import StageContext
     from datagen.llm import ResponseCache
-    from datagen.stages.context import StageContext
 
     cfg = pipeline.config
     config = EvalConfig.model_validate(cfg.eval)
-    config = config.model_copy(update={"data": str(pipeline._resolve(config.data))})
+    config = config.model_copy(update={"data": str(pipeline.resolve_path(config.data))})
     if not config.models:
         base = (cfg.finetune or {}).get("base_model")
         config = config.model_copy(update={"models": [f"local:{base}" if base else "local", f"local:{run_dir / 'model'}"]})
-    ctx = StageContext(
-        llm_spec=cfg.llm,
-        cache=ResponseCache(run_dir / "llm_cache.sqlite"),
-        seed=cfg.seed,
-        progress=progress,
-        prompts_dir=Path(cfg.prompts_dir) if cfg.prompts_dir else None,
-        llm_options={k: dict(v) for k, v in cfg.llm_options.items()},
-    )
+    ctx = StageContext.from_config(cfg, ResponseCache(run_dir / "llm_cache.sqlite"), progress)
     try:
         report = run_eval(config, run_dir / "eval", ctx, training_runs=[run_dir])
     finally:
@@ -452,7 +445,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 def _eval_cli(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from datagen.cli_common import context_from_args
+    from datagen.context import StageContext
 
     config = EvalConfig(
         data=args.data, models=args.models, judge=args.judge, limit=args.limit, max_tokens=args.max_tokens,
@@ -462,7 +455,7 @@ def _eval_cli(args: argparse.Namespace) -> int:
     args.llm = args.judge
     args.cache = args.cache or str(Path(args.out) / "llm_cache.sqlite")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    ctx = context_from_args(args)
+    ctx = StageContext.from_args(args)
     try:
         report = run_eval(config, args.out, ctx)
     finally:

@@ -7,31 +7,23 @@ names the file, the key and, for a typo, the closest real key.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from datagen import registry
+from datagen.config_errors import ConfigError, check_keys, format_validation, parse_set, suggest
 from datagen.ray_cluster import Executor, RayConfig
 
-# stage name -> (module, config class). Aliases let YAML use the CLI's verbs too.
-STAGES: dict[str, tuple[str, str]] = {
-    "self_instruct": ("datagen.stages.self_instruct", "SelfInstructConfig"),
-    "evol_instruct": ("datagen.stages.evol_instruct", "EvolConfig"),
-    "distill": ("datagen.stages.distill", "DistillConfig"),
-    "dedup": ("datagen.stages.dedup", "DedupConfig"),
-    "quality": ("datagen.stages.quality", "QualityConfig"),
-    "decontaminate": ("datagen.stages.decontaminate", "DecontaminateConfig"),
-}
-ALIASES = {"evolve": "evol_instruct", "filter": "quality", "self-instruct": "self_instruct"}
 EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "records", "hf")
+# What the readers (datagen.io / datagen.rows) may set on a record before any stage ran.
+READER_WRITES = frozenset({"source", "name", "instances", "is_classification", "extra"})
 
 
-def stage_config_class(stage: str) -> type[BaseModel]:
-    module_name, class_name = STAGES[stage]
-    return getattr(importlib.import_module(module_name), class_name)
+def stage_name(raw: str) -> str:
+    """A stage's YAML name from its name or its command verb (`filter` -> `quality`)."""
+    stage = registry.resolve(raw)
+    return stage.name if stage else raw
 
 
 class Price(BaseModel):
@@ -104,50 +96,17 @@ class PipelineConfig(BaseModel):
         specs, seen = [], {}
         for entry in self.stages:
             ((raw_name, options),) = entry.items()
-            name = ALIASES.get(raw_name, raw_name)
-            seen[name] = seen.get(name, 0) + 1
-            label = name if seen[name] == 1 else f"{name}_{seen[name]}"
-            specs.append(StageSpec(name=name, label=label, config=stage_config_class(name).model_validate(options or {})))
+            stage = registry.resolve(raw_name)
+            seen[stage.name] = seen.get(stage.name, 0) + 1
+            label = stage.name if seen[stage.name] == 1 else f"{stage.name}_{seen[stage.name]}"
+            specs.append(StageSpec(name=stage.name, label=label, config=stage.config.model_validate(options or {})))
         return specs
-
-
-class ConfigError(ValueError):
-    """A config problem, already phrased as `file: where: what is wrong`."""
-
-
-def _suggest(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(options))})"
-
-
-def _check_keys(data: Any, model: type[BaseModel], where: str, source: str) -> None:
-    """Unknown keys get a message naming the key and the closest real one, before pydantic."""
-    if not isinstance(data, dict):
-        return
-    fields = model.model_fields
-    for key, value in data.items():
-        if key not in fields:
-            if model.model_config.get("extra") == "forbid":
-                raise ConfigError(f"{source}: {where}{key}: unknown key{_suggest(str(key), list(fields))}")
-            continue
-        annotation = fields[key].annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            _check_keys(value, annotation, f"{where}{key}.", source)
-
-
-def _format_validation(exc: ValidationError, where: str, source: str) -> ConfigError:
-    first = exc.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"])
-    if not loc:  # a check across fields: its message names the keys itself
-        prefix = f"{where.rstrip('.')}: " if where else ""
-        return ConfigError(f"{source}: {prefix}{first['msg'].removeprefix('Value error, ')}")
-    return ConfigError(f"{source}: {where}{loc}: {first['msg']} (got {first.get('input')!r})")
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping of keys")
-    _check_keys(data, PipelineConfig, "", source)
+    check_keys(data, PipelineConfig, "", source)
     for backend, options in (data.get("llm_options") or {}).items():
         if isinstance(options, dict) and "api_key" in options:
             raise ConfigError(
@@ -164,24 +123,24 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
         if not isinstance(entry, dict) or len(entry) != 1:
             raise ConfigError(f"{source}: stages[{index}]: each stage is one `name: {{options}}` mapping")
         ((raw_name, options),) = entry.items()
-        name = ALIASES.get(raw_name, raw_name)
-        if name not in STAGES:
-            raise ConfigError(f"{source}: stages[{index}]: unknown stage {raw_name!r}{_suggest(str(raw_name), list(STAGES))}")
-        cls = stage_config_class(name)
-        _check_keys(options or {}, cls, f"stages[{index}].{raw_name}.", source)
+        stage = registry.resolve(str(raw_name))
+        if stage is None:
+            raise ConfigError(f"{source}: stages[{index}]: unknown stage {raw_name!r}"
+                              f"{suggest(str(raw_name), registry.names())}")
+        check_keys(options or {}, stage.config, f"stages[{index}].{raw_name}.", source)
         try:
-            cls.model_validate(options or {})
+            stage.config.model_validate(options or {})
         except ValidationError as exc:
-            raise _format_validation(exc, f"stages[{index}].{raw_name}.", source) from None
+            raise format_validation(exc, f"stages[{index}].{raw_name}.", source) from None
     if data.get("finetune") is not None:
         from datagen.plugins import plugin
 
         FinetuneConfig = plugin("finetune").FinetuneConfig  # noqa: N806 - a class, as imported
-        _check_keys(data["finetune"], FinetuneConfig, "finetune.", source)
+        check_keys(data["finetune"], FinetuneConfig, "finetune.", source)
         try:
             FinetuneConfig.model_validate(data["finetune"])
         except ValidationError as exc:
-            raise _format_validation(exc, "finetune.", source) from None
+            raise format_validation(exc, "finetune.", source) from None
         if (data["finetune"].get("num_machines") or 1) > 1:
             # Every machine must start the same training at the same time; only `datagen finetune`
             # can be typed on each of them, a pipeline runs on one.
@@ -194,28 +153,43 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
         validate_pipeline_eval(data, source)
     for fmt in (data.get("export") or {}).get("formats", []) or []:
         if fmt not in EXPORT_FORMATS:
-            raise ConfigError(f"{source}: export.formats: unknown format {fmt!r}{_suggest(str(fmt), list(EXPORT_FORMATS))}")
+            raise ConfigError(f"{source}: export.formats: unknown format {fmt!r}{suggest(str(fmt), list(EXPORT_FORMATS))}")
     try:
-        return PipelineConfig.model_validate(data)
+        config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise _format_validation(exc, "", source) from None
+        raise format_validation(exc, "", source) from None
+    check_meta_flow(config, READER_WRITES, source)
+    return config
+
+
+def check_meta_flow(config: PipelineConfig, available: frozenset[str] | set[str], source: str) -> None:
+    """Every `RecordMeta` key a stage needs is written by the reader or an earlier stage.
+
+    Runs when a pipeline loads (with what any reader may set) and again once the input is read
+    (with what that file really brought), both before any LLM call: a missing producer is a
+    config error naming the stage and the key, not a surprise halfway through a paid run."""
+    have = set(available)
+    for index, spec in enumerate(config.stage_specs()):
+        stage = registry.resolve(spec.name)
+        missing = sorted(stage.reads_for(spec.config) - have)
+        if missing:
+            writers = sorted(s.name for s in registry.stages().values() if set(missing) & s.writes)
+            hint = f"; add a stage that writes it before this one ({', '.join(writers)})" if writers else ""
+            raise ConfigError(f"{source}: stages[{index}].{spec.label}: reads meta.{missing[0]}, which neither the "
+                              f"input nor an earlier stage writes{hint}")
+        have |= stage.writes
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`--set a.b=value`; a stage is addressed by name: `stages.distill.n=4`. Values are YAML."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. stages.distill.n=4")
-        dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
-        parts = dotted.strip().split(".")
+        parts, value = parse_set(item, example="stages.distill.n=4")
         node: Any = data
         for depth, part in enumerate(parts[:-1]):
             if isinstance(node, list):
-                matches = [e for e in node if isinstance(e, dict) and ALIASES.get(next(iter(e)), next(iter(e))) ==
-                           ALIASES.get(part, part)]
+                matches = [e for e in node if isinstance(e, dict) and stage_name(next(iter(e))) == stage_name(part)]
                 if not matches:
-                    raise ConfigError(f"--set {dotted}: no stage named {part!r} in this pipeline")
+                    raise ConfigError(f"--set {'.'.join(parts)}: no stage named {part!r} in this pipeline")
                 entry = matches[0]
                 key = next(iter(entry))
                 if entry[key] is None:

@@ -30,3 +30,9 @@ def plugin(name: str) -> Any:
 
 def plugin_names() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=GROUP))
+
+
+def load_plugins() -> list[Any]:
+    """Import every plugin once: a plugin module that calls `datagen.registry.register` adds
+    its stages exactly as a built-in stage module does."""
+    return [plugin(name) for name in plugin_names()]

@@ -48,14 +48,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[An
     """(Pipeline without finetune/eval, StudyConfig) from a pipeline YAML with a `study:` section."""
     from pydantic import ValidationError
 
-    from datagen.pipeline import (
-        ConfigError,
-        Pipeline,
-        _check_keys,
-        _format_validation,
-        apply_overrides,
-        validate_config,
-    )
+    from datagen.config_errors import ConfigError, check_keys, format_validation
+    from datagen.pipeline import Pipeline
+    from datagen.pipeline_config import apply_overrides, validate_config
 
     path = Path(path)
     if not path.exists():
@@ -67,11 +62,11 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[An
     for key in ("finetune", "eval"):
         if data.get(key) is not None:
             raise ConfigError(f"{path}: {key}: put it under study.{key}: the study trains and evaluates both arms")
-    _check_keys(options, StudyConfig, "study.", str(path))
+    check_keys(options, StudyConfig, "study.", str(path))
     try:
         study = StudyConfig.model_validate(options)
     except ValidationError as exc:
-        raise _format_validation(exc, "study.", str(path)) from None
+        raise format_validation(exc, "study.", str(path)) from None
     pipeline = Pipeline(validate_config(data, source=str(path)), source=str(path), base_dir=path.parent)
     labels = [spec.label for spec in pipeline.config.stage_specs()]
     if study.raw_stage not in labels:
@@ -81,12 +76,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[An
 
 
 def run_study(pipeline: Any, study: StudyConfig, run_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    from datagen.context import StageContext
     from datagen.eval import EvalConfig, run_eval, summary_table
     from datagen.io import atomic_write_text, read_records
     from datagen.llm import ResponseCache
     from datagen.plugins import plugin
     from datagen.report import write_report
-    from datagen.stages.context import StageContext
 
     finetune = plugin("finetune")
     FinetuneConfig, resolve_base_model, train = finetune.FinetuneConfig, finetune.resolve_base_model, finetune.train  # noqa: N806
@@ -114,11 +109,9 @@ def run_study(pipeline: Any, study: StudyConfig, run_dir: Path | None = None, pr
     base_spec = f"local:{base}"
     models = [base_spec, f"local:{arms['raw']['model']}", f"local:{arms['curated']['model']}"]
     cfg = pipeline.config
-    eval_config = EvalConfig.model_validate({**study.eval, "data": str(pipeline._resolve(study.held_out)),
+    eval_config = EvalConfig.model_validate({**study.eval, "data": str(pipeline.resolve_path(study.held_out)),
                                              "models": models})
-    ctx = StageContext(llm_spec=cfg.llm, cache=ResponseCache(run_dir / "llm_cache.sqlite"), seed=cfg.seed,
-                       progress=progress, prompts_dir=Path(cfg.prompts_dir) if cfg.prompts_dir else None,
-                       llm_options={k: dict(v) for k, v in cfg.llm_options.items()})
+    ctx = StageContext.from_config(cfg, ResponseCache(run_dir / "llm_cache.sqlite"), progress)
     try:
         report = run_eval(eval_config, run_dir / "eval", ctx, training_runs=[run_dir])
     finally:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from datagen.context import StageContext
 from datagen.llm import CachedLLM, ChatRequest, Completion
-from datagen.stages.context import StageContext
 
 Reply = str | list[str] | Completion
 

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from datagen.llm import CachedLLM, ChatRequest, make_backend
-from datagen.pipeline import Pipeline, validate_config
+from datagen.pipeline import Pipeline
+from datagen.pipeline_config import validate_config
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}
 

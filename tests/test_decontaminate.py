@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from datagen.context import StageContext
 from datagen.records import Record
-from datagen.stages.context import StageContext
 from datagen.stages.decontaminate import DecontaminateConfig, held_out_fingerprint, ngrams, run
 
 HELD_OUT = [
@@ -100,9 +100,9 @@ def test_missing_held_out_file_is_one_clear_error(tmp_path: Path):
 @pytest.mark.slow
 def test_cli_and_pipeline_stage(tmp_path: Path):
     from datagen.cli import main
-    from datagen.pipeline import STAGES
+    from datagen.registry import stages
 
-    assert "decontaminate" in STAGES
+    assert "decontaminate" in stages()
     data = tmp_path / "train.jsonl"
     rows = [{"instruction": HELD_OUT[0]["instruction"], "output": "100"}, {"instruction": CLEAN[0], "output": "ok"}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from datagen.context import StageContext
 from datagen.records import Record, RecordMeta
-from datagen.stages.context import StageContext
 from datagen.stages.dedup import (
     DedupConfig,
     greedy_select,

@@ -337,11 +337,12 @@ def test_reward_model_ranker_end_to_end(tmp_path):
 def test_cli_distill(tmp_path, monkeypatch):
     import argparse
 
-    import datagen.cli_common as cli_common
+    from datagen.cli_config import add_stage_command
+    from datagen.context import StageContext
     from datagen.stages import distill as distill_module
 
     parser = argparse.ArgumentParser()
-    distill_module.register_cli(parser.add_subparsers())
+    add_stage_command(parser.add_subparsers(), distill_module.STAGE)
     src = tmp_path / "in.jsonl"
     src.write_text(
         "\n".join(
@@ -354,7 +355,7 @@ def test_cli_distill(tmp_path, monkeypatch):
         teacher_script({"tides": ["alpha", "beta"], "rain": ["alpha", "delta"]}), name="teacher"
     )
     judge = ScriptedLLM(judge_script, name="judge")
-    monkeypatch.setattr(cli_common, "context_from_args", lambda args: make_ctx(teacher, judge))
+    monkeypatch.setattr(StageContext, "from_args", staticmethod(lambda args: make_ctx(teacher, judge)))
     out, bad = tmp_path / "out.jsonl", tmp_path / "bad.jsonl"
     args = parser.parse_args(
         [

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from datagen.pipeline import Pipeline, validate_config
+from datagen.pipeline import Pipeline
+from datagen.pipeline_config import validate_config
 from datagen.records import Record
 
 pytestmark = pytest.mark.slow
@@ -105,8 +106,8 @@ def test_pipeline_eval_section_and_report(tmp_path: Path, tiny_model_dir: Path, 
 
 
 def test_eval_refuses_a_set_the_run_did_not_screen(tmp_path: Path, tiny_model_dir: Path):
+    from datagen.context import StageContext
     from datagen.eval import EvalConfig, run_eval
-    from datagen.stages.context import StageContext
 
     data, held = _files(tmp_path)
     run_dir = tmp_path / "run"
@@ -184,7 +185,7 @@ def test_study_trains_both_arms_on_equal_tokens_and_evaluates(tmp_path: Path, ti
 def test_study_config_errors(tmp_path: Path):
     import yaml
 
-    from datagen.pipeline import ConfigError
+    from datagen.config_errors import ConfigError
     from datagen.study import load_study
 
     path = tmp_path / "s.yaml"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from datagen.context import StageContext
 from datagen.records import Record, RecordMeta
-from datagen.stages.context import StageContext
 from datagen.stages.distill import DistillConfig
 from datagen.stages.distill import run as distill
 from datagen.stages.evol_instruct import EvolConfig

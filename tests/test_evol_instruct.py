@@ -263,11 +263,12 @@ def test_rule_helpers():
 def test_cli_evolve(tmp_path, monkeypatch):
     import argparse
 
-    import datagen.cli_common as cli_common
+    from datagen.cli_config import add_stage_command
+    from datagen.context import StageContext
     from datagen.stages import evol_instruct
 
     parser = argparse.ArgumentParser()
-    evol_instruct.register_cli(parser.add_subparsers())  # only ours: other commands may not exist yet
+    add_stage_command(parser.add_subparsers(), evol_instruct.STAGE)  # only ours
 
     def main(argv):
         args = parser.parse_args(argv)
@@ -283,7 +284,7 @@ def test_cli_evolve(tmp_path, monkeypatch):
         )
     )
     llm = ScriptedLLM(Script())
-    monkeypatch.setattr(cli_common, "context_from_args", lambda args: make_ctx(llm, seed=args.seed))
+    monkeypatch.setattr(StageContext, "from_args", staticmethod(lambda args: make_ctx(llm, seed=args.seed)))
     out, bad = tmp_path / "out.jsonl", tmp_path / "dropped.jsonl"
     code = main(
         [

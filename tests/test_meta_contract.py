@@ -71,9 +71,9 @@ def test_stages_in_pipeline_order_read_only_what_earlier_stages_wrote(openai_ser
     keys each stage reads (attribute access) and which it writes (values changed from default)."""
     from pipeline_responder import reply
 
+    from datagen.context import StageContext
     from datagen.io import default_seeds_path, read_records
     from datagen.llm import ResponseCache
-    from datagen.stages.context import StageContext
 
     openai_server.responder = reply
     reads: dict[str, set[str]] = {}

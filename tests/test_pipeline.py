@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datagen.pipeline import ConfigError, Pipeline, apply_overrides, validate_config
+from datagen.config_errors import ConfigError
+from datagen.pipeline import Pipeline
+from datagen.pipeline_config import apply_overrides, validate_config
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from datagen.context import StageContext
 from datagen.llm.base import ChatRequest, Completion, UsageStats
 from datagen.records import Record, RecordMeta
-from datagen.stages.context import StageContext
 from datagen.stages.quality import QualityConfig, parse_judgement, run
 from datagen.stages.quality_checks import (
     check_copies_instruction,
@@ -197,7 +197,7 @@ def judged(config: QualityConfig, structured: bool = False) -> tuple:
     ctx = StageContext(progress=False)
     ctx._llms["fake"] = fake  # the context hands out this backend for spec "fake"
     records = [rec(i, f"{key}: explain photosynthesis.", GOOD) for i, key in enumerate(MESSY)]
-    return run(records, ctx, config.model_copy(update={"llm": "fake"})), fake
+    return run(records, ctx, config.model_copy(update={"judge": "fake"})), fake
 
 
 def test_parse_judgement_messy_replies():

@@ -21,7 +21,8 @@ ray = pytest.importorskip("ray", reason="executor: ray needs `pip install 'datag
 
 from ray_cluster_helpers import tcp_ports, two_node_cluster  # noqa: E402, F401 - a fixture
 
-from datagen.pipeline import Pipeline, validate_config  # noqa: E402
+from datagen.pipeline import Pipeline  # noqa: E402
+from datagen.pipeline_config import validate_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow  # a Ray cluster takes ~20 s to start on 2 busy cores
@@ -151,7 +152,8 @@ def test_worker_killed_mid_stage_loses_nothing_and_pays_no_completed_call_twice(
 
 
 def test_cli_flags_select_the_executor(tmp_path: Path) -> None:
-    from datagen.pipeline import ConfigError, executor_overrides
+    from datagen.commands_run import executor_overrides
+    from datagen.config_errors import ConfigError
 
     path = tmp_path / "p.yaml"
     path.write_text("name: x\nstages: [dedup]\n")

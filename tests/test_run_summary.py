@@ -7,7 +7,8 @@ from pathlib import Path
 
 from test_pipeline import _light_config, _records_file
 
-from datagen.pipeline import Pipeline, validate_config
+from datagen.pipeline import Pipeline
+from datagen.pipeline_config import validate_config
 
 
 def test_run_prints_and_records_per_stage_and_total_seconds(tmp_path: Path, openai_server, capsys) -> None:

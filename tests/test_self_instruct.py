@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import pytest
 from pydantic import ValidationError
 
+from datagen.context import StageContext
 from datagen.llm.base import ChatRequest, Completion, ResultCallback
 from datagen.llm.cache import CachedLLM
 from datagen.records import Record, RecordMeta
-from datagen.stages.context import StageContext
 from datagen.stages.self_instruct import (
     SelfInstructConfig,
     count_words,
@@ -503,12 +503,11 @@ def test_cli_parser_accepts_documented_options() -> None:
 
 def test_cli_writes_chosen_format_from_bundled_seeds(tmp_path, monkeypatch) -> None:
     """The command wiring (default seeds, config overrides, writers) with the fake backend."""
-    import datagen.cli_common
     from datagen.cli import main
     from datagen.io import read_records
 
     llm = FakeLLM()
-    monkeypatch.setattr(datagen.cli_common, "context_from_args", lambda args: fake_ctx(llm, seed=args.seed))
+    monkeypatch.setattr(StageContext, "from_args", staticmethod(lambda args: fake_ctx(llm, seed=args.seed)))
     out, drops = tmp_path / "out.json", tmp_path / "dropped.jsonl"
     rc = main(["self-instruct", "--num", "3", "--out", str(out), "--format", "alpaca", "--dropped", str(drops),
                "--request-batch-size", "2", "--max-tokens", "300"])  # fmt: skip
@@ -521,14 +520,13 @@ def test_cli_writes_chosen_format_from_bundled_seeds(tmp_path, monkeypatch) -> N
 
 
 def test_cli_reads_alpaca_seeds(tmp_path, monkeypatch) -> None:
-    import datagen.cli_common
     from datagen.cli import main
 
     seeds = tmp_path / "alpaca.json"
     rows = [{"instruction": r.instruction, "input": r.input, "output": r.output} for r in seed_records(12)]
     seeds.write_text(json.dumps(rows))
     llm = FakeLLM()
-    monkeypatch.setattr(datagen.cli_common, "context_from_args", lambda args: fake_ctx(llm, seed=args.seed))
+    monkeypatch.setattr(StageContext, "from_args", staticmethod(lambda args: fake_ctx(llm, seed=args.seed)))
     out = tmp_path / "out.jsonl"
     assert (
         main(["self-instruct", "--seeds", str(seeds), "--num", "2", "--out", str(out), "--include-seeds"])

@@ -1,5 +1,5 @@
-"""Stages: `run(records, ctx, config) -> StageResult`. A stage never knows its predecessor."""
+"""Stages: `run(records, ctx, config) -> StageResult`. A stage never knows its predecessor.
 
-from datagen.stages.context import StageContext
-
-__all__ = ["StageContext"]
+Each module here that ends in `registry.register(Stage(...))` is a stage; the registry finds
+it by scanning this package, so adding a stage is adding a file (ARCHITECTURE.md).
+"""

@@ -18,7 +18,6 @@ the training data was never screened against.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
 from collections.abc import Sequence
@@ -29,8 +28,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from datagen.context import StageContext
 from datagen.records import Record, StageResult, dropped
-from datagen.stages.context import StageContext
+from datagen.registry import NO_LLM_CALLS, Command, Stage, register
 
 
 class DecontaminateConfig(BaseModel):
@@ -176,19 +176,22 @@ def _detail(item: HeldOutItem, method: str, field_name: str, text: str, **extra:
 # CLI
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_config import add_stage_command
-
-    add_stage_command(
-        subparsers, "decontaminate", DecontaminateConfig, run,
-        help="drop records that overlap held-out evaluation sets (n-grams, embeddings)",
+STAGE = register(Stage(
+    name="decontaminate",
+    config=DecontaminateConfig,
+    run=run,
+    plan=NO_LLM_CALLS,
+    position=60,
+    help="drop records that overlap held-out evaluation sets (n-grams, embeddings)",
+    command=Command(
+        verb="decontaminate",
         description=(
             "Drop records whose instruction or answer shares a word n-gram (--ngram) with a held-out prompt or\n"
             "reference, or whose instruction is an embedding paraphrase of a held-out prompt (--threshold).\n"
             "Each dropped record names the held-out item it matched.\n"
             "Example: datagen decontaminate --input train.jsonl --held-out heldout.jsonl --out clean.jsonl"
         ),
-        aliases={"held_out": ["--held-out-sets"]},
+        flag_aliases={"held_out": ["--held-out-sets"]},
         value_parsers={"held_out": lambda text: [part for part in text.split(",") if part]},
-        with_llm=False,
-    )
+    ),
+))

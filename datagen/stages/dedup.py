@@ -10,7 +10,6 @@ dropped record names the kept one and the similarity.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 import unicodedata
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from datagen.context import StageContext
 from datagen.near_dup import (  # noqa: F401 - the search API, also importable from here
     SIM_EPS,
     SemanticResult,
@@ -28,7 +28,7 @@ from datagen.near_dup import (  # noqa: F401 - the search API, also importable f
     semantic_dedup,
 )
 from datagen.records import Record, StageResult, dropped
-from datagen.stages.context import StageContext
+from datagen.registry import NO_LLM_CALLS, Command, Stage, register
 
 
 class DedupConfig(BaseModel):
@@ -235,21 +235,26 @@ def run(records: list[Record], ctx: StageContext, config: DedupConfig) -> StageR
 
 
 # ---------------------------------------------------------------------------------------------
-# CLI
+# registration
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_config import add_stage_command
-
-    add_stage_command(
-        subparsers, "dedup", DedupConfig, run,
-        help="drop exact and near-duplicate records (embeddings + FAISS)",
+STAGE = register(Stage(
+    name="dedup",
+    config=DedupConfig,
+    run=run,
+    plan=NO_LLM_CALLS,
+    position=40,
+    help="drop exact and near-duplicate records (embeddings + FAISS)",
+    command=Command(
+        verb="dedup",
         description=(
             "Exact duplicates (case, spacing and sentence punctuation ignored; numbers kept), then near\n"
             "duplicates by cosine similarity of embeddings (a static model distilled from the bundled\n"
             "all-MiniLM-L6-v2 by default). Of each duplicate pair the record with the higher judge score,\n"
             "else the longer answer, is kept; each dropped record names the kept one."
         ),
-        aliases={"embedder": ["--model"], "embed_field": ["--field"]},
-        with_llm=False,
-    )
+        flag_aliases={"embedder": ["--model"], "embed_field": ["--field"]},
+    ),
+    uses=frozenset({"scores"}),
+    writes=frozenset({"scores"}),  # the near-duplicate similarity, `max_sim`
+))

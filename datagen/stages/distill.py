@@ -29,7 +29,6 @@ record, and the judge or reward model scores the answer against the record's own
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -37,7 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datagen.errors import failure_reason
 from datagen.llm import ChatRequest, generate_sync
+from datagen.plan import Calls, Records, StagePlan, finish, judge_calls, merge_same_spec, template_tokens
 from datagen.records import Message, Record, StageResult, dropped
+from datagen.registry import Command, Stage, register
 
 SCORE_KEYS = {"judge": "judge", "reward_model": "reward"}
 
@@ -356,15 +357,36 @@ def reward_scores(
 # ---------------------------------------------------------------------------------------- CLI
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_config import add_stage_command
+def plan(flow: Records, config: DistillConfig, default_llm: str, prompts_dir: str | None) -> StagePlan:
+    """Upper bound: one n-sample teacher request per record, a judge call (and retry) per candidate."""
+    teacher = Calls(config.llm or default_llm)
+    teacher.add(flow.count, flow.instruction_tokens + 8, config.n * config.max_tokens)
+    plans = [teacher]
+    if config.ranker == "judge":
+        judge = Calls(config.judge or config.llm or default_llm)
+        candidates = flow.count * (config.n + (1 if config.include_existing else 0))
+        judge_calls(judge, candidates, flow.instruction_tokens, config.max_tokens, config.judge_max_tokens,
+                    template_tokens("judge_rubric", prompts_dir), template_tokens("judge_retry", prompts_dir))
+        plans.append(judge)
+    out = Records(flow.count, flow.instruction_tokens, max(flow.output_tokens, config.max_tokens))
+    return finish(StagePlan("", flow.count, flow.count, merge_same_spec(plans)), out)
 
-    add_stage_command(
-        subparsers, "distill", DistillConfig, run,
-        help="a teacher answers each instruction n times; the best answer (judge or reward model) is kept",
+
+STAGE = register(Stage(
+    name="distill",
+    config=DistillConfig,
+    run=run,
+    plan=plan,
+    position=30,
+    help="a teacher answers each instruction n times; the best answer (judge or reward model) is kept",
+    command=Command(
+        verb="distill",
         description=(
             "Best-of-n distillation: --llm answers every instruction --n times; candidates are ranked by an LLM\n"
             "judge (--judge, default the teacher) or a local reward model (--reward-model). All candidates and\n"
             "scores stay in meta. Works on any instruction file (records, Alpaca, ShareGPT, messages)."
         ),
-    )
+    ),
+    writes=frozenset({"candidates", "best_candidate", "scores", "model", "previous_output", "unscored",
+                      "answer_finish_reason"}),
+))

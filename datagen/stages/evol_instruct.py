@@ -30,7 +30,6 @@ single-turn task with an empty `input`, since rewriting may fold the input into 
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections import Counter
 from typing import Any
@@ -40,8 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from datagen.errors import failure_reason
 from datagen.llm import ChatRequest, Completion, generate_sync
 from datagen.parsing import parse_yes_no
+from datagen.plan import Calls, Records, StagePlan, finish, template_tokens
 from datagen.prompts import render
 from datagen.records import Record, RecordMeta, StageResult, dropped, stable_id
+from datagen.registry import Command, Stage, register
 
 IN_DEPTH_OPS = ("add_constraints", "deepen", "concretize", "reasoning_steps", "complicate_input")
 OPS = (*IN_DEPTH_OPS, "breadth")
@@ -443,18 +444,44 @@ def parse_ops(spec: str) -> dict[str, float]:
     return ops
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_config import add_stage_command
+def plan(flow: Records, config: EvolConfig, default_llm: str, prompts_dir: str | None) -> StagePlan:
+    """Upper bound: every record rewritten each round (plus its equality check and answer)."""
+    calls = Calls(config.llm or default_llm)
+    ops = [op for op, weight in config.ops.items() if weight > 0] or ["deepen"]
+    rewrite_template = max(template_tokens(f"evol_{op}", prompts_dir) for op in ops)
+    instruction = flow.instruction_tokens
+    for _ in range(config.rounds):  # each round rewrites the last round's (longer) rewrites
+        calls.add(flow.count, rewrite_template + instruction, config.max_tokens)
+        if config.equality_check:
+            calls.add(flow.count, template_tokens("evol_equality_check", prompts_dir) + instruction + config.max_tokens,
+                      config.equality_max_tokens)
+        if config.answer:
+            calls.add(flow.count, config.max_tokens + 8, config.answer_max_tokens)
+        instruction = max(instruction, config.max_tokens)
+    out_count = flow.count * max(1, config.rounds) if config.keep_all_rounds else flow.count
+    out = Records(out_count, instruction, max(flow.output_tokens, config.answer_max_tokens if config.answer else 0))
+    return finish(StagePlan("", flow.count, out_count, [calls], iterative=True), out)
 
-    add_stage_command(
-        subparsers, "evolve", EvolConfig, run,
-        help="Evol-Instruct: rewrite instructions into harder / rarer ones over several rounds",
+
+STAGE = register(Stage(
+    name="evol_instruct",
+    config=EvolConfig,
+    run=run,
+    plan=plan,
+    position=20,
+    help="Evol-Instruct: rewrite instructions into harder / rarer ones over several rounds",
+    command=Command(
+        verb="evolve",
         description=(
             "Evolve every instruction of a file for M rounds (in-depth: " + ", ".join(IN_DEPTH_OPS)
             + "; in-breadth: breadth).\nFailed rewrites are dropped with their reason and the parent tries again "
             "next round.\nWorks on any instruction file (records, Alpaca, ShareGPT, messages).\n"
             'Op weights: --ops "deepen=1,breadth=2" (unlisted ops are not used).'
         ),
-        aliases={"keep_originals": ["--originals"]},
+        flag_aliases={"keep_originals": ["--originals"]},
         value_parsers={"ops": parse_ops},
-    )
+    ),
+    uses=frozenset({"root_id", "evol_depth", "round"}),
+    writes=frozenset({"source", "parent_id", "root_id", "evol_op", "evol_depth", "round", "answer_finish_reason",
+                      "model"}),
+))

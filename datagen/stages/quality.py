@@ -13,15 +13,17 @@ judge's reason in `meta.quality_judge_reason`.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from datagen.context import StageContext
 from datagen.errors import failure_reason
 from datagen.llm.base import Completion
 from datagen.parsing import EMPTY_INPUT_MARKERS
+from datagen.plan import Calls, Records, StagePlan, finish, judge_calls, template_tokens
 from datagen.records import Record, StageResult, dropped
-from datagen.stages.context import StageContext
+from datagen.registry import Command, Stage, register
 from datagen.stages.ifd import ifd_score, load_causal_lm
 from datagen.stages.quality_checks import (
     DEFAULT_REFUSAL_OPENERS,
@@ -86,8 +88,11 @@ class QualityConfig(BaseModel):
         description="inputs (case, spacing and surrounding punctuation ignored) that stand for 'no input'",
     )
 
-    judge: bool = Field(True, description="score each record with an LLM judge (1-5)")
-    llm: str | None = Field(None, description="judge backend spec (None = the run's backend)")
+    # Serialised under their pre-0.2 names, which is what a stage's resume hash reads: a run
+    # directory made before the rename skips its finished quality stage as before.
+    use_judge: bool = Field(True, serialization_alias="judge", description="score each record with an LLM judge (1-5)")
+    judge: str | None = Field(None, serialization_alias="llm",
+                              description="judge backend spec (None = the run's backend)")
     judge_scale: tuple[float, float] = Field(
         (1, 5),
         description="the judge's scale (low, high); prompts/quality_judge.txt is written for 1-5, change both "
@@ -110,6 +115,23 @@ class QualityConfig(BaseModel):
         1.0, gt=0.0, description="keep records with IFD below this (>= 1: instruction does not help)"
     )
     ifd_max_tokens: int = Field(512, ge=8, description="answer and prompt are each cut to this many tokens")
+
+    # Spellings of releases before 0.2, still read: `judge: false` was the on/off switch and `llm`
+    # the judge's backend. Everywhere now `judge` is a backend spec, as in distill and eval.
+    LEGACY_KEYS: ClassVar[frozenset[str]] = frozenset({"llm"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_old_spellings(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("judge"), bool):
+            data["use_judge"] = data.pop("judge")
+        if "llm" in data:
+            spec = data.pop("llm")
+            data.setdefault("judge", spec)
+        return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +193,7 @@ def run(records: list[Record], ctx: StageContext, config: QualityConfig) -> Stag
         stats["ifd_scored"] = scored
         stats["ifd_mean"] = round(sum(values) / len(values), 4) if values else None
 
-    if config.judge:
+    if config.use_judge:
         _judge(records, alive(), updated, verdicts, ctx, config, stats)
 
     kept, gone = [], []
@@ -201,7 +223,7 @@ def _judge(
 ) -> None:
     from datagen.judge import score_answers
 
-    llm = ctx.llm(config.llm)
+    llm = ctx.llm(config.judge)
     structured = bool(getattr(llm, "supports_json_schema", False))
     chosen = [records[i] for i in todo]
     low, high = config.judge_scale
@@ -248,12 +270,31 @@ def _judge(
 # CLI
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_config import add_stage_command
+def plan(flow: Records, config: QualityConfig, default_llm: str, prompts_dir: str | None) -> StagePlan:
+    """Upper bound: every record judged (plus one retry), none dropped by the heuristics."""
+    calls = []
+    if config.use_judge:
+        judge = Calls(config.judge or default_llm)
+        judge_calls(judge, flow.count, flow.instruction_tokens, flow.output_tokens, config.judge_max_tokens,
+                    template_tokens("quality_judge", prompts_dir), template_tokens("judge_retry", prompts_dir))
+        calls.append(judge)
+    return finish(StagePlan("", flow.count, flow.count, calls), flow)
 
-    add_stage_command(
-        subparsers, "filter", QualityConfig, run,
-        help="drop low-quality records: heuristics, LLM judge (1-5), optional IFD",
+
+def _no_judge_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-judge", dest="use_judge", action="store_false", default=argparse.SUPPRESS,
+                        help="no LLM judge: heuristics (and IFD) only (same as --no-use-judge)")
+
+
+STAGE = register(Stage(
+    name="quality",
+    config=QualityConfig,
+    run=run,
+    plan=plan,
+    position=50,
+    help="drop low-quality records: heuristics, LLM judge (1-5), optional IFD",
+    command=Command(
+        verb="filter",
         description=(
             "Rule checks (empty, too short/long, refusal, repetition, truncation, answer copying the\n"
             "instruction, missing or placeholder input, ...), then an LLM judge on judge_scale (keep >=\n"
@@ -261,23 +302,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
             "write them with --dropped. --judge SPEC picks the judge backend (default: --llm); --no-judge\n"
             "runs heuristics (and IFD) only, with no LLM calls."
         ),
-        skip=["judge"],
-        aliases={"min_judge_score": ["--min-score"], "min_output_words": ["--min-words"],
-                 "max_output_words": ["--max-words"]},
-        add_extra_flags=_judge_flags,
-        extra_from_args=_judge_choice,
-    )
-
-
-def _judge_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--judge", dest="judge_spec", default=None, metavar="SPEC",
-                        help="judge backend spec (default: --llm)")
-    parser.add_argument("--no-judge", dest="no_judge", action="store_true",
-                        help="no LLM judge: heuristics (and IFD) only")
-
-
-def _judge_choice(args: argparse.Namespace) -> dict[str, Any]:
-    choice: dict[str, Any] = {"judge": not args.no_judge}
-    if args.judge_spec:
-        choice["llm"] = args.judge_spec
-    return choice
+        flag_aliases={"min_judge_score": ["--min-score"], "min_output_words": ["--min-words"],
+                      "max_output_words": ["--max-words"]},
+        add_flags=_no_judge_flag,
+    ),
+    uses=frozenset({"answer_finish_reason", "is_classification", "scores"}),
+    writes=frozenset({"scores", "quality_judge_reason"}),
+))

@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datagen.errors import failure_reason
+from datagen.plan import Calls, Records, StagePlan, finish, template_tokens
 from datagen.records import Record, RecordMeta, StageResult, dropped, stable_id
+from datagen.registry import Command, Stage, register
 from datagen.stages.self_instruct_filters import (  # noqa: F401 - also importable from here
     blacklist_pattern,
     count_words,
@@ -62,7 +64,7 @@ from datagen.stages.self_instruct_tasks import (
 )
 
 if TYPE_CHECKING:
-    from datagen.stages.context import StageContext
+    from datagen.context import StageContext
 
 DEFAULT_BLACKLIST = [
     "image", "graph", "picture", "file", "map", "draw", "plot", "go to",
@@ -455,15 +457,45 @@ class _Run:
         return done
 
 
-# ------------------------------------------------------------------ CLI
+# ------------------------------------------------------------------ dry run and registration
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.cli_config import add_stage_command
+def plan(flow: Records, config: SelfInstructConfig, default_llm: str, prompts_dir: str | None) -> StagePlan:
+    """Upper bound: every generation request up to the cap, each candidate classified and given instances."""
+    calls = Calls(config.llm or default_llm)
+    seed_task = flow.instruction_tokens + flow.output_tokens
+    generation = config.request_cap()
+    calls.add(generation, template_tokens("self_instruct_generate", prompts_dir) + config.num_prompt_tasks * seed_task,
+              config.max_tokens)
+    candidates = generation * config.new_per_request
+    task_tokens = math.ceil(config.max_words * 2)  # a kept task has at most max_words words
+    calls.add(candidates, template_tokens("self_instruct_classify", prompts_dir) + config.classify_examples * seed_task
+              + task_tokens, config.classify_max_tokens)
+    instance_template = max(template_tokens("self_instruct_instances_cls", prompts_dir),
+                            template_tokens("self_instruct_instances_io", prompts_dir))
+    calls.add(candidates, instance_template + config.instance_examples * seed_task + task_tokens,
+              config.instance_max_tokens)
+    out_count = config.num_instructions + (flow.count if config.include_seeds else 0)
+    out = Records(out_count, max(task_tokens + config.instance_max_tokens, flow.instruction_tokens),
+                  max(config.instance_max_tokens, flow.output_tokens))
+    return finish(StagePlan("", flow.count, out_count, [calls], iterative=True), out)
 
-    add_stage_command(
-        subparsers, "self-instruct", SelfInstructConfig, run,
-        help="grow seed tasks into new instruction data (Self-Instruct)",
+
+def _seed_records(args: argparse.Namespace) -> list[Record]:
+    from datagen.io import default_seeds_path, read_records
+
+    return read_records(args.input or default_seeds_path())
+
+
+STAGE = register(Stage(
+    name="self_instruct",
+    config=SelfInstructConfig,
+    run=run,
+    plan=plan,
+    position=10,
+    help="grow seed tasks into new instruction data (Self-Instruct)",
+    command=Command(
+        verb="self-instruct",
         description=(
             "Generate new tasks from seed tasks with the Self-Instruct algorithm: few-shot task generation,\n"
             "filters, ROUGE-L novelty (> 0.7 dropped), classification identification and instance generation.\n"
@@ -471,12 +503,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         ),
         input_aliases=["--seeds"],
         input_required=False,
-        aliases={"num_instructions": ["--num"]},
+        flag_aliases={"num_instructions": ["--num"]},
         records_from_args=_seed_records,
-    )
-
-
-def _seed_records(args: argparse.Namespace) -> list[Record]:
-    from datagen.io import default_seeds_path, read_records
-
-    return read_records(args.input or default_seeds_path())
+    ),
+    uses=frozenset({"instances", "is_classification"}),
+    writes=frozenset({"source", "round", "model", "task_id", "instance_index", "is_classification",
+                      "classification_guessed", "request", "name", "instances"}),
+))

@@ -1,9 +1,12 @@
 """Make tests/data/legacy_run: a run dir written by datagen 0.1.0 (before the stage registry)."""
-import json, shutil, sys
+import shutil
+import sys
 from pathlib import Path
+
 sys.path.insert(0, "tests")
 from openai_test_server import OpenAITestServer
 from pipeline_responder import reply
+
 from datagen.pipeline import Pipeline
 from datagen.pipeline_config import validate_config
 

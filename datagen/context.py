@@ -1,4 +1,10 @@
-"""What a stage gets besides its records: backends (shared cache, budget), seed, progress, prompts."""
+"""What a stage gets besides its records: backends (shared cache, budget), seed, progress, prompts.
+
+One context type for every caller, built in one of two ways: `from_config` for a resolved
+pipeline config (`datagen run`, `eval`, `study`: they all keep the run's budget, prices and
+executor) and `from_args` for a stage command's flags. It sits below the stages and the CLI:
+stages import it, nothing here imports a stage, the pipeline or the CLI.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from datagen.llm import CachedLLM, ResponseCache, make_llm, parse_spec
-from datagen.llm.budget import Budget, Rate
+from datagen.llm.budget import Budget, Rate, make_budget, rates
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,61 @@ class StageContext:
     prices: dict[str, Rate] = field(default_factory=dict)
     _llms: dict[str, CachedLLM] = field(default_factory=dict, repr=False)
     _permit_gate: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, config: Any, cache: ResponseCache | None, progress: bool = True,
+                    with_budget: bool = True) -> StageContext:
+        """The context of a resolved `PipelineConfig` (duck-typed: this module sits below it)."""
+        return cls(
+            llm_spec=config.llm,
+            cache=cache,
+            budget=make_budget(config.budget_usd, cache, config.prices) if with_budget else None,
+            prices=rates(config.prices),
+            seed=config.seed,
+            progress=progress,
+            prompts_dir=Path(config.prompts_dir) if config.prompts_dir else None,
+            llm_options={k: dict(v) for k, v in config.llm_options.items()},
+            executor=config.executor,
+            ray_config=config.ray,
+        )
+
+    @classmethod
+    def from_args(cls, args: Any) -> StageContext:
+        """The context of a stage command: `--llm`, `--base-url`, cache, seed, cost flags.
+        Flags a command does not have are simply absent from `args`."""
+        import os
+
+        from datagen.paths import cache_root
+
+        cache = None
+        if hasattr(args, "cache") and not getattr(args, "no_cache", False):  # no --cache flag: a stage without LLM
+            cache = ResponseCache(args.cache or (cache_root() / "llm_cache.sqlite"))
+        openai_options: dict[str, Any] = {}
+        if getattr(args, "max_concurrency", None):
+            openai_options["max_concurrency"] = args.max_concurrency
+        if getattr(args, "base_url", None):
+            openai_options["base_url"] = args.base_url
+        for flag in ("max_requests_per_minute", "max_tokens_per_minute", "batch"):
+            if getattr(args, flag, None) is not None:
+                openai_options[flag] = getattr(args, flag)
+        spec = getattr(args, "llm", None) or os.environ.get("DATAGEN_LLM", "local")
+        prices: dict[str, Rate] = {}
+        if getattr(args, "price", None):
+            try:
+                price_in, price_out = (float(x) for x in args.price.split(","))
+            except ValueError:
+                raise ValueError(f"--price {args.price!r}: expected IN,OUT in USD per 1M tokens, e.g. 0.15,0.60") from None
+            prices[spec] = Rate(price_in, price_out)
+        budget = make_budget(args.budget, None, {}) if getattr(args, "budget", None) is not None else None
+        return cls(
+            llm_spec=spec,
+            budget=budget,
+            prices=prices,
+            cache=cache,
+            seed=getattr(args, "seed", 0),
+            progress=not getattr(args, "no_progress", False),
+            llm_options={"openai": openai_options},
+        )
 
     def llm(self, spec: str | None = None) -> CachedLLM:
         """The backend for `spec` (default: the context's), built once and shared."""
