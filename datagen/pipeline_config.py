@@ -155,19 +155,18 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
         if fmt not in EXPORT_FORMATS:
             raise ConfigError(f"{source}: export.formats: unknown format {fmt!r}{suggest(str(fmt), list(EXPORT_FORMATS))}")
     try:
-        config = PipelineConfig.model_validate(data)
+        return PipelineConfig.model_validate(data)
     except ValidationError as exc:
         raise format_validation(exc, "", source) from None
-    check_meta_flow(config, READER_WRITES, source)
-    return config
 
 
 def check_meta_flow(config: PipelineConfig, available: frozenset[str] | set[str], source: str) -> None:
     """Every `RecordMeta` key a stage needs is written by the reader or an earlier stage.
 
-    Runs when a pipeline loads (with what any reader may set) and again once the input is read
-    (with what that file really brought), both before any LLM call: a missing producer is a
-    config error naming the stage and the key, not a surprise halfway through a paid run."""
+    Runs once the pipeline's input is read (`Pipeline.load_input`, so `--dry-run` too), with what
+    any reader sets plus what that file really brought (a records file from an earlier run
+    carries its candidates and scores), before any LLM call: a missing producer is a config
+    error naming the stage and the key, not a surprise halfway through a paid run."""
     have = set(available)
     for index, spec in enumerate(config.stage_specs()):
         stage = registry.resolve(spec.name)

@@ -66,14 +66,17 @@ def test_truncation_flows_from_distill_into_quality() -> None:
 
 
 @pytest.mark.slow  # dedup loads the bundled embedding model
-def test_stages_in_pipeline_order_read_only_what_earlier_stages_wrote(openai_server, tmp_path) -> None:
-    """Run every stage in order over the scripted loopback server, tracking which declared meta
-    keys each stage reads (attribute access) and which it writes (values changed from default)."""
+def test_stages_in_pipeline_order_read_and_write_what_they_declare(openai_server, tmp_path) -> None:
+    """Run every registered stage in pipeline order over the scripted loopback server, tracking which
+    meta keys each reads (attribute access) and writes (values changed from default): each stage's
+    registry declaration must be true, and what it needs must have been written before it."""
     from pipeline_responder import reply
 
     from datagen.context import StageContext
     from datagen.io import default_seeds_path, read_records
     from datagen.llm import ResponseCache
+    from datagen.pipeline_config import READER_WRITES
+    from datagen.registry import stages
 
     openai_server.responder = reply
     reads: dict[str, set[str]] = {}
@@ -88,32 +91,38 @@ def test_stages_in_pipeline_order_read_only_what_earlier_stages_wrote(openai_ser
 
     ctx = StageContext(llm_spec="openai:test", cache=ResponseCache(tmp_path / "c.sqlite"), progress=False,
                        llm_options={"openai": {"base_url": openai_server.base_url}})
-    order = [
-        ("self_instruct", "datagen.stages.self_instruct", "SelfInstructConfig",
-         {"num_instructions": 4, "request_batch_size": 2, "new_per_request": 4}),
-        ("evol_instruct", "datagen.stages.evol_instruct", "EvolConfig", {"rounds": 1}),
-        ("distill", "datagen.stages.distill", "DistillConfig", {"n": 2}),
-        ("dedup", "datagen.stages.dedup", "DedupConfig", {"threshold": 0.95}),
-        ("quality", "datagen.stages.quality", "QualityConfig", {"min_judge_score": 1}),
-    ]
-    import importlib
-
+    held_out = tmp_path / "held.jsonl"
+    held_out.write_text('{"instruction": "Name the largest desert on the planet Mars.", "output": "none"}\n')
+    options = {  # small runs that keep records flowing through every stage
+        "self_instruct": {"num_instructions": 4, "request_batch_size": 2, "new_per_request": 4},
+        "evol_instruct": {"rounds": 1},
+        "distill": {"n": 2},
+        "dedup": {"threshold": 0.95},
+        "quality": {"min_judge_score": 1},
+        "decontaminate": {"held_out": [str(held_out)], "semantic": False},
+    }
+    registered = stages()
+    assert set(options) <= set(registered), "a built-in stage left the registry"
     records = read_records(default_seeds_path())[:30]
     # What the reader wrote (e.g. a seed task's instances) plus lineage every record has.
-    written: set[str] = {"source", "round", "model", "is_classification"} | _changed_keys(records)
+    written: set[str] = set(READER_WRITES) | _changed_keys(records)
     try:
         RecordMeta.__getattribute__ = tracking
-        for label, module_name, config_name, options in order:
-            module = importlib.import_module(module_name)
-            config = getattr(module, config_name).model_validate(options)
-            current["stage"] = label
-            result = module.run(records, ctx, config)
+        for name, stage in registered.items():
+            if name not in options:
+                continue  # a plugin's stage: its own tests cover it
+            config = stage.config.model_validate(options[name])
+            assert stage.reads_for(config) <= written, f"{name} needs meta keys nothing before it wrote"
+            current["stage"] = name
+            result = stage.run(records, ctx, config)
             current["stage"] = ""
-            assert result.kept, f"{label} kept nothing: the contract run needs records flowing"
-            missing = (reads.get(label, set()) - written) - {"drop_reason", "drop_detail", "scores"}
-            # A stage may read a key it writes itself, on records it made in this same call.
-            missing -= _changed_keys(result.kept)
-            assert not missing, f"{label} reads meta keys no earlier stage wrote: {sorted(missing)}"
+            assert result.kept, f"{name} kept nothing: the contract run needs records flowing"
+            wrote = _written_keys(records, result.kept)
+            declared = stage.reads_for(config) | stage.uses | stage.writes | {"drop_reason", "drop_detail"}
+            undeclared_reads = reads.get(name, set()) - declared
+            assert not undeclared_reads, f"{name} reads meta keys its registry entry does not declare: {sorted(undeclared_reads)}"
+            undeclared_writes = wrote - stage.writes
+            assert not undeclared_writes, f"{name} writes meta keys it does not declare: {sorted(undeclared_writes)}"
             written |= _changed_keys(result.kept)
             records = result.kept
     finally:
@@ -121,6 +130,41 @@ def test_stages_in_pipeline_order_read_only_what_earlier_stages_wrote(openai_ser
         openai_server.responder = None
         ctx.close()
     assert "answer_finish_reason" in reads["quality"] and "answer_finish_reason" in written
+
+
+def test_a_missing_producer_is_a_config_error_before_any_call(tmp_path) -> None:
+    """A stage that needs a key no earlier stage writes stops the pipeline at load, naming both."""
+    from datagen.config_errors import ConfigError
+    from datagen.pipeline_config import check_meta_flow, validate_config
+    from datagen.registry import NO_LLM_CALLS, Command, Stage, register, unregister
+    from datagen.stages.dedup import DedupConfig
+
+    def needs_candidates(records, ctx, config):  # noqa: ANN001
+        raise AssertionError("never runs: the check comes first")
+
+    register(Stage(name="pick_pairs", config=DedupConfig, run=needs_candidates, plan=NO_LLM_CALLS,
+                   help="toy", command=Command(verb="pick-pairs", description="toy"),
+                   reads=frozenset({"candidates"})))
+    try:
+        alone = validate_config({"stages": [{"pick_pairs": {}}]}, "p.yaml")
+        with pytest.raises(ConfigError, match=r"p.yaml: stages\[0\].pick_pairs: reads meta.candidates.*\(distill\)"):
+            check_meta_flow(alone, {"source"}, "p.yaml")
+        after_distill = validate_config({"stages": [{"distill": {"n": 2}}, {"pick_pairs": {}}]}, "p.yaml")
+        check_meta_flow(after_distill, {"source"}, "p.yaml")  # distill writes candidates: fine
+        check_meta_flow(alone, {"source", "candidates"}, "p.yaml")  # an input file that carries them: fine
+    finally:
+        unregister("pick_pairs")
+
+
+def _written_keys(before: list[Record], after: list[Record]) -> set[str]:
+    """Keys a stage set: changed on a record it passed through, or non-default on one it made."""
+    earlier = {r.id: r.meta for r in before}
+    defaults = RecordMeta()
+    written = set()
+    for record in after:
+        was = earlier.get(record.id, defaults)
+        written |= {name for name in RecordMeta.model_fields if getattr(record.meta, name) != getattr(was, name)}
+    return written
 
 
 def _changed_keys(records: list[Record]) -> set[str]:
