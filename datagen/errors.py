@@ -13,10 +13,13 @@ with its `exit_code`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from datagen.llm.base import Completion
+
+class Failed(Protocol):
+    """What reading a failure needs of a `datagen.llm.Completion` (this module sits below the LLM layer)."""
+
+    error: str | None
 
 # Exit codes of `datagen`: 2 bad input or config, 3 the LLM endpoint or a stage failed
 # (75: the --budget cap stopped the run, see datagen/llm/budget.py).
@@ -76,7 +79,7 @@ def error_kind(error: str | None) -> str:
     return (error or "").split(":", 1)[0].strip()
 
 
-def failure_reason(completion: Completion) -> str | None:
+def failure_reason(completion: Failed) -> str | None:
     """The drop reason for a request that gave no usable text, or None when it did.
 
     `llm_error` is what counts against `max_error_rate`; a per-record kind keeps its own name;

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from datagen.eval_stats import bootstrap_interval, length_controlled_win_rate, pair_summary  # noqa: F401
+from datagen.eval_stats import mean2, pair_summary
 from datagen.records import Record
 from datagen.stages.decontaminate import held_out_fingerprint
 
@@ -157,8 +156,8 @@ def run_eval(
         "models": models,
         "judge": judge.name,
         "contamination": contamination,
-        "answer_words": {spec: _mean([_words(a) for a in answers[spec]]) for spec in models}
-        | ({REFERENCE: _mean([_words(items[i].reference or "") for i in with_reference])} if with_reference else {}),
+        "answer_words": {spec: mean2([_words(a) for a in answers[spec]]) for spec in models}
+        | ({REFERENCE: mean2([_words(items[i].reference or "") for i in with_reference])} if with_reference else {}),
         "pairs": results,
         "loss": losses,
         "usage": ctx.usage(),
@@ -387,14 +386,6 @@ def summary_table(report: dict[str, Any]) -> Any:
 
 def _words(text: str) -> int:
     return len(text.split())
-
-
-def _mean(values: list[int] | list[float]) -> float:
-    return round(float(np.mean(values)), 2) if len(values) else 0.0
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 4)
 
 
 def _fmt(value: float | None) -> str:

@@ -38,11 +38,11 @@ def pair_summary(
         "order_inconsistent": inconsistent,
         "unjudged": len(preferences) - len(prefs),
         "judge_errors": errors,
-        "win_rate": _round(prefs.mean()) if len(prefs) else None,
-        "ci95": [_round(low), _round(high)],
-        "lc_win_rate": _round(length_controlled_win_rate(prefs, diff)),
-        "words_first": _mean(words_first),
-        "words_second": _mean(words_second),
+        "win_rate": round4(prefs.mean()) if len(prefs) else None,
+        "ci95": [round4(low), round4(high)],
+        "lc_win_rate": round4(length_controlled_win_rate(prefs, diff)),
+        "words_first": mean2(words_first),
+        "words_second": mean2(words_second),
     }
 
 
@@ -89,9 +89,9 @@ def length_controlled_win_rate(
     return float(1 / (1 + math.exp(-fit.x[0])))
 
 
-def _round(value: float | None) -> float | None:
+def round4(value: float | None) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
-def _mean(values: list[int] | list[float]) -> float:
+def mean2(values: list[int] | list[float]) -> float:
     return round(float(np.mean(values)), 2) if len(values) else 0.0

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
-from datagen.svg import PALETTE, svg_bars, svg_histogram, svg_intervals, svg_lines  # noqa: F401
+from datagen.svg import svg_bars, svg_histogram, svg_intervals, svg_lines
 
 
 def _load_jsonl(path: Path) -> list[dict[str, Any]]:

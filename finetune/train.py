@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from datagen.records import Record
-from finetune.config import DEFAULT_LR, SCHEDULERS, FinetuneConfig  # noqa: F401 - also importable from here
+from finetune.config import FinetuneConfig
 from finetune.data import (
     DataStats,
     Example,
@@ -32,9 +32,7 @@ from finetune.data import (
     reference_answer,
     split_examples,
 )
-from finetune.trainer_setup import (  # noqa: F401 - also importable from here
-    build_peft_config,
-    build_sft_config,
+from finetune.trainer_setup import (
     make_trainer,
     on_cpu,
     prepare_tokenizer,

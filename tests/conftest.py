@@ -57,3 +57,15 @@ def scripted_server(scripted_module_server):
     scripted_module_server.reset()
     yield scripted_module_server
     scripted_module_server.reset()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised tiny Llama with the embedded model's tokenizer, saved once per session."""
+    from finetune_helpers import smol_tokenizer, tiny_llama
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tokenizer = smol_tokenizer()
+    tiny_llama(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -20,11 +20,25 @@ def test_help_lists_every_command(capsys) -> None:
         assert command in out
 
 
-def test_every_subcommand_has_help() -> None:
+def test_every_stage_config_field_is_a_flag_with_its_description() -> None:
+    """The stage commands are generated from the registry: each config field is a flag whose help
+    is the field's own description, and every registered stage has its command."""
+    from datagen.cli_config import COMMON_FIELDS, flag_name
+    from datagen.registry import stages
+
     parser = build_parser()
     actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
-    for name, sub in actions[0].choices.items():
-        assert sub.format_help().strip(), name
+    commands = actions[0].choices
+    for stage in stages().values():
+        assert stage.command.verb in commands, stage.name
+        sub = commands[stage.command.verb]
+        flags = {option: action for action in sub._actions for option in action.option_strings}
+        for field, info in stage.config.model_fields.items():
+            if field in COMMON_FIELDS or field in stage.command.skip_fields:
+                continue
+            action = flags.get(flag_name(field))
+            assert action is not None, f"{stage.command.verb}: no {flag_name(field)}"
+            assert (info.description or "").replace("%", "%%") in action.help, f"{stage.command.verb} {field}"
 
 
 def test_generate_against_openai_server(openai_server, tmp_path: Path, capsys) -> None:
@@ -71,7 +85,6 @@ def test_missing_backend_package_is_one_line_not_a_traceback(tmp_path: Path) -> 
     proc = subprocess.run([sys.executable, "-m", "datagen.cli", "generate", "--llm", "vllm:some/model", "--prompt",
                            "hi", "--no-cache"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
-    pytest.importorskip("datagen")  # the import above ran in a subprocess; keep the module importable here
     try:
         import vllm  # noqa: F401
     except ImportError:

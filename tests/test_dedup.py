@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 
 from datagen.context import StageContext
+from datagen.near_dup import greedy_select, search_neighbours
 from datagen.records import Record, RecordMeta
-from datagen.stages.dedup import (
-    DedupConfig,
-    greedy_select,
-    normalize_text,
-    priority_order,
-    run,
-    search_neighbours,
-    semantic_dedup,
-)
+from datagen.stages.dedup import DedupConfig, normalize_text, priority_order, run, semantic_dedup
 
 
 def rec(i: int, instruction: str, output: str = "answer", score: float | None = None) -> Record:

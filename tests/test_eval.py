@@ -13,14 +13,8 @@ import numpy as np
 import pytest
 from scripted_llm import ScriptedLLM, last_user, make_ctx
 
-from datagen.eval import (
-    EvalConfig,
-    bootstrap_interval,
-    check_contamination,
-    held_out_fingerprint,
-    length_controlled_win_rate,
-    run_eval,
-)
+from datagen.eval import EvalConfig, check_contamination, held_out_fingerprint, run_eval
+from datagen.eval_stats import bootstrap_interval, length_controlled_win_rate
 from datagen.judge import combine_orders, parse_winner
 from datagen.llm import ResponseCache
 

@@ -40,17 +40,6 @@ def longer_wins(messages, choice, seed):
     return json.dumps({"reason": "longer", "winner": winner})
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    from finetune_helpers import smol_tokenizer, tiny_llama
-
-    folder = tmp_path_factory.mktemp("tiny")
-    tokenizer = smol_tokenizer()
-    tiny_llama(len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _files(tmp_path: Path) -> tuple[Path, Path]:
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in QA))

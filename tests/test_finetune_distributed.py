@@ -16,25 +16,17 @@ import time
 from pathlib import Path
 
 import pytest
-from finetune_helpers import CONVERSATIONS, smol_tokenizer, tiny_llama
+from finetune_helpers import CONVERSATIONS
 
 from datagen.io import write_records
 from datagen.records import Record
 from finetune.distributed import launch_args, strategy
-from finetune.train import FinetuneConfig, build_sft_config, train
+from finetune.train import FinetuneConfig, train
+from finetune.trainer_setup import build_sft_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILURE_GRACE_S = 120  # a hang guard, not a speed check: a healthy machine exits within seconds
 pytestmark = pytest.mark.slow  # two launched training processes, ~1 min on 2 busy cores
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    tokenizer = smol_tokenizer()
-    tiny_llama(len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _records() -> list[Record]:

@@ -15,10 +15,23 @@ from datagen.pipeline_config import apply_overrides, validate_config
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 
 
-@pytest.mark.parametrize("name", ["quickstart", "alpaca", "evol", "full"])
-def test_shipped_pipelines_validate(name: str) -> None:
-    pipeline = Pipeline.from_yaml(PIPELINES / f"{name}.yaml")
-    assert pipeline.config.stage_specs()
+@pytest.mark.parametrize("path", sorted(PIPELINES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_pipeline_validates_and_dry_runs(path: Path) -> None:
+    """Each bundled pipeline (study.yaml through its study loader) loads, and its dry run plans
+    every stage with the records it would pass on."""
+    import io
+
+    from datagen.dryrun import print_plan
+    from datagen.study import load_study
+
+    pipeline = load_study(path)[0] if "study:" in path.read_text() else Pipeline.from_yaml(path)
+    out = io.StringIO()
+    plans = print_plan(pipeline, out=out)
+    assert [plan.label for plan in plans] == [spec.label for spec in pipeline.config.stage_specs()]
+    assert plans and all(plan.records_out > 0 for plan in plans)
+    llm_stages = [plan for plan in plans if plan.label.split("_")[0] in {"self", "evol", "distill"}]
+    assert all(sum(call.requests for call in plan.calls) > 0 for plan in llm_stages)
+    assert out.getvalue().splitlines()[-1].startswith("total: <= $")
 
 
 @pytest.mark.parametrize(

@@ -16,13 +16,8 @@ from datagen.context import StageContext
 from datagen.llm.base import ChatRequest, Completion, ResultCallback
 from datagen.llm.cache import CachedLLM
 from datagen.records import Record, RecordMeta
-from datagen.stages.self_instruct import (
-    SelfInstructConfig,
-    count_words,
-    filter_reason,
-    guess_is_classification,
-    run,
-)
+from datagen.stages.self_instruct import SelfInstructConfig, filter_reason, guess_is_classification, run
+from datagen.stages.self_instruct_filters import count_words
 from datagen.stages.self_instruct_replies import parse_instances, parse_task_list
 
 # ------------------------------------------------------------------ parse_task_list

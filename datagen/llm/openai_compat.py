@@ -40,9 +40,7 @@ from datagen.errors import FatalLLMError, classify_bad_request
 from datagen.llm.base import ChatRequest, Completion, ResultCallback
 from datagen.llm.budget import Budget, BudgetExceeded, Rate
 from datagen.llm.ratelimit import RequestLimiter, estimate_prompt_tokens
-from datagen.llm.wire import (  # noqa: F401 - also importable from here
-    BadBodyError,
-    EmptyChoicesError,
+from datagen.llm.wire import (
     HTTPStatusError,
     _Cancelled,
     _describe,

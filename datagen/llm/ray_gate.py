@@ -288,12 +288,10 @@ class ClusterGate:
     def handle(self, ray: Any, spec: str, requests_per_minute: float | None, tokens_per_minute: float | None,
                period: float, lease: float) -> Any:
         if self.actor is None:
-            from datagen.llm.ray_pool import _driver_local_actor
-
             cap = self.budget.cap if self.budget is not None else None
             spent = self.budget.spent if self.budget is not None else 0.0
             self._mirrored = spent
-            self.actor = _driver_local_actor(ray, PermitGate, cap, spent, max_concurrency=10_000)
+            self.actor = driver_local_actor(ray, PermitGate, cap, spent, max_concurrency=10_000)
         if spec not in self._specs:
             ray.get(self.actor.add_backend.remote(spec, requests_per_minute, tokens_per_minute, period, lease))
             self._specs.add(spec)
@@ -320,3 +318,13 @@ class ClusterGate:
                 ray.kill(self.actor)
             self.actor = None
             self._specs.clear()
+
+
+def driver_local_actor(ray: Any, cls: type, *args: Any, **options: Any) -> Any:
+    """An actor pinned to the driver's node: it must outlive any worker node that dies."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return ray.remote(num_cpus=0, max_restarts=0)(cls).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False), **options
+    ).remote(*args)

@@ -34,7 +34,7 @@ from typing import Any
 
 from datagen.llm.base import ChatRequest, Completion, ResultCallback, run_sync
 from datagen.llm.budget import BudgetExceeded
-from datagen.llm.ray_gate import ClusterGate
+from datagen.llm.ray_gate import ClusterGate, driver_local_actor
 from datagen.ray_cluster import RayConfig, connect
 
 SINK_POLL_SECONDS = 0.2
@@ -220,7 +220,7 @@ class RayPoolLLM:
         if not requests:
             return []
         ray = connect(self.config)
-        sink = _driver_local_actor(ray, ResultSink)
+        sink = driver_local_actor(ray, ResultSink)
         worker_kwargs: dict[str, Any] = {"spec": self.spec, "options": self.actor_options, "sink": sink}
         gate = self.gate if self.gate_limits is not None else None
         if gate is not None:
@@ -311,16 +311,6 @@ def _is_datagen_error(exc: BaseException) -> bool:
     except ImportError:  # before the fail-fast work lands
         return False
     return isinstance(exc, DatagenError) and type(exc).__module__.startswith("datagen")
-
-
-def _driver_local_actor(ray: Any, cls: type, *args: Any, **options: Any) -> Any:
-    """An actor pinned to the driver's node: it must outlive any worker node that dies."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    node = ray.get_runtime_context().get_node_id()
-    return ray.remote(num_cpus=0, max_restarts=0)(cls).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False), **options
-    ).remote(*args)
 
 
 # --------------------------------------------------------------------------- vLLM on Ray

@@ -20,11 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from datagen.context import StageContext
-from datagen.near_dup import (  # noqa: F401 - the search API, also importable from here
-    SIM_EPS,
-    SemanticResult,
-    greedy_select,
-    search_neighbours,
+from datagen.near_dup import (
     semantic_dedup,
 )
 from datagen.records import Record, StageResult, dropped

@@ -11,7 +11,7 @@ import string
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from datagen.stages.self_instruct import SelfInstructConfig
+    from datagen.stages.self_instruct_config import SelfInstructConfig
 
 _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]+")
 
