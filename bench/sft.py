@@ -83,7 +83,8 @@ def make_mode(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from datagen.embedded import embedded_model_dir
-    from finetune.train import FinetuneConfig, make_trainer, prepare_tokenizer
+    from finetune.train import FinetuneConfig
+    from finetune.trainer_setup import make_trainer, prepare_tokenizer
 
     config = FinetuneConfig(
         method=args.method,

@@ -125,8 +125,8 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    import datagen.stages as package
-
+    # Found by scanning, not imported by name: the registry sits below the stages it lists.
+    package = importlib.import_module("datagen.stages")
     for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         importlib.import_module(f"{package.__name__}.{module.name}")
     from datagen.plugins import load_plugins

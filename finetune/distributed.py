@@ -24,9 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from finetune.config import MULTI_MACHINE_PORT
+from finetune.config import MULTI_MACHINE_PORT, FinetuneConfig
 from finetune.data import DataStats
-from finetune.train import FinetuneConfig, _train_into, is_main_process, on_cpu
+from finetune.train_loop import is_main_process, train_into
+from finetune.trainer_setup import on_cpu
 
 LAUNCH_DIR = "_launch"
 
@@ -159,7 +160,7 @@ def main(folder: str) -> None:
     job = json.loads((root / LAUNCH_DIR / "job.json").read_text(encoding="utf-8"))
     config = FinetuneConfig.model_validate(job["config"])
     check_same_job(job_fingerprint(job), config)
-    metrics = _train_into(root, job["train"], job["eval"], DataStats(**job["stats"]), config,
+    metrics = train_into(root, job["train"], job["eval"], DataStats(**job["stats"]), config,
                           job["progress"] and is_main_process())
     if is_main_process():
         metrics.update(_launch_summary(config))

@@ -98,7 +98,7 @@ def test_packed_loss_matches_separate_loss_on_the_embedded_model(tmp_path) -> No
     from transformers import AutoModelForCausalLM
 
     from datagen.embedded import embedded_model_dir
-    from finetune.train import make_trainer, prepare_tokenizer
+    from finetune.trainer_setup import make_trainer, prepare_tokenizer
 
     torch.set_num_threads(1)
     config = FinetuneConfig(method="full", packing=True, max_length=256, eval_fraction=0)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from finetune_helpers import CONVERSATIONS, examples, smol_tokenizer, tiny_llama
 from pydantic import ValidationError
 
-from finetune.train import FinetuneConfig, make_trainer, prepare_tokenizer
-from finetune.trainer_setup import build_peft_config, build_sft_config
+from finetune.train import FinetuneConfig
+from finetune.trainer_setup import build_peft_config, build_sft_config, make_trainer, prepare_tokenizer
 
 
 @pytest.fixture(autouse=True)
