@@ -10,6 +10,7 @@ from datagen import __version__, bundled, commands_generate, commands_run, eval,
 from datagen.cli_config import add_stage_command
 from datagen.errors import EXIT_BAD_INPUT, DatagenError
 from datagen.plugins import load_plugins
+from datagen.quiet import quiet_library_bars
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_bars()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

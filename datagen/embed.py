@@ -189,17 +189,23 @@ def embed_texts(
     static = type(encoder).__name__ == "StaticModel"
     if len(texts) == 0:
         return np.zeros((0, embedding_dim(encoder)), dtype=np.float32)
-    if static:
-        vectors = encoder.encode(list(texts), show_progress_bar=progress)
-    else:
-        vectors = encoder.encode(
-            list(texts),
-            batch_size=batch_size,
-            show_progress_bar=progress,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-        )
-    return normalize_rows(np.asarray(vectors, dtype=np.float32))
+    from tqdm.auto import tqdm
+
+    # Our own bar over chunks: the libraries' bars ("Batches") would print inside the stage's.
+    chunk = 8192 if static else batch_size * 16
+    parts = []
+    with tqdm(total=len(texts), desc="embed", unit="text", disable=not progress, dynamic_ncols=True,
+              leave=False) as bar:
+        for start in range(0, len(texts), chunk):
+            part = list(texts[start:start + chunk])
+            if static:
+                parts.append(np.asarray(encoder.encode(part, show_progress_bar=False), dtype=np.float32))
+            else:
+                parts.append(np.asarray(encoder.encode(part, batch_size=batch_size, show_progress_bar=False,
+                                                       convert_to_numpy=True, normalize_embeddings=True),
+                                        dtype=np.float32))
+            bar.update(len(part))
+    return normalize_rows(np.concatenate(parts))
 
 
 def embedding_dim(encoder: Any) -> int:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from datagen.svg import svg_bars, svg_histogram, svg_intervals, svg_lines
@@ -390,24 +391,49 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def summary_table(manifest: dict[str, Any]) -> Table:
-    table = Table(title=f"datagen run {manifest.get('name', '')}: {manifest.get('status', '')}")
-    for column in ("stage", "in", "out", "dropped", "top drop reasons", "LLM calls", "cache hits", "tokens", "s"):
-        table.add_column(column, justify="right" if column not in {"stage", "top drop reasons"} else "left")
-    for s in manifest.get("stages", []):
+    """The end-of-run table, one line per stage at 80 columns: drop reasons appear as short
+    codes (`tr 6`) explained in the caption, so a long reason never wraps a row into four."""
+    stages = manifest.get("stages", [])
+    codes = reason_codes([reason for s in stages for reason in (s.get("drop_reasons") or {})])
+    table = Table(title=f"datagen run {manifest.get('name', '')}: {manifest.get('status', '')}",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in ("stage", "in", "out", "drop", "why", "calls", "cached", "tokens", "sec"):
+        text = column in {"stage", "why"}
+        table.add_column(column, justify="left" if text else "right", no_wrap=True, overflow="ellipsis",
+                         min_width=None if text else len(column), max_width=18 if column == "why" else None)
+    for s in stages:
         usage = s.get("llm_usage") or {}
-        reasons = ", ".join(f"{k} {v}" for k, v in list((s.get("drop_reasons") or {}).items())[:3])
+        top = sorted((s.get("drop_reasons") or {}).items(), key=lambda kv: -kv[1])[:3]
         table.add_row(
-            s["label"] + (" (skipped)" if s.get("skipped") else ""), str(s["in"]), str(s["out"]), str(s["dropped"]),
-            reasons, str(sum(u.get("calls", 0) for u in usage.values())),
+            s["label"] + (" (skip)" if s.get("skipped") else ""), str(s["in"]), str(s["out"]), str(s["dropped"]),
+            " ".join(f"{codes[k]} {v}" for k, v in top), str(sum(u.get("calls", 0) for u in usage.values())),
             str(sum(u.get("cache_hits", 0) for u in usage.values())),
             str(sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage.values())),
-            f"{s.get('seconds', 0):.1f}",
+            f"{s.get('seconds', 0):.0f}",
         )
     # Where the wall time went besides the stages: export, fine-tuning, and the whole run.
-    for label, key in (("export", "export_seconds"), ("finetune", "finetune_seconds"), ("eval", "eval_seconds"), ("total", "wall_seconds")):
+    for label, key in (("export", "export_seconds"), ("finetune", "finetune_seconds"), ("eval", "eval_seconds"),
+                       ("total", "wall_seconds")):
         if key in manifest:
-            table.add_row(label, "", "", "", "", "", "", "", f"{manifest[key]:.1f}")
+            table.add_row(label, "", "", "", "", "", "", "", f"{manifest[key]:.0f}")
+    if codes:
+        table.caption = "key: " + ", ".join(f"{code} = {reason}" for reason, code in codes.items())
     return table
+
+
+def reason_codes(reasons: list[str]) -> dict[str, str]:
+    """A short, unique code per drop reason: initials of its words (`truncated_output` -> `to`),
+    lengthened by letters of the last word where two reasons would share one."""
+    codes: dict[str, str] = {}
+    for reason in dict.fromkeys(reasons):
+        words = [w for w in reason.split("_") if w] or [reason]
+        code = "".join(w[0] for w in words)
+        extra = 1
+        while code in codes.values():
+            code = "".join(w[0] for w in words[:-1]) + words[-1][: 1 + extra] if extra < len(words[-1]) else code + "x"
+            extra += 1
+        codes[reason] = code
+    return codes
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
