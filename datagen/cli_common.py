@@ -10,6 +10,7 @@ from typing import Any
 
 from datagen.context import StageContext
 from datagen.llm.budget import EXIT_BUDGET, BudgetExceeded
+from datagen.llm.endpoint_options import DEFAULT_MAX_CONCURRENCY
 from datagen.records import Record, StageResult
 
 OUTPUT_FORMATS = ("records", "alpaca", "sharegpt", "messages")
@@ -46,7 +47,7 @@ def add_llm_args(parser: argparse.ArgumentParser, default: str | None = None) ->
     )
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (else $OPENAI_BASE_URL)")
     parser.add_argument("--max-concurrency", type=int, default=None,
-                        help="in-flight requests for openai:* (default: the backend's, 64)")
+                        help=f"in-flight requests for openai:* (default {DEFAULT_MAX_CONCURRENCY})")
     parser.add_argument(
         "--cache",
         default=None,

@@ -50,7 +50,7 @@ def backend_identities(cfg: PipelineConfig, specs: list[StageSpec]) -> dict[str,
     """What each backend the run uses would answer with: endpoint (also one taken from the
     environment), weights, output-changing engine options. Speed settings (concurrency,
     timeouts, retries, rate limits) are left out, so tuning them never reruns a stage."""
-    from datagen.llm import make_backend, parse_spec
+    from datagen.llm import backend_facts, parse_spec
 
     names = {cfg.llm}
     for spec in specs:
@@ -61,8 +61,7 @@ def backend_identities(cfg: PipelineConfig, specs: list[StageSpec]) -> dict[str,
     identities = {}
     for name in sorted(names):
         backend, _ = parse_spec(name)
-        inner = make_backend(name, **cfg.llm_options.get(backend, {}))
-        identities[name] = inner.cache_identity() if hasattr(inner, "cache_identity") else {}
+        identities[name] = backend_facts(name, cfg.llm_options.get(backend, {})).identity
     return identities
 
 

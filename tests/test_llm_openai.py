@@ -17,6 +17,7 @@ import pytest
 
 from datagen.llm import ChatRequest, Completion, ResponseCache, generate_sync, make_llm
 from datagen.llm.openai_compat import OpenAICompatLLM
+from datagen.llm.endpoint_options import EndpointOptions, RetryPolicy
 
 SECRET = "sk-test-SECRET-4242"
 
@@ -350,7 +351,7 @@ def test_api_key_is_sent_but_never_shown_or_stored(openai_server, tmp_path, capl
 def test_key_comes_from_environment(openai_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
-    llm = OpenAICompatLLM("test", max_attempts=1)
+    llm = OpenAICompatLLM("test", EndpointOptions(retry=RetryPolicy(max_attempts=1)))
     assert "sk-from-env" not in repr(llm)
     [result] = generate_sync(make_llm("openai:test"), [ChatRequest.chat("env")])
     assert result.ok
@@ -415,3 +416,34 @@ def test_seeded_fault_rates_are_reproducible_and_survived(openai_server):
     first = run()
     assert len(first) > 30  # some attempts failed and were retried
     assert run() == first  # same faults for the same prompts, whatever the arrival order
+
+
+def test_flat_options_are_grouped_once_with_one_line_errors() -> None:
+    """Users write options flat; the client gets them grouped and frozen, defaults in one place."""
+    from datagen.llm import backend_facts
+    from datagen.llm.endpoint_options import DEFAULT_MAX_CONCURRENCY
+
+    options = EndpointOptions.from_flat({"base_url": "http://h:1/v1/", "max_attempts": 2, "batch": True,
+                                         "max_requests_per_minute": 60, "n_mode": "fanout"})
+    assert options.transport.url == "http://h:1/v1" and options.retry.max_attempts == 2
+    assert options.batch.enabled and options.limits.max_requests_per_minute == 60
+    assert options.transport.max_concurrency == DEFAULT_MAX_CONCURRENCY
+    with pytest.raises(ValueError, match=r"llm_options.openai.max_concurency: unknown option \(did you mean 'max_concurrency'\?\)"):
+        EndpointOptions.from_flat({"max_concurency": 8})
+    # the identity without a client equals the client's own, and ignores speed settings
+    client = OpenAICompatLLM.from_flat("m", {"base_url": "http://h:1/v1", "max_concurrency": 3})
+    facts = backend_facts("openai:m", {"base_url": "http://h:1/v1", "max_concurrency": 9, "timeout": 5})
+    assert facts.identity == client.cache_identity() and facts.max_concurrency == 9 and facts.timeout == 5
+
+
+def test_limiter_and_budget_are_passed_in_not_patched(openai_server) -> None:
+    """The run's gates go in through the constructor: the client uses the very objects given."""
+    from datagen.llm.budget import Budget, Rate
+    from datagen.llm.ratelimit import RequestLimiter
+
+    limiter, budget = RequestLimiter(2), Budget(1.0)
+    client = OpenAICompatLLM("test", EndpointOptions.from_flat({"base_url": openai_server.base_url}),
+                             limiter=limiter, budget=budget, price=Rate(1000.0, 1000.0))
+    assert client.limiter is limiter and client.budget is budget
+    [result] = generate_sync(client, [ChatRequest.chat("hi", max_tokens=8)])
+    assert result.ok and budget.spent > 0

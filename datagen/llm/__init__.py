@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,43 @@ def make_backend(spec: str, **options: Any) -> LLM:
     if backend == "openai":
         from datagen.llm.openai_compat import OpenAICompatLLM
 
-        return OpenAICompatLLM(model or "", **options)
+        return OpenAICompatLLM.from_flat(model or "", options)
     from datagen.llm.vllm_engine import VLLMEngine
 
     return VLLMEngine(model or "", **options)
+
+
+@dataclass(frozen=True)
+class BackendFacts:
+    """What a backend is, read without building a client: the cache's identity and the
+    in-flight bound (the Ray pool's driver side and the resume hashes need only these)."""
+
+    name: str
+    backend: str
+    model: str
+    supports_json_schema: bool
+    identity: dict[str, Any]
+    max_concurrency: int
+    timeout: float
+
+
+# Options that are gates or secrets, never part of what the endpoint is.
+GATE_OPTIONS = ("api_key", "limiter", "budget", "price")
+
+
+def backend_facts(spec: str, options: dict[str, Any]) -> BackendFacts:
+    backend, model = parse_spec(spec)
+    if backend == "openai":
+        from datagen.llm.endpoint_options import EndpointOptions
+
+        endpoint = EndpointOptions.from_flat({k: v for k, v in options.items() if k not in GATE_OPTIONS})
+        return BackendFacts(f"openai:{model or ''}", "openai", model or "", endpoint.supports_json_schema,
+                            endpoint.identity(), endpoint.transport.max_concurrency, endpoint.transport.timeout)
+    # Local and vLLM backends load nothing until their first request: the object is the description.
+    inner = make_backend(spec, **options)
+    identity = inner.cache_identity() if hasattr(inner, "cache_identity") else {}
+    return BackendFacts(inner.name, inner.backend, inner.model, inner.supports_json_schema, identity,
+                        int(getattr(inner, "max_concurrency", 1)), float(getattr(inner, "timeout", 0.0)))
 
 
 def make_llm(spec: str, cache: ResponseCache | str | Path | None = None, **options: Any) -> CachedLLM:

@@ -39,6 +39,7 @@ from tenacity import (
 from datagen.errors import FatalLLMError, classify_bad_request
 from datagen.llm.base import ChatRequest, Completion, ResultCallback
 from datagen.llm.budget import Budget, BudgetExceeded, Rate
+from datagen.llm.endpoint_options import EndpointOptions
 from datagen.llm.ratelimit import RequestLimiter, estimate_prompt_tokens
 from datagen.llm.wire import (
     HTTPStatusError,
@@ -49,14 +50,12 @@ from datagen.llm.wire import (
     _message_shape,
     _ServerAwareWait,
     is_retryable,
-    normalize_base_url,
     parse_chat_completion,
     retry_after_seconds,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # The same 400 for this many different requests, before the endpoint has answered any request
 # at all, means the request shape is wrong (a bad option, max_tokens beyond the model), not
 # the records. Once it has answered, a 400 is one record's, and `max_error_rate` watches them.
@@ -74,41 +73,19 @@ class OpenAICompatLLM:
     def __init__(
         self,
         model: str,
-        base_url: str | None = None,
+        options: EndpointOptions | None = None,
+        *,
         api_key: str | None = None,
-        max_concurrency: int = 64,
-        max_attempts: int = 6,
-        timeout: float = 120.0,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
-        retry_after_max: float = 120.0,
-        n_mode: str = "auto",
-        supports_json_schema: bool = True,
-        max_requests_per_minute: float | None = None,
-        max_tokens_per_minute: float | None = None,
-        adaptive_concurrency: bool = True,
-        latency_ceiling: float | None = None,
-        rate_period: float = 60.0,
+        limiter: RequestLimiter | None = None,
         budget: Budget | None = None,
         price: Rate | None = None,
-        batch: bool = False,
-        batch_options: dict[str, Any] | None = None,
     ):
-        if n_mode not in {"auto", "native", "fanout"}:
-            raise ValueError(f"n_mode must be auto, native or fanout, not {n_mode!r}")
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
+        """`options`: what the endpoint is and how to talk to it; `limiter` and `budget`: the run's
+        rate and cost gates, passed in (under Ray they are the cluster's permit gate's stand-ins)."""
+        self.options = options or EndpointOptions()
         self.model = model
         self.name = f"openai:{model}"
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self.max_concurrency = max_concurrency
-        self.max_attempts = max_attempts
-        self.timeout = timeout
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.retry_after_max = retry_after_max
-        self.n_mode = n_mode
-        self.supports_json_schema = supports_json_schema
+        self.base_url = self.options.transport.url
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         # Set once a server answers n>1 with fewer choices (llama.cpp does): from then on
         # the extra samples are requested right away, in parallel, instead of after a round trip.
@@ -119,27 +96,40 @@ class OpenAICompatLLM:
         self._bad_request_counts: dict[str, int] = {}
         self._unreachable_in_a_row = 0
         self._answered = 0
-        # Cost control (datagen/llm/ratelimit.py, budget.py, batch_api.py): one limiter per
-        # backend instance, shared by every batch; a reply slower than half the timeout
-        # counts as congestion, so concurrency drops before requests start timing out.
-        self.limiter = RequestLimiter(
-            max_concurrency,
-            requests_per_minute=max_requests_per_minute,
-            tokens_per_minute=max_tokens_per_minute,
-            adaptive=adaptive_concurrency,
-            latency_ceiling=latency_ceiling if latency_ceiling is not None else timeout / 2,
-            period=rate_period,
-        )
+        # One limiter per backend instance, shared by every batch (datagen/llm/ratelimit.py).
+        self.limiter = limiter if limiter is not None else self.options.limiter()
         self.budget = budget
         self.price = price
-        self.batch = batch
-        self.batch_options = dict(batch_options or {})
+
+    @classmethod
+    def from_flat(cls, model: str, options: dict[str, Any]) -> OpenAICompatLLM:
+        """From options as users write them (`llm_options.openai`, CLI flags), flat."""
+        rest = dict(options)
+        gates = {key: rest.pop(key) for key in ("api_key", "limiter", "budget", "price") if key in rest}
+        return cls(model, EndpointOptions.from_flat(rest), **gates)
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.options.transport.max_concurrency
+
+    @property
+    def timeout(self) -> float:
+        return self.options.transport.timeout
+
+    @property
+    def supports_json_schema(self) -> bool:
+        return self.options.supports_json_schema
+
+    @property
+    def n_mode(self) -> str:
+        return self.options.n_mode
+
+    @property
+    def batch(self) -> bool:
+        return self.options.batch.enabled
 
     def cache_identity(self) -> dict[str, Any]:
-        """What changes an answer besides the request: the endpoint, whether a JSON schema is
-        really sent, and how n>1 is sampled. Never concurrency, timeouts or retries."""
-        return {"base_url": normalize_base_url(self.base_url), "json_schema": self.supports_json_schema,
-                "n_mode": self.n_mode}
+        return self.options.identity()
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICompatLLM(model={self.model!r}, base_url={self.base_url!r})"
@@ -207,7 +197,7 @@ class OpenAICompatLLM:
         """The same answers through `/v1/files` + `/v1/batches` (see datagen/llm/batch_api.py)."""
         from datagen.llm.batch_api import BatchRunner
 
-        runner = BatchRunner(self, state_dir, **self.batch_options)
+        runner = BatchRunner(self, state_dir, **dict(self.options.batch.settings))
         return await runner.run(list(requests), list(keys), on_result)
 
     async def _complete(self, session: aiohttp.ClientSession, req: ChatRequest) -> Completion:
@@ -269,10 +259,11 @@ class OpenAICompatLLM:
     async def _call(self, session: aiohttp.ClientSession, req: ChatRequest, n: int) -> Completion:
         payload = self._payload(req, n)
         url = f"{self.base_url}/chat/completions"
+        retry = self.options.retry
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(self.max_attempts),
-            wait=_ServerAwareWait(self.backoff_initial, self.backoff_max, self.retry_after_max),
+            stop=stop_after_attempt(retry.max_attempts),
+            wait=_ServerAwareWait(retry.backoff_initial, retry.backoff_max, retry.retry_after_max),
             reraise=True,
         )
         try:
@@ -303,7 +294,7 @@ class OpenAICompatLLM:
                 self._fail(
                     f"cannot reach the OpenAI-compatible endpoint {self.base_url}: {exc.__class__.__name__}: "
                     f"{str(exc)[:160]} ({self._unreachable_in_a_row} requests in a row failed to connect after "
-                    f"{self.max_attempts} attempts each); check --base-url / OPENAI_BASE_URL and that the server is up"
+                    f"{self.options.retry.max_attempts} attempts each); check --base-url / OPENAI_BASE_URL and that the server is up"
                 )
             raise
         raise AssertionError("unreachable: tenacity reraises the last error")

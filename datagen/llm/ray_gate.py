@@ -262,15 +262,6 @@ def _limit_headers(headers: Any) -> dict[str, str] | None:
     return kept or None
 
 
-def install(backend: Any, gate: Any, spec: str, cap: float | None) -> GatedLimiter:
-    """Put the stand-ins into a freshly built `OpenAICompatLLM` (on a worker)."""
-    budget = GatedBudget(gate, cap) if cap is not None else None
-    limiter = GatedLimiter(gate, spec, backend.limiter, budget)
-    backend.limiter = limiter
-    backend.budget = budget
-    return limiter
-
-
 # --------------------------------------------------------------------------- driver side
 
 

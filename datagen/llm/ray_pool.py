@@ -77,13 +77,13 @@ RATE_OPTIONS = ("max_requests_per_minute", "max_tokens_per_minute")
 LEASE_SLACK_SECONDS = 60.0
 
 
-def gate_limits(options: dict[str, Any], twin: Any) -> dict[str, Any]:
+def gate_limits(options: dict[str, Any], timeout: float) -> dict[str, Any]:
     """The run's whole per-minute allowance for one backend, as the permit gate holds it."""
     return {
         "requests_per_minute": options.get("max_requests_per_minute") or None,
         "tokens_per_minute": options.get("max_tokens_per_minute") or None,
         "period": float(options.get("rate_period") or 60.0),
-        "lease": 2 * float(getattr(twin, "timeout", 120.0)) + LEASE_SLACK_SECONDS,
+        "lease": 2 * timeout + LEASE_SLACK_SECONDS,
     }
 
 
@@ -132,13 +132,17 @@ class LLMWorker:
                  cap: float | None = None) -> None:
         from datagen.llm import make_backend
 
-        self.backend = make_backend(spec, **options)
         self.sink = sink
         self.permits = None
-        if gate is not None:  # budget, rates and cool-downs are the run's: ask the gate
-            from datagen.llm.ray_gate import install
+        if gate is not None:  # budget, rates and cool-downs are the run's: the gate's stand-ins
+            from datagen.llm.endpoint_options import EndpointOptions
+            from datagen.llm.ray_gate import GatedBudget, GatedLimiter
 
-            self.permits = install(self.backend, gate, spec, cap)
+            budget = GatedBudget(gate, cap) if cap is not None else None
+            own = EndpointOptions.from_flat({k: v for k, v in options.items() if k != "price"}).limiter()
+            self.permits = GatedLimiter(gate, spec, own, budget)
+            options = {**options, "limiter": self.permits, "budget": budget}
+        self.backend = make_backend(spec, **options)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -180,28 +184,23 @@ class RayPoolLLM:
     """`openai:` and `local:` backends over an actor pool; same identity as the wrapped backend."""
 
     def __init__(self, spec: str, options: dict[str, Any], config: RayConfig, gate: ClusterGate | None = None) -> None:
-        from datagen.llm import make_backend
+        from datagen.llm import backend_facts
 
         self.spec = spec
         self.config = config
         self._owns_gate = gate is None
         self.gate = gate if gate is not None else ClusterGate(options.get("budget"))
-        # Built on the driver only for its identity (name, model, endpoint, weights): CachedLLM
-        # keys on `cache_identity()`, so a run resumes across executors. It never sends a request.
-        self.local_twin = make_backend(spec, **options)
-        self.name = self.local_twin.name
-        self.backend = self.local_twin.backend
-        self.model = self.local_twin.model
-        self.supports_json_schema = self.local_twin.supports_json_schema
-        self.actor_options = actor_options(self.backend, options, config,
-                                           getattr(self.local_twin, "max_concurrency", 64))
-        self.gate_limits = gate_limits(options, self.local_twin) if self.backend == "openai" else None
+        # The identity is the wrapped backend's (CachedLLM keys on it, so a run resumes across
+        # executors), read from the options: no client is built on the driver.
+        self.facts = backend_facts(spec, options)
+        self.name, self.backend, self.model = self.facts.name, self.facts.backend, self.facts.model
+        self.supports_json_schema = self.facts.supports_json_schema
+        self.max_concurrency = self.facts.max_concurrency
+        self.actor_options = actor_options(self.backend, options, config, self.facts.max_concurrency)
+        self.gate_limits = gate_limits(options, self.facts.timeout) if self.backend == "openai" else None
 
-    def __getattr__(self, name: str) -> Any:
-        # Anything else the cache may ask for identity (base_url, model_path, ...) is the twin's.
-        if name == "local_twin":
-            raise AttributeError(name)
-        return getattr(self.local_twin, name)
+    def cache_identity(self) -> dict[str, Any]:
+        return self.facts.identity
 
     async def generate(
         self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
@@ -283,7 +282,6 @@ class RayPoolLLM:
     def close(self) -> None:
         if self._owns_gate:
             self.gate.close()
-        self.local_twin.close()
 
 
 class _Consumer(threading.Thread):
