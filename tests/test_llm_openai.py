@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from datagen.llm import ChatRequest, Completion, ResponseCache, generate_sync, make_llm
-from datagen.llm.openai_compat import OpenAICompatLLM
 from datagen.llm.endpoint_options import EndpointOptions, RetryPolicy
+from datagen.llm.openai_compat import OpenAICompatLLM
 
 SECRET = "sk-test-SECRET-4242"
 

@@ -235,7 +235,6 @@ def test_a_small_call_is_spread_over_every_actor() -> None:
 
 
 def test_actor_options_split_concurrency_and_leave_rates_to_the_gate() -> None:
-    from datagen.llm import make_backend
     from datagen.llm.ray_pool import RATE_OPTIONS, actor_options, gate_limits
     from datagen.ray_cluster import RayConfig
 
@@ -245,7 +244,7 @@ def test_actor_options_split_concurrency_and_leave_rates_to_the_gate() -> None:
     # Concurrency is split; the rates are not: the run's permit gate holds them whole.
     assert shared["max_concurrency"] == 16 and not set(RATE_OPTIONS) & set(shared)
     assert shared["price"] is options["price"] and shared["base_url"] == "http://x/v1"
-    assert gate_limits(options, make_backend("openai:m", timeout=10.0)) == {
+    assert gate_limits(options, 10.0) == {
         "requests_per_minute": 600, "tokens_per_minute": 90000, "period": 60.0, "lease": 80.0}
     assert actor_options("openai", options, RayConfig(actors=4, max_concurrency=8), 64)["max_concurrency"] == 8
     assert "budget" not in actor_options("openai", {**options, "budget": object()}, RayConfig(), 64)

@@ -135,11 +135,12 @@ class LLMWorker:
         self.sink = sink
         self.permits = None
         if gate is not None:  # budget, rates and cool-downs are the run's: the gate's stand-ins
+            from datagen.llm import GATE_OPTIONS
             from datagen.llm.endpoint_options import EndpointOptions
             from datagen.llm.ray_gate import GatedBudget, GatedLimiter
 
             budget = GatedBudget(gate, cap) if cap is not None else None
-            own = EndpointOptions.from_flat({k: v for k, v in options.items() if k != "price"}).limiter()
+            own = EndpointOptions.from_flat({k: v for k, v in options.items() if k not in GATE_OPTIONS}).limiter()
             self.permits = GatedLimiter(gate, spec, own, budget)
             options = {**options, "limiter": self.permits, "budget": budget}
         self.backend = make_backend(spec, **options)
