@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import groupby
 from typing import TYPE_CHECKING
 
 from datagen.records import Record
@@ -53,9 +54,9 @@ DEFAULT_REFUSAL_OPENERS = [
     r"(?:i'm |i am |i'm really |so )?sorry,? (?:but )?(?:i|as an ai\b[^,.]*,? i) (?:can(?:'t|not| not)|am unable|'m unable"
     r"|am not able|'m not able|won't|will not|must|have to|don't|do not)\b",
     r"i (?:must )?apologi[sz]e,? but (?:i|as an ai)\b",
-    rf"(?:unfortunately,? )?i (?:can(?:'t|not| not)|am unable to|'m unable to|am not able to|'m not able to|won't be "
-    rf"able to|will not be able to|must decline to|have to decline to|am not allowed to|'m not allowed to|won't|"
-    rf"will not|refuse to)\s+(?:\w+\s+)?(?:{_REFUSED})\b",
+    rf"(?:unfortunately,? )?i(?: can(?:'t|not| not)|'m unable to| am unable to|'m not able to| am not able to| won't be "
+    rf"able to| will not be able to| must decline to| have to decline to|'m not allowed to| am not allowed to| won't|"
+    rf" will not| refuse to)\s+(?:\w+\s+)?(?:{_REFUSED})\b",
     r"i (?:don't|do not) have (?:access|the ability|personal|real-time|feelings|opinions|emotions|a physical|"
     r"the capacity)\b",
     r"(?:很)?(?:抱歉|对不起)[，,。！!]?.{0,12}(?:无法|不能|没办法|不可以)",
@@ -64,7 +65,7 @@ DEFAULT_REFUSAL_OPENERS = [
     r"죄송(?:하지만|합니다)[,.]?.{0,30}(?:수 없|드릴 수 없)",
     r"lo siento,? (?:pero )?no (?:puedo|es posible)",
     r"no puedo (?:ayudar|proporcionar|responder|cumplir|hacer eso)",
-    r"es tut mir leid,? (?:aber )?ich (?:kann|darf) (?:nicht|keine|dabei)",
+    r"es tut mir leid,? (?:aber )?ich (?:kann|darf) (?:\w+ ){0,2}(?:nicht|keine)",
     r"ich kann (?:dir |ihnen )?(?:dabei |hierbei )?nicht helfen",
     r"(?:извините|простите|к сожалению),? (?:но )?я не (?:могу|в состоянии)",
     r"я не могу (?:помочь|предоставить|ответить|выполнить)",
@@ -78,7 +79,10 @@ _DANGLING_WORDS = frozenset(
     "der die das dem den des und oder mit von zu ein eine einen weil dass "
     "и в на с по к что или для от из чтобы".split()
 )
-_SQL_DANGLING = frozenset("select from where and or join on by group order having set values into as not in like".split())
+_CODE_DANGLING = frozenset(
+    "select from where and or join on by group order having set values into as not in like "
+    "def class if elif for while import lambda with return".split()
+)
 _CLAUSE_END = ",;:(\u3001\uff0c\uff1b\uff1a\uff08\u300c\u300e"  # , ; : ( and their CJK forms
 _LIST_ITEM = re.compile(r"^\s*(?:[-*\u2022+]|\d+[.)]|[a-zA-Z][.)]|\(\w\))\s+")
 _SENTENCE_START = r"(?:^|(?<=[.!?\u3002\uff01\uff1f\n]))\s*[\"'(*_>\-]*\s*"
@@ -164,9 +168,13 @@ def check_repetition(
             return verdict("repetitive_output", _most_repeated_span(output, n),
                            f"{ratio:.0%} of its {n}-word spans repeat an earlier one", signal="ngram",
                            ratio=round(ratio, 3), n=n)
-    if code:
-        return None
     lines = [" ".join(line.split()) for line in output.splitlines()]
+    if code:  # code repeats lines legitimately; only a run of the same line in a row is a loop
+        runs = [len(list(group)) for line, group in groupby(lines) if len(line) >= min_line_chars]
+        if runs and max(runs) > max_line_repeats:
+            return verdict("repetitive_output", lines[0], f"one line repeated {max(runs)} times in a row",
+                           signal="line_run", times=max(runs))
+        return None
     counts = Counter(line for line in lines if len(line) >= min_line_chars)
     if counts:
         line, times = counts.most_common(1)[0]
@@ -203,10 +211,10 @@ def check_truncated(output: str, finish_reason: str | None = None, min_words: in
         return verdict("truncated_output", output[-60:], "a code block is opened and never closed",
                        signal="unclosed_code_block")
     tail = output.rstrip()
+    if code:
+        return _truncated_code(tail) if length_in_words(tail) >= 3 else None
     if length_in_words(tail) < min_words:
         return None
-    if code:
-        return _truncated_code(tail)
     last = tail[-1]
     if last in _CLAUSE_END:
         return verdict("truncated_output", tail[-60:], f"ends mid-sentence on {last!r}", signal="ends_mid_sentence")
@@ -214,7 +222,31 @@ def check_truncated(output: str, finish_reason: str | None = None, min_words: in
     if last_word and last_word[0] in _DANGLING_WORDS:
         return verdict("truncated_output", tail[-60:], f"ends on {last_word[0]!r}, a word no sentence ends with",
                        signal="ends_mid_sentence")
+    if re.search(r"\bsuch as$", tail, re.I) or (tail.count("\n") and _LIST_ITEM.fullmatch(tail.splitlines()[-1] + " ")):
+        return verdict("truncated_output", tail[-60:], "ends on an item that was never written", signal="ends_mid_list")
+    if _unfinished_last_sentence(tail):
+        return verdict("truncated_output", tail[-60:], "the last sentence has no end, though every other one has",
+                       signal="unfinished_sentence")
     return None
+
+
+_STOPS = ".!?\u3002\uff01\uff1f\u061f"
+_CLOSERS = "\"'\u201d\u2019)]\u300d\u300f*_`"
+
+
+def _unfinished_last_sentence(tail: str) -> bool:
+    """Prose whose author ends sentences with a stop, but not the last one: the last line holds
+    a finished sentence before its unfinished end (or every earlier prose line ends with a stop),
+    and it ends on a letter or digit. Lists, poems and labels (no stops) never qualify."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    last = lines[-1]
+    if not last[-1].isalnum() or _LIST_ITEM.match(last) or length_in_words(last) < 4:
+        return False
+    cjk_stop = re.search("[\u3002\uff01\uff1f]", last[:-1])
+    inner_stop = re.search(f"[{re.escape(_STOPS)}][{re.escape(_CLOSERS)}]?\\s+\\S", last) or cjk_stop
+    prose_lines = [line for line in lines[:-1] if length_in_words(line) >= 6 and not _LIST_ITEM.match(line)]
+    earlier_end = bool(prose_lines) and all(line.rstrip(_CLOSERS)[-1:] in _STOPS + ":" for line in prose_lines)
+    return bool(inner_stop or (earlier_end and length_in_words(last) >= 6))
 
 
 def _truncated_code(tail: str) -> Verdict:
@@ -223,10 +255,10 @@ def _truncated_code(tail: str) -> Verdict:
     if open_count > 0:
         return verdict("truncated_output", tail[-60:], f"{open_count} bracket(s) opened and never closed",
                        signal="unclosed_brackets")
-    if tail[-1] in ",([{\\=+&|":
+    if tail[-1] in ",([{\\=+&|-":
         return verdict("truncated_output", tail[-60:], f"code ends on {tail[-1]!r}", signal="ends_mid_statement")
     last_word = re.findall(r"\w+$", tail.casefold())
-    if last_word and last_word[0] in _SQL_DANGLING and not tail.rstrip().endswith(";"):
+    if last_word and last_word[0] in _CODE_DANGLING and not tail.rstrip().endswith(";"):
         return verdict("truncated_output", tail[-60:], f"a statement ends on the keyword {last_word[0]!r}",
                        signal="ends_mid_statement")
     return None

@@ -21,14 +21,15 @@ _MATERIAL = (
     r"passages?|texts?|paragraphs?|articles?|sentences?|tables?|data(?:set)?|code|snippets?|lists?|documents?|"
     r"essays?|poems?|story|stories|emails?|letters?|reviews?|excerpts?|statements?|inputs?|tweets?|"
     r"conversations?|dialogues?|equations?|programs?|functions?|words?|phrases?|numbers?|array|"
-    r"string|json|csv|query|recipe|song|lyrics|report|summary|description|quotes?|questions?|paragraph"
+    r"string|json|csv|query|recipe|song|lyrics|report|summary|description|quotes?|questions?|paragraph|lines?|"
+    r"messages?|headlines?|claims?|evidence|opening|titles?|products?|sequence|passage|argument|riddle|puzzle"
 )
 # "that" is left out on purpose: "a command that lists files" is a relative clause, not a pointer.
 _POINTS_AT_INPUT = re.compile(
-    rf"\b(?:following|given|above|below|provided|attached|accompanying|this|these|said)\s+(?:(?!an?\s)\w+\s+)?"
+    rf"\b(?:following|given|above|below|provided|attached|accompanying|this|these|said)\s+(?:(?!an?\s)[\w'\u2019-]+\s+){{0,2}}"
     rf"(?:{_MATERIAL})\b(?!\s+(?:that|which|who)\b)"
-    rf"|\bthe\s+(?:passage|paragraph|excerpt|text|table|snippet|article)\b(?!\s+(?:of|about|on)\b)"
-    rf"|\b(?:{_MATERIAL})\s+(?:below|above)\b"
+    rf"|\bthe\s+(?:passage|paragraph|excerpt|text|table|snippet|article|headline)\b(?!\s+(?:of|about|on)\b)"
+    rf"|\b(?:{_MATERIAL})\s+(?:below|above|given|provided)\b"
     r"|(?:下面|下列|以下|上面|上述|给定|给出|所给|提供)的?(?:这)?(?:段|篇|句|首|个|封|份)?(?:文字|文章|话|句子|段落|文本|诗|"
     r"代码|表格|数据|内容|邮件|评论|短文|材料|对话|列表)"
     r"|这(?:段|篇|句|首|封|份)(?:文字|文章|话|句子|段落|文本|诗|代码|表格|数据|内容|邮件|评论|短文|材料|对话)"
@@ -84,11 +85,23 @@ def check_missing_input(instruction: str, input_text: str) -> Verdict:
     match = _POINTS_AT_INPUT.search(instruction)
     if not match:
         return None
-    rest = instruction[match.start() :]
-    if _INLINE_AFTER_COLON.search(rest) or _INLINE_QUOTED.search(instruction):
+    if _carries_material(instruction, match.end()) or _INLINE_QUOTED.search(instruction):
         return None
     return verdict("missing_input", match.group(0), f"the instruction points at {match.group(0)!r} but the input "
                    "is empty")
+
+
+def _carries_material(instruction: str, pointer_end: int) -> bool:
+    """Material follows the pointer: a colon (or line break) within five words of it, then text
+    that is not just a list of options ("...these lines: joyful, tense, or calm" has none)."""
+    after = instruction[pointer_end:]
+    colon = re.search(r"[:：\n]", after)
+    if not colon or len(after[: colon.start()].split()) > 5 or not _INLINE_AFTER_COLON.search(after):
+        return False
+    material = after[colon.end() :].strip()
+    parts = [p for p in re.split(r",|\bor\b|/|、|，", material) if p.strip()]
+    is_options = len(parts) >= 2 and all(len(p.split()) <= 3 for p in parts) and bool(re.search(r"\bor\b|/", material))
+    return not is_options
 
 
 def check_placeholder_input(input_text: str, placeholders: list[str]) -> Verdict:

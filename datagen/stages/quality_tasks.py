@@ -33,7 +33,7 @@ _SHORT_TASK = re.compile(
     r"|\brate\b|\bscore\b|\btranslate\b|\bregex\b|\bregular expression\b|\bcommand\b|\babbreviat|\bacronym\b"
     r"|\bsynonym|\bantonym|\bplural\b|\bpast tense\b|\bcapital of\b|\bwho (?:wrote|painted|invented|is|was)\b"
     r"|\bwhen (?:did|was|is)\b|\bwhere is\b|\bcorrect (?:option|answer|word|spelling)\b|\bspell\b"
-    r"|一个词|一个字|几个字|是否|是不是|判断|分类|类别|多少|几个|几岁|计算|翻译|填空|选择|哪(?:个|一|些)|提取|情感|正面|负面"
+    r"|一个词|一个字|几个字|是否|是不是|判断|分类|类别|多少|几个|几岁|计算|翻译|填空|选择|哪(?:个|一)|提取|情感|正面|负面"
     r"|一語|単語|はい|いいえ|分類|いくつ|何人|計算|翻訳|選んで|抽出"
     r"|한 단어|예 또는 아니오|분류|몇|계산|번역|고르|추출"
     r"|\buna palabra\b|\bsí o no\b|\bclasifica|\bcuántos?\b|\bcuántas?\b|\bcalcula|\btraduce|\belige\b"
@@ -42,14 +42,23 @@ _SHORT_TASK = re.compile(
     r"|بكلمة واحدة|نعم أو لا|صنف|كم|احسب|ترجم|اختر",
     re.I,
 )
+# Instructions that say outright they want reasoning or prose: these win over short cues ("Solve
+# the puzzle and explain your answer", "What is a black hole?").
+_EXPLAIN_TASK = re.compile(
+    r"\b(?:explain|describe|justify|elaborate|discuss)\b|\bshow (?:your |the )?(?:work|steps|reasoning)\b"
+    r"|\bstep[- ]by[- ]step\b|\bwhat (?:is|are) (?:a|an)\s|\bwhat does\b.*\b(?:mean|do)\b|\bdefine\b"
+    r"|解释|说明|描述|过程|理由|説明|설명|\bexplica|\berkläre|\bbeschreibe|объясни|опиши|اشرح",
+    re.I,
+)
 # Instructions that ask for extended text: an explanation, an essay, a story, a plan, a list.
 _LONG_FORM_TASK = re.compile(
     r"\b(?:explain|describe|discuss|elaborate|compare|contrast|outline|argue|justify|analy[sz]e|brainstorm)\b"
     r"|\bwhy\b|\bhow (?:do|does|did|can|could|would|should|to|is|are|might)\b"
     r"|\b(?:write|compose|draft|create|generate|give|list|suggest|plan|propose)\b.{0,40}\b(?:essay|story|paragraph|"
     r"poem|letter|email|article|blog|speech|review|report|description|explanation|plan|steps|tips|ideas|reasons|"
-    r"ways|examples|list|summary|dialogue|script|guide|instructions|advice|argument|pros and cons)\b"
-    r"|解释|说明|描述|介绍|讨论|比较|分析|为什么|为何|如何|怎么|怎样|写一(?:篇|首|封|段|个故事)|列出|建议"
+    r"ways|examples|list|summary|dialogue|script|guide|instructions|advice|argument|pros and cons|itinerary|schedule|"
+    r"recipe|feedback|message|outline|agenda|menu|routine)\b|\bcontinue\b|\bsentences\b"
+    r"|解释|说明|描述|介绍|讨论|比较|分析|为什么|为何|如何|怎么|怎样|写一(?:篇|首|封|段|个故事)|列出|建议|解答|写出"
     r"|説明|なぜ|どうして|どのように|書いて|比較|紹介"
     r"|설명|왜|어떻게|작성|비교|소개"
     r"|\bexplica|\bdescribe\b|\bescribe\b|\bpor qué\b|\bcómo\b|\bcompara"
@@ -82,10 +91,15 @@ _VALUE_ANSWER = re.compile(r"^[\s$€£¥%+\-−×x*/=().,:\d]+[a-zA-Z%°]{0,6}\
 
 
 def asks_for_short_answer(record: Record) -> bool:
-    """A label, a number, a word, yes/no, a fill-in, a short transformation: short is right."""
+    """A label, a number, a word, yes/no, a fill-in, a short transformation, a factual question:
+    short is right. An instruction that asks outright for reasoning or prose is never short."""
     if record.meta.is_classification:
         return True
+    if _EXPLAIN_TASK.search(record.instruction):
+        return False
     if _SHORT_TASK.search(record.instruction):
+        return True
+    if record.instruction.rstrip().endswith(("?", "\uff1f", "\u061f")) and not asks_for_long_form(record):
         return True
     if _VALUE_ANSWER.match(record.output.strip()):
         return True
