@@ -14,6 +14,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+from datagen.report_quality import heuristic_drops_section, record_scores, scores_section
 from datagen.svg import svg_bars, svg_histogram, svg_intervals, svg_lines
 
 
@@ -77,7 +78,6 @@ def build_report(run_dir: Path) -> str:
     sections.append(svg_histogram([_words(r.get("output", "")) for r in final], "Answer length",
                                   x_label="words per answer"))
 
-    score_values: dict[str, list[float]] = {}
     similarity: list[float] = []
     # Only dedup records carry similarities; other stages' files (possibly large) are not read.
     for s in (s for s in stages if s["stage"] == "dedup"):
@@ -86,18 +86,11 @@ def build_report(run_dir: Path) -> str:
                 for key, value in ((r.get("meta") or {}).get("scores") or {}).items():
                     if isinstance(value, (int, float)) and "sim" in key:
                         similarity.append(float(value))
-    for r in final:
-        for key, value in ((r.get("meta") or {}).get("scores") or {}).items():
-            if isinstance(value, (int, float)) and "sim" not in key:
-                score_values.setdefault(key, []).append(float(value))
-    sections.append("<h2>Scores (final records)</h2>")
-    if not score_values:
-        sections.append("<p>no scores recorded</p>")
-    scales = judge_scales(stages)
-    for key, values in sorted(score_values.items()):
-        scale = scales.get(key)
-        on = f" (judge scale {scale[0]:g}-{scale[1]:g})" if scale else ""
-        sections.append(svg_histogram(values, f"score: {key}{on}", x_label=f"{key} score{on}"))
+    # Earlier stages' files are read only when the final records carry no score, to say where they went.
+    per_stage = {} if record_scores(final) else {
+        s["label"]: record_scores(_load_jsonl(run_dir / s["label"] / "kept.jsonl")) for s in stages[:-1]}
+    sections.append(scores_section(final, per_stage, judge_scales(stages)))
+    sections.append(heuristic_drops_section(run_dir, stages))
     sections.append("<h2>Similarity to nearest kept neighbour (dedup)</h2>")
     sections.append(svg_histogram(similarity, "cosine similarity", x_label="cosine similarity to nearest kept record"))
 

@@ -49,6 +49,20 @@ def test_ngrams_ignore_case_and_punctuation():
     assert ngrams("too short", 3) == set()
 
 
+def test_cjk_text_is_counted_by_character(tmp_path: Path):
+    """Chinese has no spaces: taken as words, a paragraph is one "word" and a copy that changes
+    one comma shares no n-gram with its source. By character, the copy is found."""
+    assert ngrams("秦始皇统一六国", 3) == {("秦", "始", "皇"), ("始", "皇", "统"), ("皇", "统", "一"), ("统", "一", "六"),
+                                     ("一", "六", "国")}
+    held = tmp_path / "zh.jsonl"
+    held.write_text(json.dumps({"instruction": "秦始皇统一六国后采取了哪些重要措施？请简要回答。", "output": "统一文字"},
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    config = DecontaminateConfig(held_out=[str(held)], semantic=False)
+    copy = _records(["秦始皇统一六国后，采取了哪些重要措施？请简要回答", "写一首关于秋天的短诗，描写落叶和风。"])
+    result = run(copy, StageContext(progress=False), config)
+    assert [r.id for r in result.dropped] == ["r0"] and [r.id for r in result.kept] == ["r1"]
+
+
 @pytest.mark.slow
 def test_clean_set_loses_nothing(tmp_path: Path):
     config = DecontaminateConfig(held_out=[str(_held_out(tmp_path))])

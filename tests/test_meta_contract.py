@@ -55,14 +55,14 @@ def test_the_check_catches_a_mismatched_key() -> None:
 def test_truncation_flows_from_distill_into_quality() -> None:
     """What distill writes is what quality reads: a cut-off winner is dropped as truncated."""
     from datagen.stages.quality import QualityConfig
-    from datagen.stages.quality_checks import heuristic_verdict
+    from datagen.stages.quality_checks import first_verdict
 
     record = Record(id="r1", instruction="Explain the water cycle in detail.",
                     output="Water evaporates from the oceans, rises and cools, and then it forms clouds which",
                     meta=RecordMeta(answer_finish_reason="length"))
-    verdict = heuristic_verdict(record, QualityConfig(judge=False))
+    verdict = first_verdict(record, QualityConfig(judge=False))
     assert verdict is not None and verdict[0] == "truncated_output"
-    assert verdict[1] == {"signal": "finish_reason_length"}
+    assert verdict[1]["signal"] == "finish_reason_length"
 
 
 @pytest.mark.slow  # dedup loads the bundled embedding model

@@ -12,13 +12,15 @@ from datagen.llm.base import ChatRequest, Completion, UsageStats
 from datagen.records import Record, RecordMeta
 from datagen.stages.quality import QualityConfig, parse_judgement, run
 from datagen.stages.quality_checks import (
+    RULE_NAMES,
     check_copies_instruction,
     check_empty,
-    check_length,
     check_refusal,
     check_repetition,
+    check_too_long,
+    check_too_short,
     check_truncated,
-    heuristic_verdict,
+    first_verdict,
 )
 
 GOOD = (
@@ -27,8 +29,8 @@ GOOD = (
 )
 
 
-def rec(i: int, instruction: str, output: str, **meta) -> Record:
-    return Record(id=f"q{i}", instruction=instruction, output=output, meta=RecordMeta(**meta))
+def rec(i: int, instruction: str, output: str, input_text: str = "", **meta) -> Record:
+    return Record(id=f"q{i}", instruction=instruction, input=input_text, output=output, meta=RecordMeta(**meta))
 
 
 def no_judge(**kw) -> QualityConfig:
@@ -43,83 +45,143 @@ def test_empty():
     assert check_empty("ok") is None
 
 
-def test_length_bounds_and_classification_exemption():
-    assert check_length("Paris", 2, 100)[0] == "output_too_short"
-    assert check_length("Paris", 2, 100, exempt_short=True) is None
-    assert check_length("Paris is lovely", 2, 100) is None
-    reason, detail = check_length("word " * 101, 2, 100)
-    assert reason == "output_too_long" and detail == {"words": 101, "max_words": 100}
-    cfg = no_judge()
-    label = rec(0, "Is this review positive or negative? Great film!", "Positive", is_classification=True)
-    assert heuristic_verdict(label, cfg) is None
-    assert heuristic_verdict(label.model_copy(update={"meta": RecordMeta()}), cfg)[0] == "output_too_short"
+@pytest.mark.parametrize(
+    "instruction, input_text, output, is_classification, short",
+    [
+        # short is what these tasks ask for
+        ("Is this review positive or negative?", "Great film!", "Positive", True, False),
+        ("Complete the sentence with one word: Michael Jordan played ___.", "", "basketball", None, False),
+        ("How many words are in the sentence below?", "I like tea.", "3", None, False),
+        ("What is the chemical symbol for gold?", "", "Au", None, False),
+        ("Translate the word into French.", "cheese", "fromage", None, False),
+        ("한국의 수도는 어디입니까?", "", "서울", None, False),
+        # CJK is counted in characters: a 40-character sentence is long enough
+        ("用一句话概括下面这段文字的主要内容。", "……", "周末郊外露营在年轻人中日益流行，既帮助他们缓解压力，也带动了露营装备市场的快速增长。",
+         None, False),
+        # an explanation, an essay or an open task answered in a word or two is not
+        ("Explain why the sky is blue.", "", "Rayleigh scattering.", None, True),
+        ("Solve the puzzle and explain your answer.", "", "Ja.", None, True),
+        ("Write a short story about a lighthouse keeper.", "", "Sure!", None, True),
+        ("为什么冬天会下雪？请解释。", "", "冷。", None, True),
+    ],
+)
+def test_too_short_is_relative_to_the_task_and_script(instruction, input_text, output, is_classification, short):
+    record = rec(0, instruction, output, input_text, is_classification=is_classification)
+    found = check_too_short(record, min_words=2, min_long_form_words=5)
+    assert (found is not None and found[0] == "output_too_short") is short, found
 
 
-def test_refusal_phrases_anywhere_openers_only_at_start():
+def test_too_long_counts_cjk_in_characters():
+    assert check_too_long("word " * 101, 100)[1]["words"] == 101
+    assert check_too_long("字" * 151, 100)[1]["words"] == 101  # 151 characters / 1.5, rounded up
+    assert check_too_long("字" * 150, 100) is None
+
+
+def test_refusal_anchored_to_refusal_shapes():
     cfg = QualityConfig()
     args = (cfg.refusal_phrases, cfg.refusal_openers, cfg.refusal_window_chars)
     assert check_refusal("Sure. As an AI language model, I think tea is best.", *args)[0] == "refusal"
     assert check_refusal("I\u2019m sorry, but I can\u2019t help with that request.", *args)[0] == "refusal"
-    assert check_refusal("I cannot browse the internet.", *args) == ("refusal", {"phrase": "i cannot"})
-    # The same words deep inside a real answer are not a refusal.
-    long_answer = GOOD + " Some say: I cannot stress enough how important light is."
-    assert check_refusal(long_answer, *args) is None
-    assert check_refusal(GOOD, *args) is None
+    assert check_refusal("I cannot browse the internet.", *args)[0] == "refusal"
+    assert check_refusal("I'm not able to provide a translation of this text.", *args)[0] == "refusal"
+    for text in ("抱歉，我无法回答这个问题。", "Lo siento, pero no puedo ayudarte con eso.",
+                 "Es tut mir leid, aber ich kann Ihnen dabei nicht helfen.", "Извините, но я не могу помочь."):
+        assert check_refusal(text, *args)[0] == "refusal", text
+    found = check_refusal("I'm sorry, but I cannot do that.", *args)
+    assert found[1]["matched"].startswith("i'm sorry, but i cannot") and found[1]["why"]
+    # The same words in prose, a metaphor or a tweet are no refusal.
+    for text in (
+        GOOD + " Some say: I cannot stress enough how important light is.",
+        "I am like a moth to a flame; I can't help but be drawn to the bright lights of the city.",
+        "I can't wait to finally leave my coat at home! First day of spring.",
+        "People who cannot swim should stay in the shallow end.",
+        GOOD,
+    ):
+        assert check_refusal(text, *args) is None, text
 
 
-def test_repetition_ngram_loop_and_repeated_line():
-    loop = "The answer is yes. " * 20
+def test_refusal_the_task_asked_for_is_kept():
+    email = "Hi Alex,\n\nI'm sorry, but I can't make it on 12 June because I will be travelling."
+    assert first_verdict(rec(0, "Reply to the invitation and decline it politely.", email), no_judge()) is None
+    assert first_verdict(rec(1, "Summarize the meeting notes.", email), no_judge())[0] == "refusal"
+
+
+def test_repetition_loops_but_not_lists():
+    loop = "The answer is yes and it will always be yes. " * 12
     reason, detail = check_repetition(loop)
-    assert reason == "repetitive_output" and detail["signal"] == "ngram" and detail["ratio"] > 0.5
+    assert reason == "repetitive_output" and detail["signal"] == "ngram" and detail["ratio"] > 0.3
     lines = "Here are the steps:\n" + "Mix the flour with the eggs.\n" * 5 + "Bake."
     reason, detail = check_repetition(lines)
-    assert reason == "repetitive_output" and detail["signal"] == "line" and detail["times"] == 5
-    assert check_repetition(GOOD * 1) is None
-    # Short repeated lines (braces, separators) and a few repeats are normal.
-    code = "```python\ndef f(x):\n    if x:\n        return 1\n    }\n    }\n    }\n    }\n```"
-    assert check_repetition(code) is None
-    steps = "\n".join(
-        f"{i}. Add {w} to the bowl and stir well." for i, w in enumerate(["salt", "sugar", "milk"])
-    )
+    assert reason == "repetitive_output" and detail["times"] == 5
+    assert check_repetition("I love it so much. " * 3)[1]["signal"] == "sentence"
+    assert check_repetition("今天天气很好，我们去公园散步吧。" * 6)[0] == "repetitive_output"
+    assert check_repetition(GOOD) is None
+    # Lists whose items share a prefix, numbered steps, tables and code are not loops.
+    shared = "\n".join(f"- Spend more time {w}" for w in ["cooking dinner together", "outdoors on weekends",
+                                                          "playing board games", "reading aloud to the kids",
+                                                          "visiting grandparents", "walking the dog at dusk"])
+    assert check_repetition(shared) is None
+    steps = "\n".join(f"{i}. Add the {w} to the bowl and stir well until smooth." for i, w in
+                      enumerate(["salt", "sugar", "milk", "butter", "flour", "eggs"], 1))
     assert check_repetition(steps) is None
+    assert check_repetition("\n".join(f"7 x {i} = {7 * i}" for i in range(1, 13))) is None
+    code = "def f(x):\n    print('-' * 40)\n    g(x)\n    print('-' * 40)\n    h(x)\n    print('-' * 40)\n" * 2
+    assert check_repetition(code, code=True) is None
+    assert check_repetition("x = 1\n" + "    total = total + value\n" * 6, code=True)[1]["signal"] == "line_run"
 
 
-def test_truncation_signals_are_conservative():
-    assert check_truncated("A complete answer.", finish_reason="length")[0] == "truncated_output"
+def test_truncation_knows_code_and_structure():
+    assert check_truncated("A complete answer.", finish_reason="length")[1]["signal"] == "finish_reason_length"
     assert check_truncated("Here is code:\n```python\nprint('hi')\n")[1]["signal"] == "unclosed_code_block"
-    assert (
-        check_truncated("The three main causes were taxes, famine, and")[1]["signal"] == "ends_mid_sentence"
-    )
-    assert (
-        check_truncated("Plants need light, water, carbon dioxide, soil nutrients,")[0] == "truncated_output"
-    )
+    assert check_truncated("The three main causes were taxes, famine, and")[1]["signal"] == "ends_mid_sentence"
+    assert check_truncated("Plants need light, water, carbon dioxide, soil nutrients,")[0] == "truncated_output"
     assert check_truncated("To make tea you should first boil the water and then pour it over the")[0]
-    # Not truncated: a proper ending, a list without full stops, code, short labels.
+    cut = "Sunlight is a mix of colours. Each colour bends by a different amount, so they spread apart like a"
+    assert check_truncated(cut)[0] == "truncated_output"
+    assert check_truncated(GOOD[:-40].rstrip())[1]["signal"] == "unfinished_sentence"
+    assert check_truncated("秦始皇统一六国后，采取了多项措施。他统一了文字和货币，还推行郡县制，加强中央")[0]
+    # Code and SQL: a statement ending in `;` is complete; open brackets and dangling keywords are not.
+    sql = "SELECT c.name, SUM(o.total) AS spent\nFROM customers c\nJOIN orders o ON o.customer_id = c.id\nLIMIT 5;"
+    assert check_truncated(sql, code=True) is None
+    assert check_truncated("CREATE TABLE books (\n  id INTEGER PRIMARY KEY,\n  title TEXT NOT NULL\n);", code=True) is None
+    assert check_truncated("CREATE TABLE books (\n  id INTEGER PRIMARY KEY,\n  title TEXT", code=True)[1]["signal"] \
+        == "unclosed_brackets"
+    assert check_truncated("SELECT name, email FROM users WHERE", code=True)[1]["signal"] == "ends_mid_statement"
+    # Not truncated: a proper ending, a list without full stops, a closed code block, a poem, labels.
     assert check_truncated(GOOD) is None
     assert check_truncated("Shopping list:\n- apples\n- bread\n- milk\n- some cheese for the party") is None
     assert check_truncated("```python\nprint('hi')\n```") is None
-    assert check_truncated("and") is None  # too short to judge
+    assert check_truncated("and") is None
     assert check_truncated("Please leave the door open when you come in") is None
+    assert check_truncated("春风拂面柳丝长，燕子归来觅旧梁") is None
+    letter = "Dear Ms. Patel,\n\nI'm sorry your order arrived four days later than promised.\n\nKind regards,\nThe Team"
+    assert check_truncated(letter) is None
 
 
 def test_copies_instruction_but_echoing_input_is_fine():
     instruction = "Write a haiku about autumn leaves falling."
-    assert (
-        check_copies_instruction(instruction, "Write a haiku about autumn leaves falling.")[0]
-        == "copies_instruction"
-    )
+    assert check_copies_instruction(instruction, "Write a haiku about autumn leaves falling.")[0] == "copies_instruction"
     assert check_copies_instruction(instruction, "write a haiku about autumn leaves falling")[0]
-    assert (
-        check_copies_instruction(instruction, "Crimson leaves drift down / the maple lets go / quiet") is None
-    )
+    assert check_copies_instruction(instruction, "Crimson leaves drift down / the maple lets go / quiet") is None
+    assert check_copies_instruction("写一首关于秋天的诗。", "写一首关于秋天的诗")[0] == "copies_instruction"
     # "Fix the grammar" with an already-correct input: the answer equals the input, not the instruction.
-    fix = Record(
-        id="g",
-        instruction="Correct the grammar of the sentence.",
-        input="She walks to school.",
-        output="She walks to school.",
-    )
-    assert heuristic_verdict(fix, no_judge()) is None
+    fix = rec(0, "Correct the grammar of the sentence.", "She walks to school.", "She walks to school.")
+    assert first_verdict(fix, no_judge()) is None
+
+
+def test_heuristics_turned_off_and_on_by_name():
+    refusal = rec(0, "Say hi.", "I cannot do that for you.")
+    assert first_verdict(refusal, no_judge())[0] == "refusal"
+    assert first_verdict(refusal, no_judge(keep_heuristics=["refusal"])) is None
+    cut = rec(1, "Explain photosynthesis.", GOOD, answer_finish_reason="length")
+    assert first_verdict(cut, no_judge(check_truncation=False)) is None
+    assert first_verdict(cut, no_judge(check_truncation=False, drop_heuristics=["truncated_output"]))[0] \
+        == "truncated_output"
+    with pytest.raises(ValueError, match="unknown heuristic 'refusals'"):
+        no_judge(keep_heuristics=["refusals"])
+    with pytest.raises(ValueError, match="pick one"):
+        no_judge(keep_heuristics=["refusal"], drop_heuristics=["refusal"])
+    assert len(RULE_NAMES) == len(set(RULE_NAMES))
 
 
 def test_run_heuristics_reasons_and_order():
@@ -128,7 +190,7 @@ def test_run_heuristics_reasons_and_order():
         rec(1, "Explain photosynthesis.", ""),
         rec(2, "Explain photosynthesis.", "I'm sorry, but I cannot do that."),
         rec(3, "Explain photosynthesis.", GOOD, answer_finish_reason="length"),
-        rec(4, "Explain photosynthesis.", "Explain photosynthesis."),
+        rec(4, "Explain how photosynthesis turns light into food.", "Explain how photosynthesis turns light into food."),
     ]
     result = run(records, StageContext(progress=False), no_judge())
     assert [r.id for r in result.kept] == ["q0"]
@@ -353,10 +415,22 @@ def test_judge_over_real_openai_server_uses_json_schema(openai_server):
         ("Write a program that, given a list of numbers, returns the largest.", "", False),
         ("Write a short story about a lighthouse keeper.", "", False),
         ("Explain the text of the first amendment.", "", False),
+        ("Give a Linux shell command that lists the ten largest files under the current directory.", "", False),
+        ("Identify the dominant mood of these lines: joyful, melancholic, tense, or peaceful.", "", True),
+        ("Sort this email into one of: Primary, Promotions, Social, or Updates.", "", True),
+        ("Sort these words alphabetically: pear, apple, fig, banana", "", False),
+        ("用一句话概括下面这段文字的主要内容。", "", True),
+        ("次の文章を要約してください。", "", True),
+        ("다음 문장을 영어로 번역하세요.", "", True),
+        ("Resume el siguiente texto en una frase.", "", True),
+        ("Fasse den folgenden Text zusammen.", "", True),
+        ("Переведи следующий текст на английский.", "", True),
+        ("لخص النص التالي.", "", True),
+        ("把这句话翻译成英文：「我明天要去北京出差。」", "", False),
     ],
 )
 def test_missing_input(instruction, input_text, flagged):
-    from datagen.stages.quality_checks import check_missing_input
+    from datagen.stages.quality_context import check_missing_input
 
     verdict = check_missing_input(instruction, input_text)
     assert (verdict is not None and verdict[0] == "missing_input") is flagged, verdict
@@ -369,7 +443,7 @@ def test_missing_input(instruction, input_text, flagged):
 )
 def test_placeholder_input(input_text, flagged):
     from datagen.stages.quality import QualityConfig
-    from datagen.stages.quality_checks import check_placeholder_input
+    from datagen.stages.quality_context import check_placeholder_input
 
     verdict = check_placeholder_input(input_text, QualityConfig().placeholder_inputs)
     assert (verdict is not None and verdict[0] == "placeholder_input") is flagged
@@ -379,7 +453,8 @@ def test_placeholder_input(input_text, flagged):
     "instruction, output, kind",
     [
         ("Tell me about Paris.", "You can read all about it at https://en.wikipedia.org/wiki/Paris.", "link"),
-        ("Where can I learn Python?", "Check [this course](http://x.example/python) or www.learnpython.org.", "link"),
+        ("Explain recursion.", "Check [this course](http://x.example/python) or www.learnpython.org.", "link"),
+        ("Where can I learn Python?", "Check [this course](http://x.example/python) or www.learnpython.org.", None),
         ("Describe the chart.", "As shown in the image, sales grew by 20% in May.", "image"),
         ("Draw a cat.", "Here it is: ![cat](cat.png)", "image"),
         ("Send me the report.", "Please find attached the quarterly report.", "attachment"),
@@ -388,7 +463,7 @@ def test_placeholder_input(input_text, flagged):
     ],
 )
 def test_unreachable_reference(instruction, output, kind):
-    from datagen.stages.quality_checks import check_unreachable_reference
+    from datagen.stages.quality_context import check_unreachable_reference
 
     verdict = check_unreachable_reference(instruction, output)
     assert (verdict[1]["kind"] if verdict else None) == kind
@@ -402,12 +477,14 @@ def test_unreachable_reference(instruction, output, kind):
         ("Write a poem about cats.", "Soft paws on the sill, a cat dreams of summer birds.", False),
         ("What is the capital of France?", "The capital of France is Paris.", False),
         ("Is this review positive or negative?", "Negative", False),  # too few words to judge
+        ("What is the capital of Australia, Sydney or Canberra?", "The capital of Australia is Canberra.", False),
+        ("Sort these words alphabetically: pear, apple, fig, banana", "apple, banana, fig, pear", False),
     ],
 )
 def test_restates_instruction(instruction, output, flagged):
-    from datagen.stages.quality_checks import check_restates_instruction
+    from datagen.stages.quality_context import check_restates_instruction
 
-    verdict = check_restates_instruction(instruction, output)
+    verdict = check_restates_instruction(rec(0, instruction, output))
     assert (verdict is not None and verdict[0] == "restates_instruction") is flagged
 
 

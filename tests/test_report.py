@@ -49,3 +49,30 @@ def test_judge_scores_show_the_scale_their_judge_used() -> None:
               {"stage": "quality", "stats": {"judge_scale": [1, 5]}},
               {"stage": "dedup", "stats": {}}]
     assert judge_scales(stages) == {"judge": (1.0, 10.0), "quality_judge": (1.0, 5.0)}
+
+
+def test_scores_section_agrees_with_the_profile(tmp_path: Path) -> None:
+    """Final records without a score say so and name the stages whose records had one; final
+    records with scores get their histogram on the judge's scale."""
+    from datagen.report_quality import scores_section
+
+    unscored = [{"id": "a", "meta": {"scores": {"max_sim": 0.4}}}]
+    text = scores_section(unscored, {"distill": {"judge": [5.0, 4.0]}, "dedup": {}}, {})
+    assert "none of the 1 final records carries a score" in text and "distill: judge (n=2)" in text
+    scored = [{"id": "a", "meta": {"scores": {"quality_judge": 5.0}}}]
+    text = scores_section(scored, {}, {"quality_judge": (1.0, 5.0)})
+    assert "score: quality_judge (judge scale 1-5)" in text and "none of" not in text
+
+
+def test_heuristic_drops_listed_with_rule_match_and_reason(tmp_path: Path) -> None:
+    from datagen.report_quality import heuristic_drops_section
+
+    (tmp_path / "quality").mkdir()
+    gone = {"id": "x", "meta": {"drop_reason": "refusal",
+                                "drop_detail": {"matched": "i cannot do that", "why": "the answer opens with a refusal"}}}
+    judged = {"id": "y", "meta": {"drop_reason": "low_judge_score", "drop_detail": {"score": 2}}}
+    (tmp_path / "quality" / "dropped.jsonl").write_text(json.dumps(gone) + "\n" + json.dumps(judged) + "\n")
+    text = heuristic_drops_section(tmp_path, [{"stage": "quality", "label": "quality"}])
+    assert "<td>refusal</td><td>i cannot do that</td><td>the answer opens with a refusal</td>" in text
+    assert "low_judge_score" not in text
+    assert heuristic_drops_section(tmp_path, [{"stage": "dedup", "label": "dedup"}]) == ""

@@ -19,7 +19,6 @@ the training data was never screened against.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from datagen.context import StageContext
 from datagen.records import Record, StageResult, dropped
 from datagen.registry import NO_LLM_CALLS, Command, Stage, register
+from datagen.text_units import word_units
 
 
 class DecontaminateConfig(BaseModel):
@@ -39,7 +39,7 @@ class DecontaminateConfig(BaseModel):
     held_out: list[str] = Field(
         ..., min_length=1, description="held-out sets (any supported format) the training data must not overlap"
     )
-    ngram: int = Field(13, ge=1, description="word n-gram size; one shared n-gram is a match")
+    ngram: int = Field(13, ge=1, description="n-gram size in words (a CJK character counts as one); one shared n-gram is a match")
     check_answers: bool = Field(True, description="also compare record answers with held-out prompts and references")
     semantic: bool = Field(True, description="also drop records whose instruction is similar to a held-out prompt")
     threshold: float = Field(
@@ -57,12 +57,11 @@ class HeldOutItem:
     reference: str
 
 
-_WORD = re.compile(r"\w+")
-
-
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    """Word n-grams of `text`, casefolded, punctuation dropped (so formatting never hides a copy)."""
-    words = _WORD.findall(text.casefold())
+    """Word n-grams of `text`, casefolded, punctuation dropped (so formatting never hides a copy).
+    A CJK character is a word of its own: Chinese has no spaces, and a whole paragraph taken as
+    one "word" would never share an n-gram with its own copy once one comma differs."""
+    words = word_units(text)
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 

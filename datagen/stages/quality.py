@@ -1,21 +1,24 @@
 """Quality filter: cheap heuristics, an LLM judge, and optionally an IFD score.
 
-Order is cheapest first, so nothing pays for a judge call on a record a regex already
-rejected: heuristics (empty / too short / too long answer, refusal, degenerate repetition,
-truncation, answer that just copies the instruction), then IFD (local forward passes, off by
-default), then the judge (Alpagasus-style 1-5 score with a reason; keep >= 4.5 by default).
+Order is cheapest first, so nothing pays for a judge call on a record a rule already
+rejected: the rules of `quality_checks.RULES` (empty / too short / too long answer, refusal,
+degenerate repetition, truncation, answer that copies the instruction, and the context rules of
+`quality_context`), then IFD (local forward passes, off by default), then the judge
+(Alpagasus-style 1-5 score with a reason; keep >= 4.5 by default).
 
-Every heuristic is a small pure function returning `(reason, detail)` or None, so each can
-be tested and reused alone. Scores land in `meta.scores` ("quality_judge", "ifd"); the
-judge's reason in `meta.quality_judge_reason`.
+Each rule is measured for precision on a labelled check set (`bench/filters.py`); a drop says
+which rule, what it matched and why (`meta.drop_detail`, printed by `--explain`), and any rule
+can be turned off (`keep_heuristics`) or on (`drop_heuristics`). Scores land in `meta.scores`
+("quality_judge", "ifd"); the judge's reason in `meta.quality_judge_reason`.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, ClassVar, Literal
+import sys
+from typing import Any, ClassVar, Literal, TextIO
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from datagen.context import StageContext
 from datagen.errors import failure_reason
@@ -28,8 +31,8 @@ from datagen.stages.ifd import ifd_score, load_causal_lm
 from datagen.stages.quality_checks import (
     DEFAULT_REFUSAL_OPENERS,
     DEFAULT_REFUSAL_PHRASES,
-    context_verdict,
-    heuristic_verdict,
+    RULE_NAMES,
+    first_verdict,
 )
 
 
@@ -37,27 +40,47 @@ class QualityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     heuristics: bool = Field(True, description="run the rule-based checks")
-    min_output_words: int = Field(
-        2, ge=0, description="answers with fewer words are dropped (output_too_short)"
+    keep_heuristics: list[str] = Field(
+        default_factory=list,
+        description=f"rules turned off: what they would drop is kept (comma-separated; one of {', '.join(RULE_NAMES)})",
     )
-    short_ok_for_classification: bool = Field(
-        True, description="classification records (one-word labels) are exempt from min_output_words"
+    drop_heuristics: list[str] = Field(
+        default_factory=list,
+        description="rules turned on even when their family is off (check_truncation, check_context)",
+    )
+    explain: bool = Field(
+        False, description="print every drop: the rule, the text it matched and a one-line reason (also kept in "
+        "each dropped record's meta.drop_detail)"
+    )
+    min_output_words: int = Field(
+        2, ge=0, description="answers to tasks that do not ask for a short answer need this many words "
+        "(output_too_short); words of spaced scripts, CJK characters / 1.5. Labels, numbers, yes/no, fill-ins, "
+        "extractions, translations of a short input and is_classification tasks are exempt",
+    )
+    min_long_form_words: int = Field(
+        5, ge=0, description="answers to tasks that ask for an explanation, essay, story, plan or list need this "
+        "many words (output_too_short)",
     )
     max_output_words: int = Field(
-        2000, ge=1, description="answers with more words are dropped (output_too_long)"
+        2000, ge=1, description="answers with more words are dropped (output_too_long; CJK characters / 1.5)"
     )
     refusal_phrases: list[str] = Field(
         default_factory=lambda: list(DEFAULT_REFUSAL_PHRASES),
-        description="case-insensitive phrases that mark a refusal anywhere in the answer",
+        description="case-insensitive phrases (AI disclaimers) that mark a refusal when they open any sentence",
     )
     refusal_openers: list[str] = Field(
         default_factory=lambda: list(DEFAULT_REFUSAL_OPENERS),
-        description="case-insensitive phrases that mark a refusal when they open the answer",
+        description="case-insensitive regular expressions of whole refusal shapes ('I can't' + what is refused) "
+        "that mark a refusal when they open one of the answer's first sentences; tasks that ask for a decline "
+        "or an apology are exempt",
     )
     refusal_window_chars: int = Field(120, ge=0, description="how far into the answer an opener may start")
-    repetition_ngram: int = Field(4, ge=1, description="word n-gram size for the repetition check")
+    repetition_ngram: int = Field(
+        8, ge=1, description="n-gram size (words; CJK characters) for the repetition check: long enough that "
+        "list items sharing a prefix do not count"
+    )
     max_repeated_ngram_ratio: float = Field(
-        0.5, ge=0.0, le=1.0, description="drop when this share of the answer's n-grams are repeats"
+        0.3, ge=0.0, le=1.0, description="drop when this share of the answer's n-grams are repeats"
     )
     repetition_min_words: int = Field(40, ge=1, description="the n-gram check applies from this many words")
     max_line_repeats: int = Field(
@@ -133,6 +156,21 @@ class QualityConfig(BaseModel):
             data.setdefault("judge", spec)
         return data
 
+    @field_validator("keep_heuristics", "drop_heuristics")
+    @classmethod
+    def _known_rules(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in RULE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown heuristic {unknown[0]!r} (known: {', '.join(RULE_NAMES)})")
+        return names
+
+    @model_validator(mode="after")
+    def _keep_or_drop(self) -> QualityConfig:
+        both = sorted(set(self.keep_heuristics) & set(self.drop_heuristics))
+        if both:
+            raise ValueError(f"--keep-heuristic and --drop-heuristic both name {both[0]!r}: pick one")
+        return self
+
 
 # ---------------------------------------------------------------------------------------------
 # LLM judge
@@ -157,7 +195,7 @@ def run(records: list[Record], ctx: StageContext, config: QualityConfig) -> Stag
 
     if config.heuristics:
         for i, rec in enumerate(records):
-            verdict = heuristic_verdict(rec, config) or context_verdict(rec, config)
+            verdict = first_verdict(rec, config)
             if verdict:
                 verdicts[i] = verdict
     stats["heuristic_drops"] = len(verdicts)
@@ -209,6 +247,8 @@ def run(records: list[Record], ctx: StageContext, config: QualityConfig) -> Stag
         counts[reason] = counts.get(reason, 0) + 1
     stats["drop_reasons"] = dict(sorted(counts.items()))
     stats["kept"] = len(kept)
+    if config.explain:
+        explain_drops(gone)
     return StageResult(kept=kept, dropped=gone, stats=stats)
 
 
@@ -266,6 +306,16 @@ def _judge(
     )
 
 
+def explain_drops(gone: list[Record], stream: TextIO | None = None) -> None:
+    """One line per dropped record: id, rule, the text it matched, why (`--explain`)."""
+    out = stream or sys.stderr
+    for rec in gone:
+        detail = rec.meta.drop_detail or {}
+        matched = " ".join(str(detail.get("matched", "")).split())
+        why = detail.get("why") or ", ".join(f"{k}={v}" for k, v in detail.items() if k != "matched")
+        print(f"drop {rec.id}  {rec.meta.drop_reason}  \"{matched[:80]}\"  - {why}", file=out)
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 
@@ -279,6 +329,10 @@ def plan(flow: Records, config: QualityConfig, default_llm: str, prompts_dir: st
                     template_tokens("quality_judge", prompts_dir), template_tokens("judge_retry", prompts_dir))
         calls.append(judge)
     return finish(StagePlan("", flow.count, flow.count, calls), flow)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _no_judge_flag(parser: argparse.ArgumentParser) -> None:
@@ -300,10 +354,13 @@ STAGE = register(Stage(
             "instruction, missing or placeholder input, ...), then an LLM judge on judge_scale (keep >=\n"
             "--min-score), optionally IFD from a local model. Every dropped record carries its reason;\n"
             "write them with --dropped. --judge SPEC picks the judge backend (default: --llm); --no-judge\n"
-            "runs heuristics (and IFD) only, with no LLM calls."
+            "runs heuristics (and IFD) only, with no LLM calls. --explain prints each drop with its rule,\n"
+            "the text it matched and why; --keep-heuristic NAME[,NAME] turns rules off, --drop-heuristic on."
         ),
         flag_aliases={"min_judge_score": ["--min-score"], "min_output_words": ["--min-words"],
-                      "max_output_words": ["--max-words"]},
+                      "max_output_words": ["--max-words"], "keep_heuristics": ["--keep-heuristic"],
+                      "drop_heuristics": ["--drop-heuristic"]},
+        value_parsers={"keep_heuristics": _names, "drop_heuristics": _names},
         add_flags=_no_judge_flag,
     ),
     uses=frozenset({"answer_finish_reason", "is_classification", "scores"}),

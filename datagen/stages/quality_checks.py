@@ -1,169 +1,275 @@
-"""The quality filter's rule checks: each a small pure function returning `(reason, detail)`
-or None, so each can be tested and reused alone, and the filter stays cheap: nothing pays for
-a judge call on a record a rule already rejected.
+"""The quality filter's rules on the answer itself: each a small pure function returning a
+`Verdict` (reason, detail) or None, and `RULES`, the one list of every rule by name.
 
-Besides the classic ones (empty, too short/long, refusal, degenerate repetition, truncation,
-copying the instruction), the context checks catch what AlpacaDataCleaned found by hand in
-Alpaca's 52k: an instruction pointing at material it does not come with, placeholder inputs,
-answers pointing at links or images they cannot have, answers that only restate the question.
+Every verdict's detail says what the user needs to agree or disagree with the drop: `matched`
+(the text that triggered it) and `why` (one line), plus the numbers behind it. The rules are
+measured for precision on a labelled check set (`bench/filters.py`, `tests/data/`): human-quality
+answers in eight languages and many task types that must be kept, and planted bad cases each rule
+must catch. They judge an answer against its task (`quality_tasks`), count length in a unit that
+fits the script (`text_units`), and prefer keeping a doubtful record to dropping a good one.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import groupby
+from typing import TYPE_CHECKING
 
 from datagen.records import Record
+from datagen.stages import quality_context as context
+from datagen.stages.quality_tasks import (
+    Verdict,
+    asks_for_long_form,
+    asks_for_short_answer,
+    asks_to_decline,
+    is_code_answer,
+    verdict,
+)
+from datagen.text_units import length_in_words, word_units
 
 if TYPE_CHECKING:
     from datagen.stages.quality import QualityConfig
 
-Verdict = tuple[str, dict[str, Any]] | None
-
+# A refusal or an AI disclaimer opening any sentence ("Sure. As an AI language model, I ...").
 DEFAULT_REFUSAL_PHRASES = [
-    "as an ai language model",
-    "as a language model",
-    "as an ai assistant, i",
-    "i am an ai language model",
-    "i'm an ai language model",
-    "i don't have personal opinions",
-    "i do not have personal opinions",
-    "i'm not able to provide",
-    "i am not able to provide",
+    "as an ai language model", "as a language model", "as an ai assistant", "as an artificial intelligence",
+    "i am an ai language model", "i'm an ai language model", "i don't have personal opinions",
+    "i do not have personal opinions", "作为一个ai语言模型", "作为一个人工智能", "作为ai语言模型", "作为人工智能语言模型",
+    "aiアシスタントとして", "ai言語モデルとして", "ai 언어 모델로서", "como modelo de lenguaje", "como un modelo de lenguaje",
+    "como ia,", "als ki-sprachmodell", "als sprachmodell", "как языковая модель", "как ии,", "بصفتي نموذج لغة",
+    "بصفتي نموذجًا لغويًا",
 ]
-# Phrases that are refusals only when the answer opens with them ("I cannot stress enough..."
-# in the middle of a good answer is not a refusal).
-DEFAULT_REFUSAL_OPENERS = [
-    "i cannot",
-    "i can't",
-    "i can not",
-    "i'm sorry, but",
-    "i am sorry, but",
-    "i'm sorry, i",
-    "sorry, but i",
-    "sorry, i can",
-    "i apologize, but",
-    "i apologise, but",
-    "i'm unable to",
-    "i am unable to",
-    "i'm not able to",
-    "i am not able to",
-    "i won't be able to",
-    "unfortunately, i cannot",
-    "unfortunately, i can't",
-    "unfortunately, as an ai",
-]
-# A long answer whose last word is one of these, with no closing punctuation, was cut off.
-# Only words that (almost) never end an English sentence: "come in", "that's that" are fine.
-_DANGLING_WORDS = frozenset(
-    "the a an and or nor but of to with from into onto because than whose their its my your our".split()
+# Regular expressions (case-insensitive) a refusal opens with, matched at the start of one of the
+# answer's first sentences. Each is a whole refusal shape (a "can't" *with* what is refused), so
+# "I can't help but smile" or "I can't wait for spring" in a written answer is no refusal.
+_REFUSED = (
+    r"help(?! but)|assist|provide|answer|comply|fulfil|fulfill|complete|do (?:that|this|it)|write|create|generate|"
+    r"produce|engage|support|give|offer|share|browse|access|predict|discuss|respond|tell|perform|process|see|view|"
+    r"open|read|look|determine|verify|guarantee|make|translate|summari[sz]e|continue|participate"
 )
+DEFAULT_REFUSAL_OPENERS = [
+    r"(?:i'm |i am |i'm really |so )?sorry,? (?:but )?(?:i|as an ai\b[^,.]*,? i) (?:can(?:'t|not| not)|am unable|'m unable"
+    r"|am not able|'m not able|won't|will not|must|have to|don't|do not)\b",
+    r"i (?:must )?apologi[sz]e,? but (?:i|as an ai)\b",
+    rf"(?:unfortunately,? )?i(?: can(?:'t|not| not)|'m unable to| am unable to|'m not able to| am not able to| won't be "
+    rf"able to| will not be able to| must decline to| have to decline to|'m not allowed to| am not allowed to| won't|"
+    rf" will not| refuse to)\s+(?:\w+\s+)?(?:{_REFUSED})\b",
+    r"i (?:don't|do not) have (?:access|the ability|personal|real-time|feelings|opinions|emotions|a physical|"
+    r"the capacity)\b",
+    r"(?:很)?(?:抱歉|对不起)[，,。！!]?.{0,12}(?:无法|不能|没办法|不可以)",
+    r"我(?:无法|不能)(?:帮|提供|回答|完成|协助|满足)",
+    r"申し訳(?:ありません|ございません)が.{0,30}(?:できません|お答えできません|お手伝いできません)",
+    r"죄송(?:하지만|합니다)[,.]?.{0,30}(?:수 없|드릴 수 없)",
+    r"lo siento,? (?:pero )?no (?:puedo|es posible)",
+    r"no puedo (?:ayudar|proporcionar|responder|cumplir|hacer eso)",
+    r"es tut mir leid,? (?:aber )?ich (?:kann|darf) (?:\w+ ){0,2}(?:nicht|keine)",
+    r"ich kann (?:dir |ihnen )?(?:dabei |hierbei )?nicht helfen",
+    r"(?:извините|простите|к сожалению),? (?:но )?я не (?:могу|в состоянии)",
+    r"я не могу (?:помочь|предоставить|ответить|выполнить)",
+    r"(?:عذرًا|عذرا|آسف|أعتذر)،? (?:لكن(?:ني)? )?(?:لا أستطيع|لا يمكنني)",
+    r"لا (?:أستطيع|يمكنني) (?:المساعدة|تقديم|الإجابة)",
+]
+# Words that (almost) never end a sentence, per language: an answer ending on one was cut off.
+_DANGLING_WORDS = frozenset(
+    "the a an and or nor but of to with from into onto because than whose their its my your our "
+    "el la los las del y o que con por para un una sus "
+    "der die das dem den des und oder mit von zu ein eine einen weil dass "
+    "и в на с по к что или для от из чтобы".split()
+)
+_CODE_DANGLING = frozenset(
+    "select from where and or join on by group order having set values into as not in like "
+    "def class if elif for while import lambda with return".split()
+)
+_CLAUSE_END = ",;:(\u3001\uff0c\uff1b\uff1a\uff08\u300c\u300e"  # , ; : ( and their CJK forms
+_LIST_ITEM = re.compile(r"^\s*(?:[-*\u2022+]|\d+[.)]|[a-zA-Z][.)]|\(\w\))\s+")
+_SENTENCE_START = r"(?:^|(?<=[.!?\u3002\uff01\uff1f\n]))\s*[\"'(*_>\-]*\s*"
 
 
 # ---------------------------------------------------------------------------------------------
-# heuristics: each returns (reason, detail) or None
-
-
-def _words(text: str) -> list[str]:
-    return text.split()
-
-
-def _norm_words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.casefold())
-
-
-def _fold_quotes(text: str) -> str:
-    return text.replace("\u2019", "'").replace("\u2018", "'")
+# the answer rules, in the order they run
 
 
 def check_empty(output: str) -> Verdict:
+    """Catches: an empty or blank answer. Must not: anything with one visible character."""
     if not output.strip():
-        return "empty_output", {}
+        return verdict("empty_output", "", "the answer is empty")
     return None
 
 
-def check_length(output: str, min_words: int, max_words: int, exempt_short: bool = False) -> Verdict:
-    count = len(_words(output))
-    if count < min_words and not exempt_short:
-        return "output_too_short", {"words": count, "min_words": min_words}
-    if count > max_words:
-        return "output_too_long", {"words": count, "max_words": max_words}
+def check_too_short(record: Record, min_words: int, min_long_form_words: int) -> Verdict:
+    """Catches: a one-word reply to an open task, a few words for "explain why" or "write an
+    essay". Must not: labels, numbers, yes/no, fill-ins, one-word translations, extractions
+    (`is_classification`, the instruction's shape, a value answer, a short input), or CJK answers
+    counted in characters: length is in words for spaced scripts and characters / 1.5 for CJK."""
+    if asks_for_short_answer(record):
+        return None
+    words = length_in_words(record.output)
+    needed = max(min_words, min_long_form_words) if asks_for_long_form(record) else min_words
+    if words < needed:
+        kind = "an explanation or long-form" if needed > min_words else "an open"
+        return verdict("output_too_short", record.output, f"{words} words for {kind} task (needs {needed})",
+                       words=words, min_words=needed)
+    return None
+
+
+def check_too_long(output: str, max_words: int) -> Verdict:
+    """Catches: runaway answers longer than `max_words` (CJK counted as characters / 1.5)."""
+    words = length_in_words(output)
+    if words > max_words:
+        return verdict("output_too_long", output[-80:], f"{words} words, more than {max_words}",
+                       words=words, max_words=max_words)
     return None
 
 
 def check_refusal(output: str, phrases: list[str], openers: list[str], window: int = 120) -> Verdict:
-    text = " ".join(_fold_quotes(output).casefold().split())
+    """Catches: an answer that opens with a refusal ("I'm sorry, but I can't ...", "I cannot
+    provide ...", "抱歉，我无法 ..."), or any sentence that opens with an AI disclaimer ("As an AI
+    language model, ..."). Must not: the same words inside prose ("I can't help but be drawn",
+    "people who cannot swim"), or a refusal the task asked for (checked by the caller)."""
+    text = re.sub(r"[ \t]+", " ", output.replace("\u2019", "'").replace("\u2018", "'").casefold()).strip()
     for phrase in phrases:
-        if phrase.casefold() in text:
-            return "refusal", {"phrase": phrase}
-    head = text[: window + 40]
-    for opener in openers:
-        pos = head.find(opener.casefold())
-        if 0 <= pos <= window:
-            return "refusal", {"phrase": opener}
+        match = re.search(_SENTENCE_START + re.escape(phrase.casefold()), text)
+        if match:
+            return verdict("refusal", match.group(0).strip(), f"a sentence opens with the AI disclaimer {phrase!r}")
+    for pattern in openers:
+        match = re.compile(_SENTENCE_START + f"(?:{pattern})", re.I).search(text[: window + 200])
+        if match and match.start() <= window:
+            return verdict("refusal", match.group(0).strip(), "the answer opens with a refusal")
     return None
 
 
-def repeated_ngram_ratio(text: str, n: int = 4) -> float:
-    """Share of word n-grams that repeat an earlier one (0 = all distinct, ->1 = a loop)."""
-    words = _norm_words(text)
-    if len(words) < n:
+def repeated_ngram_ratio(text: str, n: int = 8) -> float:
+    """Share of n-grams (of `word_units`) that repeat an earlier one: 0 all distinct, ->1 a loop."""
+    units = word_units("\n".join(_LIST_ITEM.sub("", line) for line in text.splitlines()))
+    if len(units) < n:
         return 0.0
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams)
 
 
 def check_repetition(
     output: str,
-    n: int = 4,
-    max_ratio: float = 0.5,
+    n: int = 8,
+    max_ratio: float = 0.3,
     min_words: int = 40,
     max_line_repeats: int = 3,
     min_line_chars: int = 16,
+    code: bool = False,
 ) -> Verdict:
-    """Degenerate loops: many repeated n-grams, or one substantial line over and over."""
-    if len(_words(output)) >= min_words:
+    """Catches: degenerate loops: long spans repeated (share of repeated n-grams), one line
+    over and over, one sentence three times or more. Must not: numbered steps, lists whose items
+    share a prefix ("Spend more time with ..."), tables, code (its lines may repeat: not checked)."""
+    if length_in_words(output) >= min_words:
         ratio = repeated_ngram_ratio(output, n)
         if ratio > max_ratio:
-            return "repetitive_output", {"signal": "ngram", "ratio": round(ratio, 3), "n": n}
+            return verdict("repetitive_output", _most_repeated_span(output, n),
+                           f"{ratio:.0%} of its {n}-word spans repeat an earlier one", signal="ngram",
+                           ratio=round(ratio, 3), n=n)
     lines = [" ".join(line.split()) for line in output.splitlines()]
+    if code:  # code repeats lines legitimately; only a run of the same line in a row is a loop
+        runs = [len(list(group)) for line, group in groupby(lines) if len(line) >= min_line_chars]
+        if runs and max(runs) > max_line_repeats:
+            return verdict("repetitive_output", lines[0], f"one line repeated {max(runs)} times in a row",
+                           signal="line_run", times=max(runs))
+        return None
     counts = Counter(line for line in lines if len(line) >= min_line_chars)
     if counts:
         line, times = counts.most_common(1)[0]
         if times > max_line_repeats:
-            return "repetitive_output", {"signal": "line", "times": times, "line": line[:80]}
+            return verdict("repetitive_output", line, f"one line appears {times} times", signal="line",
+                           times=times)
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?\u3002\uff01\uff1f])\s*", output) if s.strip()]
+    counts = Counter(s for s in sentences if len(word_units(s)) >= 4)
+    if counts:
+        sentence, times = counts.most_common(1)[0]
+        if times >= 3:
+            return verdict("repetitive_output", sentence, f"one sentence appears {times} times", signal="sentence",
+                           times=times)
     return None
 
 
-def check_truncated(output: str, finish_reason: str | None = None, min_words: int = 8) -> Verdict:
-    """Cut-off answers. Conservative on purpose: lists, code and labels often end without a
-    full stop, so text alone only counts when the end is unmistakably mid-sentence."""
+def _most_repeated_span(text: str, n: int) -> str:
+    units = word_units(text)
+    grams = Counter(tuple(units[i : i + n]) for i in range(len(units) - n + 1))
+    gram, _ = grams.most_common(1)[0]
+    return " ".join(gram)
+
+
+def check_truncated(output: str, finish_reason: str | None = None, min_words: int = 8, code: bool = False) -> Verdict:
+    """Catches: answers cut off: the backend said so (`finish_reason == "length"`, the strongest
+    signal), an unclosed code block, code with unclosed brackets or ending on an operator or a
+    keyword, prose ending on a comma, colon or a word no sentence ends with ("and", "the", "和"
+    is not one: CJK cut-offs show as a trailing "，"). Must not: SQL or C ending in `;`, a closed
+    code block, a finished list without full stops, labels and short answers."""
     if finish_reason == "length":
-        return "truncated_output", {"signal": "finish_reason_length"}
+        return verdict("truncated_output", output[-60:], "the backend stopped at max_tokens (finish_reason=length)",
+                       signal="finish_reason_length")
     if output.count("```") % 2 == 1:
-        return "truncated_output", {"signal": "unclosed_code_block"}
+        return verdict("truncated_output", output[-60:], "a code block is opened and never closed",
+                       signal="unclosed_code_block")
     tail = output.rstrip()
-    if len(_words(tail)) < min_words:
+    if code:
+        return _truncated_code(tail) if length_in_words(tail) >= 3 else None
+    if length_in_words(tail) < min_words:
         return None
     last = tail[-1]
-    if last in ",;:(":
-        return "truncated_output", {"signal": "ends_mid_sentence", "tail": tail[-40:]}
-    if last.isalpha():
-        last_word = re.findall(r"[A-Za-z']+$", tail)
-        if last_word and last_word[0].casefold() in _DANGLING_WORDS:
-            return "truncated_output", {"signal": "ends_mid_sentence", "tail": tail[-40:]}
+    if last in _CLAUSE_END:
+        return verdict("truncated_output", tail[-60:], f"ends mid-sentence on {last!r}", signal="ends_mid_sentence")
+    last_word = re.findall(r"\w+$", tail.casefold())
+    if last_word and last_word[0] in _DANGLING_WORDS:
+        return verdict("truncated_output", tail[-60:], f"ends on {last_word[0]!r}, a word no sentence ends with",
+                       signal="ends_mid_sentence")
+    if re.search(r"\bsuch as$", tail, re.I) or (tail.count("\n") and _LIST_ITEM.fullmatch(tail.splitlines()[-1] + " ")):
+        return verdict("truncated_output", tail[-60:], "ends on an item that was never written", signal="ends_mid_list")
+    if _unfinished_last_sentence(tail):
+        return verdict("truncated_output", tail[-60:], "the last sentence has no end, though every other one has",
+                       signal="unfinished_sentence")
+    return None
+
+
+_STOPS = ".!?\u3002\uff01\uff1f\u061f"
+_CLOSERS = "\"'\u201d\u2019)]\u300d\u300f*_`"
+
+
+def _unfinished_last_sentence(tail: str) -> bool:
+    """Prose whose author ends sentences with a stop, but not the last one: the last line holds
+    a finished sentence before its unfinished end (or every earlier prose line ends with a stop),
+    and it ends on a letter or digit. Lists, poems and labels (no stops) never qualify."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    last = lines[-1]
+    if not last[-1].isalnum() or _LIST_ITEM.match(last) or length_in_words(last) < 4:
+        return False
+    cjk_stop = re.search("[\u3002\uff01\uff1f]", last[:-1])
+    inner_stop = re.search(f"[{re.escape(_STOPS)}][{re.escape(_CLOSERS)}]?\\s+\\S", last) or cjk_stop
+    prose_lines = [line for line in lines[:-1] if length_in_words(line) >= 6 and not _LIST_ITEM.match(line)]
+    earlier_end = bool(prose_lines) and all(line.rstrip(_CLOSERS)[-1:] in _STOPS + ":" for line in prose_lines)
+    return bool(inner_stop or (earlier_end and length_in_words(last) >= 6))
+
+
+def _truncated_code(tail: str) -> Verdict:
+    stripped = re.sub(r"\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'|#[^\n]*$|--[^\n]*$", "", tail, flags=re.M)
+    open_count = sum(stripped.count(c) for c in "([{") - sum(stripped.count(c) for c in ")]}")
+    if open_count > 0:
+        return verdict("truncated_output", tail[-60:], f"{open_count} bracket(s) opened and never closed",
+                       signal="unclosed_brackets")
+    if tail[-1] in ",([{\\=+&|-":
+        return verdict("truncated_output", tail[-60:], f"code ends on {tail[-1]!r}", signal="ends_mid_statement")
+    last_word = re.findall(r"\w+$", tail.casefold())
+    if last_word and last_word[0] in _CODE_DANGLING and not tail.rstrip().endswith(";"):
+        return verdict("truncated_output", tail[-60:], f"a statement ends on the keyword {last_word[0]!r}",
+                       signal="ends_mid_statement")
     return None
 
 
 def overlap_f1(a: str, b: str) -> float:
-    """F1 of shared word bigrams (unigrams for texts under 2 words): 1 = same words in order."""
-    wa, wb = _norm_words(a), _norm_words(b)
+    """F1 of shared bigrams of `word_units` (unigrams under 2 units): 1 = same words in order."""
+    wa, wb = word_units(a), word_units(b)
     n = 2 if min(len(wa), len(wb)) >= 2 else 1
     ga = Counter(tuple(wa[i : i + n]) for i in range(len(wa) - n + 1))
     gb = Counter(tuple(wb[i : i + n]) for i in range(len(wb) - n + 1))
-    if not ga or not gb:
-        return 0.0
     common = sum((ga & gb).values())
     if not common:
         return 0.0
@@ -172,129 +278,78 @@ def overlap_f1(a: str, b: str) -> float:
 
 
 def check_copies_instruction(instruction: str, output: str, max_overlap: float = 0.8) -> Verdict:
-    """An answer that restates the instruction instead of answering it. Compared with the
-    instruction only: echoing the *input* is right for tasks like "fix the grammar"."""
+    """Catches: an answer that repeats the instruction instead of answering it. Must not: an
+    answer that echoes the *input* (right for "fix the grammar"): only the instruction counts."""
     score = overlap_f1(output, instruction)
     if score >= max_overlap:
-        return "copies_instruction", {"overlap": round(score, 3), "max_overlap": max_overlap}
+        return verdict("copies_instruction", output, f"the answer repeats the instruction (bigram F1 {score:.2f})",
+                       overlap=round(score, 3), max_overlap=max_overlap)
     return None
-
-
-def heuristic_verdict(record: Record, config: QualityConfig) -> Verdict:
-    """The first heuristic that rejects `record`, or None when it passes them all."""
-    output = record.output
-    verdict = check_empty(output)
-    if verdict:
-        return verdict
-    exempt = bool(record.meta.is_classification) and config.short_ok_for_classification
-    verdict = check_length(output, config.min_output_words, config.max_output_words, exempt)
-    verdict = verdict or check_refusal(
-        output, config.refusal_phrases, config.refusal_openers, config.refusal_window_chars
-    )
-    verdict = verdict or check_repetition(
-        output,
-        config.repetition_ngram,
-        config.max_repeated_ngram_ratio,
-        config.repetition_min_words,
-        config.max_line_repeats,
-        config.min_repeated_line_chars,
-    )
-    if config.check_truncation and not verdict:
-        finish = record.meta.answer_finish_reason
-        verdict = check_truncated(
-            output, finish if isinstance(finish, str) else None, config.truncation_min_words
-        )
-    return verdict or check_copies_instruction(record.instruction, output, config.max_instruction_overlap)
 
 
 # ---------------------------------------------------------------------------------------------
-# context heuristics: records that need something they cannot have (AlpacaDataCleaned's list)
+# the rule table
 
-# An instruction pointing at material it should come with: "the following text", "this
-# passage", "the given table". "the" alone only with nouns that are almost always such material.
-_MATERIAL = (
-    r"passages?|texts?|paragraphs?|articles?|sentences?|tables?|data(?:set)?|code|snippets?|lists?|documents?|"
-    r"essays?|poems?|story|stories|emails?|letters?|reviews?|excerpts?|statements?|inputs?|tweets?|"
-    r"conversations?|dialogues?|equations?|programs?|functions?|paragraph|words?|phrases?|numbers?|array|"
-    r"string|json|csv|query|recipe|song|lyrics|report|summary|description"
+
+@dataclass(frozen=True)
+class Rule:
+    """One heuristic: its name is the drop reason, `group` the switch that turns a family off
+    (`check_truncation`, `check_context`; "answer" rules have none but `keep_heuristics`)."""
+
+    name: str
+    group: str
+    check: Callable[[Record, QualityConfig], Verdict]
+
+
+def _refusal(record: Record, config: QualityConfig) -> Verdict:
+    if asks_to_decline(record):
+        return None
+    return check_refusal(record.output, config.refusal_phrases, config.refusal_openers, config.refusal_window_chars)
+
+
+def _repetition(record: Record, config: QualityConfig) -> Verdict:
+    return check_repetition(record.output, config.repetition_ngram, config.max_repeated_ngram_ratio,
+                            config.repetition_min_words, config.max_line_repeats, config.min_repeated_line_chars,
+                            code=is_code_answer(record))
+
+
+def _truncation(record: Record, config: QualityConfig) -> Verdict:
+    return check_truncated(record.output, record.meta.answer_finish_reason, config.truncation_min_words,
+                           code=is_code_answer(record))
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("empty_output", "answer", lambda r, c: check_empty(r.output)),
+    Rule("output_too_short", "answer", lambda r, c: check_too_short(r, c.min_output_words, c.min_long_form_words)),
+    Rule("output_too_long", "answer", lambda r, c: check_too_long(r.output, c.max_output_words)),
+    Rule("refusal", "answer", _refusal),
+    Rule("repetitive_output", "answer", _repetition),
+    Rule("truncated_output", "truncation", _truncation),
+    Rule("copies_instruction", "answer",
+         lambda r, c: check_copies_instruction(r.instruction, r.output, c.max_instruction_overlap)),
+    Rule("placeholder_input", "context", lambda r, c: context.check_placeholder_input(r.input, c.placeholder_inputs)),
+    Rule("missing_input", "context", lambda r, c: context.check_missing_input(r.instruction, r.input)),
+    Rule("unreachable_reference", "context",
+         lambda r, c: context.check_unreachable_reference(r.instruction, r.output)),
+    Rule("restates_instruction", "context", lambda r, c: context.check_restates_instruction(r)),
 )
-_POINTS_AT_INPUT = re.compile(
-    rf"\b(?:following|given|above|below|provided|attached|accompanying|this|these|that|said)\s+(?:(?!an?\s)\w+\s+)?"
-    rf"(?:{_MATERIAL})\b|\bthe\s+(?:passage|paragraph|excerpt|text|table|snippet|article)\b(?!\s+(?:of|about|on)\b)",
-    re.I,
-)
-# Material given inline makes the reference fine: "Rewrite the following sentence: I am happy."
-_INLINE_AFTER_COLON = re.compile(r"[:\n]\s*\S+(?:\s+\S+){2,}")
-_INLINE_QUOTED = re.compile(r"[\"\u201c\u2018'`]\S+(?:\s+\S+){2,}?[\"\u201d\u2019'`]")
-_UNREACHABLE = [
-    ("image", re.compile(r"!\[[^\]]*\]|<img\b|\[(?:image|picture|photo|figure)[^\]]*\]|\b(?:as )?(?:shown|seen|depicted) "
-                         r"(?:in|on) the (?:image|picture|photo|figure|diagram|screenshot|chart)\b", re.I)),
-    ("attachment", re.compile(r"\b(?:see|find|check|open|refer to) (?:the )?attach(?:ed|ment)|\battached (?:is|are|you will"
-                              r" find|please find)\b|\bplease find attached\b|\b(?:i have|i've) attached\b", re.I)),
-    ("link", re.compile(r"https?://|\bwww\.[\w-]+\.\w+|\[[^\]]+\]\([^)]+\)|\bclick (?:here|the link|on the link)\b", re.I)),
-]
-_RESTATE_FILLER = frozenset(
-    "sure here is are the a an okay ok certainly of course following below it this these i will ill let me you your "
-    "s answer response".split()
-)
+RULE_NAMES: tuple[str, ...] = tuple(rule.name for rule in RULES)
 
 
-def check_missing_input(instruction: str, input_text: str) -> Verdict:
-    """The instruction points at material ("the following passage") but there is no input and
-    the instruction does not carry the material itself (after a colon, or quoted)."""
-    if input_text.strip():
-        return None
-    match = _POINTS_AT_INPUT.search(instruction)
-    if not match:
-        return None
-    rest = instruction[match.start() :]
-    if _INLINE_AFTER_COLON.search(rest) or _INLINE_QUOTED.search(instruction):
-        return None
-    return "missing_input", {"phrase": match.group(0)}
+def rule_enabled(rule: Rule, config: QualityConfig) -> bool:
+    """`keep_heuristics` turns a rule off, `drop_heuristics` on (even when its group is off)."""
+    if rule.name in config.keep_heuristics:
+        return False
+    if rule.name in config.drop_heuristics:
+        return True
+    return {"truncation": config.check_truncation, "context": config.check_context}.get(rule.group, True)
 
 
-def check_placeholder_input(input_text: str, placeholders: list[str]) -> Verdict:
-    """An input that only says "there is no input" ("<noinput>", "N/A"), or one of blanks only."""
-    if not input_text:
-        return None  # no input at all is normal: many tasks have none
-    folded = " ".join(input_text.casefold().split()).strip(" .:;\"'")
-    if not folded or folded in {p.casefold() for p in placeholders}:
-        return "placeholder_input", {"input": input_text[:40]}
+def first_verdict(record: Record, config: QualityConfig) -> Verdict:
+    """The first enabled rule that rejects `record`, or None when it passes them all."""
+    for rule in RULES:
+        if rule_enabled(rule, config):
+            found = rule.check(record, config)
+            if found:
+                return found
     return None
-
-
-def check_unreachable_reference(instruction: str, output: str) -> Verdict:
-    """The answer points at a link, an image or an attachment the reader cannot have. A link is
-    fine when the instruction asks for one."""
-    asks_for_link = re.search(r"\b(?:url|link|website|web ?site|web address|markdown|html)\b", instruction, re.I)
-    for kind, pattern in _UNREACHABLE:
-        if kind == "link" and asks_for_link:
-            continue
-        match = pattern.search(output)
-        if match:
-            return "unreachable_reference", {"kind": kind, "match": match.group(0)[:80]}
-    return None
-
-
-def check_restates_instruction(instruction: str, output: str, min_words: int = 3) -> Verdict:
-    """An answer made only of the instruction's own words ("Sure! Here is a poem about cats:"):
-    with the conversational filler removed, every word already occurs in the instruction."""
-    words = [w for w in _norm_words(output) if w not in _RESTATE_FILLER]
-    if len(words) < min_words:
-        return None
-    known = set(_norm_words(instruction))
-    if all(w in known for w in words):
-        return "restates_instruction", {"words": len(words)}
-    return None
-
-
-def context_verdict(record: Record, config: QualityConfig) -> Verdict:
-    """The first context heuristic that rejects `record` (see QualityConfig.check_context)."""
-    if not config.check_context:
-        return None
-    verdict = check_placeholder_input(record.input, config.placeholder_inputs)
-    verdict = verdict or check_missing_input(record.instruction, record.input)
-    verdict = verdict or check_unreachable_reference(record.instruction, record.output)
-    if not verdict and not record.meta.is_classification:
-        verdict = check_restates_instruction(record.instruction, record.output)
-    return verdict

@@ -49,9 +49,9 @@ class SelfInstructConfig(BaseModel):
         0.7, ge=0, le=1, description="drop a task whose ROUGE-L F1 with any pool task is > this"
     )
     novelty_cjk_tokens: bool = Field(
-        False,
-        description="also count each CJK character as a ROUGE token (rouge_score ignores non-ASCII text, "
-        "so by default Chinese tasks never count as near-duplicates; exact duplicates are always dropped)",
+        True,
+        description="also count each CJK character as a ROUGE token (rouge_score ignores non-ASCII text, so "
+        "without it Chinese tasks never count as near-duplicates); English tasks score exactly as rouge_score",
     )
     min_words: int = Field(
         3, ge=0, description="drop tasks with <= this many words (a CJK run counts ceil(chars/2))"
