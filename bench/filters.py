@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from datagen.records import Record, RecordMeta  # noqa: E402
 from datagen.stages.quality import QualityConfig  # noqa: E402
-from datagen.stages.quality_checks import RULE_NAMES, first_verdict  # noqa: E402
+from datagen.stages.quality_checks import first_verdict  # noqa: E402
+from datagen.stages.quality_config import RULE_NAMES  # noqa: E402
 
 CHECKSET = ROOT / "tests" / "data" / "filter_checkset.jsonl"
 RESULTS = ROOT / "bench" / "results" / "filters.json"

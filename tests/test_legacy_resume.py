@@ -37,7 +37,10 @@ def test_legacy_run_dir_resumes_without_a_call(tmp_path: Path, monkeypatch) -> N
         assert server.stats.requests == 0
     finally:
         server.stop()
-    assert all(stage.skipped for stage in result.stages)
+    # Stages whose options are unchanged skip; the two whose defaults 0.2 changed on purpose (the
+    # quality rules, CJK-aware novelty) re-run, from the cache alone, and land on the same records.
+    skipped = {stage.label for stage in result.stages if stage.skipped}
+    assert {"evol_instruct", "distill", "dedup"} <= skipped, skipped
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "finished"
     legacy_kept = (LEGACY / "decontaminate" / "kept.jsonl").read_text()

@@ -12,7 +12,6 @@ from datagen.llm.base import ChatRequest, Completion, UsageStats
 from datagen.records import Record, RecordMeta
 from datagen.stages.quality import QualityConfig, parse_judgement, run
 from datagen.stages.quality_checks import (
-    RULE_NAMES,
     check_copies_instruction,
     check_empty,
     check_refusal,
@@ -22,6 +21,7 @@ from datagen.stages.quality_checks import (
     check_truncated,
     first_verdict,
 )
+from datagen.stages.quality_config import RULE_NAMES
 
 GOOD = (
     "Photosynthesis is how plants turn light into food. Chlorophyll in the leaves absorbs sunlight, "

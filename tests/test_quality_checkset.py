@@ -11,7 +11,8 @@ from types import ModuleType
 
 import pytest
 
-from datagen.stages.quality_checks import RULE_NAMES
+from datagen.stages.quality_checks import RULES
+from datagen.stages.quality_config import RULE_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,3 +77,8 @@ def test_filter_cli_keeps_every_seed_and_explains_drops(tmp_path: Path, capsys: 
     assert main(["filter", "--input", str(src), "--out", str(out), "--no-judge", "--no-progress", "--no-cache",
                  "--keep-heuristic", "refusal,copies_instruction"]) == 0
     assert len(read_records(out)) == 1
+
+
+def test_the_config_names_every_rule_of_the_rules_table() -> None:
+    """`RULE_NAMES` is written out in quality_config (so the config needs nothing from the rules)."""
+    assert RULE_NAMES == tuple(rule.name for rule in RULES)

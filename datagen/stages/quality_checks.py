@@ -16,10 +16,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
-from typing import TYPE_CHECKING
 
 from datagen.records import Record
 from datagen.stages import quality_context as context
+from datagen.stages.quality_config import QualityConfig
 from datagen.stages.quality_tasks import (
     Verdict,
     asks_for_long_form,
@@ -30,48 +30,6 @@ from datagen.stages.quality_tasks import (
 )
 from datagen.text_units import length_in_words, word_units
 
-if TYPE_CHECKING:
-    from datagen.stages.quality import QualityConfig
-
-# A refusal or an AI disclaimer opening any sentence ("Sure. As an AI language model, I ...").
-DEFAULT_REFUSAL_PHRASES = [
-    "as an ai language model", "as a language model", "as an ai assistant", "as an artificial intelligence",
-    "i am an ai language model", "i'm an ai language model", "i don't have personal opinions",
-    "i do not have personal opinions", "作为一个ai语言模型", "作为一个人工智能", "作为ai语言模型", "作为人工智能语言模型",
-    "aiアシスタントとして", "ai言語モデルとして", "ai 언어 모델로서", "como modelo de lenguaje", "como un modelo de lenguaje",
-    "como ia,", "als ki-sprachmodell", "als sprachmodell", "как языковая модель", "как ии,", "بصفتي نموذج لغة",
-    "بصفتي نموذجًا لغويًا",
-]
-# Regular expressions (case-insensitive) a refusal opens with, matched at the start of one of the
-# answer's first sentences. Each is a whole refusal shape (a "can't" *with* what is refused), so
-# "I can't help but smile" or "I can't wait for spring" in a written answer is no refusal.
-_REFUSED = (
-    r"help(?! but)|assist|provide|answer|comply|fulfil|fulfill|complete|do (?:that|this|it)|write|create|generate|"
-    r"produce|engage|support|give|offer|share|browse|access|predict|discuss|respond|tell|perform|process|see|view|"
-    r"open|read|look|determine|verify|guarantee|make|translate|summari[sz]e|continue|participate"
-)
-DEFAULT_REFUSAL_OPENERS = [
-    r"(?:i'm |i am |i'm really |so )?sorry,? (?:but )?(?:i|as an ai\b[^,.]*,? i) (?:can(?:'t|not| not)|am unable|'m unable"
-    r"|am not able|'m not able|won't|will not|must|have to|don't|do not)\b",
-    r"i (?:must )?apologi[sz]e,? but (?:i|as an ai)\b",
-    rf"(?:unfortunately,? )?i(?: can(?:'t|not| not)|'m unable to| am unable to|'m not able to| am not able to| won't be "
-    rf"able to| will not be able to| must decline to| have to decline to|'m not allowed to| am not allowed to| won't|"
-    rf" will not| refuse to)\s+(?:\w+\s+)?(?:{_REFUSED})\b",
-    r"i (?:don't|do not) have (?:access|the ability|personal|real-time|feelings|opinions|emotions|a physical|"
-    r"the capacity)\b",
-    r"(?:很)?(?:抱歉|对不起)[，,。！!]?.{0,12}(?:无法|不能|没办法|不可以)",
-    r"我(?:无法|不能)(?:帮|提供|回答|完成|协助|满足)",
-    r"申し訳(?:ありません|ございません)が.{0,30}(?:できません|お答えできません|お手伝いできません)",
-    r"죄송(?:하지만|합니다)[,.]?.{0,30}(?:수 없|드릴 수 없)",
-    r"lo siento,? (?:pero )?no (?:puedo|es posible)",
-    r"no puedo (?:ayudar|proporcionar|responder|cumplir|hacer eso)",
-    r"es tut mir leid,? (?:aber )?ich (?:kann|darf) (?:\w+ ){0,2}(?:nicht|keine)",
-    r"ich kann (?:dir |ihnen )?(?:dabei |hierbei )?nicht helfen",
-    r"(?:извините|простите|к сожалению),? (?:но )?я не (?:могу|в состоянии)",
-    r"я не могу (?:помочь|предоставить|ответить|выполнить)",
-    r"(?:عذرًا|عذرا|آسف|أعتذر)،? (?:لكن(?:ني)? )?(?:لا أستطيع|لا يمكنني)",
-    r"لا (?:أستطيع|يمكنني) (?:المساعدة|تقديم|الإجابة)",
-]
 # Words that (almost) never end a sentence, per language: an answer ending on one was cut off.
 _DANGLING_WORDS = frozenset(
     "the a an and or nor but of to with from into onto because than whose their its my your our "
@@ -333,7 +291,6 @@ RULES: tuple[Rule, ...] = (
          lambda r, c: context.check_unreachable_reference(r.instruction, r.output)),
     Rule("restates_instruction", "context", lambda r, c: context.check_restates_instruction(r)),
 )
-RULE_NAMES: tuple[str, ...] = tuple(rule.name for rule in RULES)
 
 
 def rule_enabled(rule: Rule, config: QualityConfig) -> bool:
