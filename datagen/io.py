@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from datagen.jsonl import dumps_jsonl, parse_jsonl
 from datagen.records import Record, RecordMeta, SeedTask
 from datagen.rows import CHAT_KEYS, INPUT_KEYS, INSTRUCTION_KEYS, OUTPUT_KEYS, SYSTEM_KEYS, row_to_record
 
@@ -123,14 +124,8 @@ def _parses(text: str) -> bool:
 
 
 def _jsonl_rows(text: str, path: Path) -> Iterator[tuple[str, Any]]:
-    # split("\n"), not splitlines(): JSON strings may hold U+2028, U+0085 or form feeds raw.
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield str(lineno), json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    for lineno, row in parse_jsonl(text, path):
+        yield str(lineno), row
 
 
 def _array_items(text: str, start: int, path: Path) -> Iterator[tuple[str, Any]]:
@@ -361,7 +356,7 @@ def write_records(records: Iterable[Record], path: str | Path, fmt: str = "recor
     if path.suffix == ".json":
         atomic_write_text(path, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
     else:
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_text(path, dumps_jsonl(rows))
     return path
 
 

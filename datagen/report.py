@@ -13,13 +13,8 @@ from typing import Any
 
 from rich.table import Table
 
+from datagen.jsonl import read_jsonl
 from datagen.svg import PALETTE, svg_bars, svg_histogram, svg_intervals, svg_lines  # noqa: F401
-
-
-def _load_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _words(text: str) -> int:
@@ -31,7 +26,7 @@ def build_report(run_dir: Path) -> str:
     stages = manifest.get("stages", [])
     final: list[dict[str, Any]] = []
     if stages:
-        final = _load_jsonl(run_dir / stages[-1]["label"] / "kept.jsonl")
+        final = read_jsonl(run_dir / stages[-1]["label"] / "kept.jsonl")
     totals = run_totals(stages)
     sections = [f"<h1>datagen run: {html.escape(manifest.get('name', run_dir.name))}</h1>",
                 f"<p>status <b>{html.escape(manifest.get('status', '?'))}</b> · input records "
@@ -81,7 +76,7 @@ def build_report(run_dir: Path) -> str:
     # Only dedup records carry similarities; other stages' files (possibly large) are not read.
     for s in (s for s in stages if s["stage"] == "dedup"):
         for name in ("kept.jsonl", "dropped.jsonl"):
-            for r in _load_jsonl(run_dir / s["label"] / name):
+            for r in read_jsonl(run_dir / s["label"] / name):
                 for key, value in ((r.get("meta") or {}).get("scores") or {}).items():
                     if isinstance(value, (int, float)) and "sim" in key:
                         similarity.append(float(value))
@@ -175,7 +170,7 @@ def finetune_section(run_dir: Path, metrics: dict[str, Any]) -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(metrics[k]))}</td></tr>"
                    for k in FINETUNE_METRICS if metrics.get(k) is not None)
     parts.append(f"<table>{rows}</table>")
-    samples = _load_jsonl(run_dir / "model" / "samples.jsonl")
+    samples = read_jsonl(run_dir / "model" / "samples.jsonl")
     if samples:
         parts.append("<h3>Held-out prompts: base vs tuned</h3><table><tr><th>prompt</th><th>reference</th>"
                      "<th>base model</th><th>tuned model</th></tr>")
@@ -264,7 +259,7 @@ def decontamination_section(run_dir: Path, stages: list[dict[str, Any]]) -> str:
         parts.append(f"<h2>Decontamination ({html.escape(stage['label'])})</h2><p>held-out sets: {sets}; "
                      f"{stats.get('ngram_matches', 0)} n-gram matches ({stats.get('ngram')}-grams), "
                      f"{stats.get('embedding_matches', 0)} embedding matches</p>")
-        matches = _load_jsonl(run_dir / stage["label"] / "dropped.jsonl")
+        matches = read_jsonl(run_dir / stage["label"] / "dropped.jsonl")
         if matches:
             parts.append("<table><tr><th>how</th><th>training record</th><th>held-out item</th></tr>")
             for r in matches[:200]:

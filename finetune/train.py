@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from datagen.jsonl import dumps_jsonl
 from datagen.records import Record
 from finetune.config import DEFAULT_LR, SCHEDULERS, FinetuneConfig  # noqa: F401 - also importable from here
 from finetune.data import (
@@ -302,9 +303,7 @@ def _write_samples(folder: Path, examples: list[Example], base: list[str], tuned
         {"id": ex["id"], "prompt": prompt_messages(ex), "reference": reference_answer(ex), "base": b, "tuned": t}
         for ex, b, t in zip(examples, base, tuned, strict=True)
     ]
-    (folder / "samples.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-    )
+    (folder / "samples.jsonl").write_text(dumps_jsonl(rows), encoding="utf-8")
     lines = ["# Held-out prompts: base vs tuned model", "",
              "Greedy decoding (repetition penalty 1.1). The reference is the answer in the data.", ""]
     for k, row in enumerate(rows, start=1):
