@@ -16,6 +16,7 @@ import importlib
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 
 from datagen import __version__, faults
-from datagen.errors import DatagenError, StageFailed, check_error_rate
+from datagen.errors import DatagenError, StageFailed, after_export, check_error_rate
 from datagen.pipeline_config import (  # noqa: F401 - the config API, also importable from here
     ALIASES,
     EXPORT_FORMATS,
@@ -79,6 +80,7 @@ class Pipeline:
         self.config = config
         self.source = source
         self.base_dir = base_dir or Path.cwd()
+        self.unicode_repairs: Counter[str] | None = None  # lone surrogates replaced in the input, by field
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Pipeline:
@@ -112,7 +114,8 @@ class Pipeline:
         from datagen.io import default_seeds_path, read_records
 
         path = self._resolve(self.config.input.path) if self.config.input.path else default_seeds_path()
-        records = read_records(path)
+        self.unicode_repairs = Counter() if self.config.input.repair_unicode else None
+        records = read_records(path, self.unicode_repairs)
         if self.config.input.limit:
             records = records[: self.config.input.limit]
         return records, sha256_bytes(records_jsonl(records).encode("utf-8"))
@@ -157,7 +160,8 @@ class Pipeline:
             "datagen_version": __version__,
             "versions": versions(),
             "config_hash": json_hash(cfg.model_dump(mode="json")),
-            "input": {"records": len(records), "sha256": input_hash},
+            "input": {"records": len(records), "sha256": input_hash,
+                      **({"unicode_repairs": dict(self.unicode_repairs)} if self.unicode_repairs is not None else {})},
             "stages": [],
             "status": "running",
         }
@@ -242,14 +246,16 @@ class Pipeline:
         faults.at_point("after_export")
         if cfg.finetune is not None:
             started = time.perf_counter()
-            manifest["finetune"] = self._finetune(records, run_dir, input_hash, progress, say)
+            with after_export("finetune", run_dir / "model", run_dir / "export"):
+                manifest["finetune"] = self._finetune(records, run_dir, input_hash, progress, say)
             manifest["finetune_seconds"] = round(time.perf_counter() - started, 3)
         if cfg.eval is not None:
             from datagen.eval import run_pipeline_eval
 
             started = time.perf_counter()
             self._write_manifest(run_dir, manifest)
-            manifest["eval"] = run_pipeline_eval(self, run_dir, progress)
+            with after_export("eval", run_dir / "eval", run_dir / "export"):
+                manifest["eval"] = run_pipeline_eval(self, run_dir, progress)
             manifest["eval_seconds"] = round(time.perf_counter() - started, 3)
         manifest["llm_usage_total"] = sum_usage(manifest["stages"])
         manifest["cost_usd_total"] = round(sum(s.get("cost_usd", 0.0) for s in manifest["stages"]), 6)
@@ -258,8 +264,9 @@ class Pipeline:
         self._write_manifest(run_dir, manifest)
         from datagen.report import write_report
 
-        write_report(run_dir)
-        say.summary(run_dir, manifest)
+        with after_export("report", run_dir / "report.html", run_dir / "export"):
+            write_report(run_dir)
+            say.summary(run_dir, manifest)
         return RunResult(run_dir=run_dir, records=records, stages=outcomes, manifest=manifest)
 
     def _export(self, records: list[Record], export_dir: Path, formats: list[str]) -> dict[str, str]:
@@ -358,9 +365,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to join, e.g. 10.0.0.1:6379 (sets ray.address; implies --executor ray)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress output")
-    from datagen.cli_common import add_cost_args
+    from datagen.cli_common import add_cost_args, add_repair_unicode_arg
 
     add_cost_args(parser)
+    add_repair_unicode_arg(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="print each stage's requests, tokens and dollars (upper bounds) without calling any LLM")
     parser.set_defaults(func=_run_cli)
@@ -381,7 +389,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     from datagen.llm.budget import EXIT_BUDGET, BudgetExceeded
 
     pipeline = Pipeline.from_yaml(args.pipeline, overrides=[*args.overrides, *cost_overrides(args),
-                                                      *executor_overrides(args.executor, args.ray_address)])
+                                                      *executor_overrides(args.executor, args.ray_address),
+                                                      *(["input.repair_unicode=true"] if args.repair_unicode else [])])
     if args.dry_run:
         from datagen.dryrun import print_plan
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from datagen.jsonl import read_jsonl
 from datagen.svg import PALETTE, svg_bars, svg_histogram, svg_intervals, svg_lines  # noqa: F401
+from datagen.unicode_text import html_text
 
 
 def _words(text: str) -> int:
@@ -101,7 +103,7 @@ def build_report(run_dir: Path) -> str:
         meta = r.get("meta") or {}
         op = meta.get("evol_op") or ""
         scores = ", ".join(f"{k}={v:.3g}" for k, v in (meta.get("scores") or {}).items() if isinstance(v, (int, float)))
-        sections.append("<tr>" + "".join(f"<td>{html.escape(str(x))[:600]}</td>" for x in (
+        sections.append("<tr>" + "".join(f"<td>{html_text(x, 600)}</td>" for x in (
             r.get("instruction", ""), r.get("input", ""), r.get("output", ""),
             f"{meta.get('source', '')} {op}".strip(), scores)) + "</tr>")
     sections.append("</table>")
@@ -176,7 +178,7 @@ def finetune_section(run_dir: Path, metrics: dict[str, Any]) -> str:
                      "<th>base model</th><th>tuned model</th></tr>")
         for sample in samples:
             prompt = "\n\n".join(m.get("content", "") for m in sample.get("prompt", []) if m.get("role") == "user")
-            parts.append("<tr>" + "".join(f"<td>{html.escape(str(x))[:800]}</td>" for x in (
+            parts.append("<tr>" + "".join(f"<td>{html_text(x, 800)}</td>" for x in (
                 prompt, sample.get("reference", ""), sample.get("base", ""), sample.get("tuned", ""))) + "</tr>")
         parts.append("</table>")
     return "".join(parts)
@@ -324,7 +326,7 @@ def _run_inputs(run_dir: Path) -> list[Any]:
     if not path.exists():
         return []
     try:
-        records = read_records(path)
+        records = read_records(path, Counter() if source.get("repair_unicode") else None)
     except ValueError:
         return []
     return records[: source.get("limit")] if source.get("limit") else records
