@@ -15,10 +15,6 @@ SCANNED = ("datagen", "finetune", "bench")
 
 # `splitlines()` calls that never see JSON text: (file, enclosing function) -> why.
 ALLOWED_SPLITLINES = {
-    ("datagen/stages/self_instruct_replies.py", "has_list_markers"): "a model's plain-text reply, read as lines of prose",
-    ("datagen/stages/self_instruct_replies.py", "parse_task_list"): "a model's plain-text numbered list",
-    ("datagen/stages/self_instruct_replies.py", "has_instance_fields"): "a model's plain-text Input:/Output: fields",
-    ("datagen/stages/self_instruct_replies.py", "parse_instances"): "a model's plain-text Input:/Output: fields",
     ("datagen/stages/quality_checks.py", "check_repetition"): "an answer's prose, checked for repeated lines",
     ("datagen/llm/vllm_engine.py", "_load"): "the first line of an exception message",
     ("datagen/io.py", "_table_rows"): "the first line of pyarrow's error message",
