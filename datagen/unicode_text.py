@@ -85,7 +85,8 @@ def checked_row(row: Any, where: str, repairs: Counter[str] | None) -> Any:
 def repairs_line(path: object, repairs: Counter[str]) -> str:
     """One line for stderr: how many lone surrogates were replaced, by field."""
     fields = ", ".join(f"{field} {count}" for field, count in repairs.most_common())
-    return f"{path}: replaced {sum(repairs.values())} lone surrogates with U+FFFD ({fields})"
+    total = sum(repairs.values())
+    return f"{path}: replaced {total} lone surrogate{'s' if total != 1 else ''} with U+FFFD ({fields})"
 
 
 # Characters an HTML page cannot show as themselves: C0 controls but tab and line ends, DEL, C1.
