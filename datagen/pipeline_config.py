@@ -43,6 +43,10 @@ class InputConfig(BaseModel):
         "default: the bundled 175 seed tasks",
     )
     limit: int | None = Field(None, description="use only the first N records (handy for a dry run)")
+    repair_unicode: bool = Field(
+        False, description="replace lone surrogates (broken UTF-16 halves) with U+FFFD and count them in the "
+        "manifest; off: the first one stops the run with its file, line and field",
+    )
 
 
 class ExportConfig(BaseModel):

@@ -8,20 +8,17 @@ from __future__ import annotations
 import argparse
 import html
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from rich import box
 from rich.table import Table
 
+from datagen.jsonl import read_jsonl
 from datagen.report_quality import heuristic_drops_section, record_scores, scores_section
 from datagen.svg import svg_bars, svg_histogram, svg_intervals, svg_lines
-
-
-def _load_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+from datagen.unicode_text import html_text
 
 
 def _words(text: str) -> int:
@@ -33,7 +30,7 @@ def build_report(run_dir: Path) -> str:
     stages = manifest.get("stages", [])
     final: list[dict[str, Any]] = []
     if stages:
-        final = _load_jsonl(run_dir / stages[-1]["label"] / "kept.jsonl")
+        final = read_jsonl(run_dir / stages[-1]["label"] / "kept.jsonl")
     totals = run_totals(stages)
     sections = [f"<h1>datagen run: {html.escape(manifest.get('name', run_dir.name))}</h1>",
                 f"<p>status <b>{html.escape(manifest.get('status', '?'))}</b> · input records "
@@ -82,13 +79,13 @@ def build_report(run_dir: Path) -> str:
     # Only dedup records carry similarities; other stages' files (possibly large) are not read.
     for s in (s for s in stages if s["stage"] == "dedup"):
         for name in ("kept.jsonl", "dropped.jsonl"):
-            for r in _load_jsonl(run_dir / s["label"] / name):
+            for r in read_jsonl(run_dir / s["label"] / name):
                 for key, value in ((r.get("meta") or {}).get("scores") or {}).items():
                     if isinstance(value, (int, float)) and "sim" in key:
                         similarity.append(float(value))
     # Earlier stages' files are read only when the final records carry no score, to say where they went.
     per_stage = {} if record_scores(final) else {
-        s["label"]: record_scores(_load_jsonl(run_dir / s["label"] / "kept.jsonl")) for s in stages[:-1]}
+        s["label"]: record_scores(read_jsonl(run_dir / s["label"] / "kept.jsonl")) for s in stages[:-1]}
     sections.append(scores_section(final, per_stage, judge_scales(stages)))
     sections.append(heuristic_drops_section(run_dir, stages))
     sections.append("<h2>Similarity to nearest kept neighbour (dedup)</h2>")
@@ -100,7 +97,7 @@ def build_report(run_dir: Path) -> str:
         meta = r.get("meta") or {}
         op = meta.get("evol_op") or ""
         scores = ", ".join(f"{k}={v:.3g}" for k, v in (meta.get("scores") or {}).items() if isinstance(v, (int, float)))
-        sections.append("<tr>" + "".join(f"<td>{html.escape(str(x))[:600]}</td>" for x in (
+        sections.append("<tr>" + "".join(f"<td>{html_text(x, 600)}</td>" for x in (
             r.get("instruction", ""), r.get("input", ""), r.get("output", ""),
             f"{meta.get('source', '')} {op}".strip(), scores)) + "</tr>")
     sections.append("</table>")
@@ -169,13 +166,13 @@ def finetune_section(run_dir: Path, metrics: dict[str, Any]) -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(metrics[k]))}</td></tr>"
                    for k in FINETUNE_METRICS if metrics.get(k) is not None)
     parts.append(f"<table>{rows}</table>")
-    samples = _load_jsonl(run_dir / "model" / "samples.jsonl")
+    samples = read_jsonl(run_dir / "model" / "samples.jsonl")
     if samples:
         parts.append("<h3>Held-out prompts: base vs tuned</h3><table><tr><th>prompt</th><th>reference</th>"
                      "<th>base model</th><th>tuned model</th></tr>")
         for sample in samples:
             prompt = "\n\n".join(m.get("content", "") for m in sample.get("prompt", []) if m.get("role") == "user")
-            parts.append("<tr>" + "".join(f"<td>{html.escape(str(x))[:800]}</td>" for x in (
+            parts.append("<tr>" + "".join(f"<td>{html_text(x, 800)}</td>" for x in (
                 prompt, sample.get("reference", ""), sample.get("base", ""), sample.get("tuned", ""))) + "</tr>")
         parts.append("</table>")
     return "".join(parts)
@@ -258,7 +255,7 @@ def decontamination_section(run_dir: Path, stages: list[dict[str, Any]]) -> str:
         parts.append(f"<h2>Decontamination ({html.escape(stage['label'])})</h2><p>held-out sets: {sets}; "
                      f"{stats.get('ngram_matches', 0)} n-gram matches ({stats.get('ngram')}-grams), "
                      f"{stats.get('embedding_matches', 0)} embedding matches</p>")
-        matches = _load_jsonl(run_dir / stage["label"] / "dropped.jsonl")
+        matches = read_jsonl(run_dir / stage["label"] / "dropped.jsonl")
         if matches:
             parts.append("<table><tr><th>how</th><th>training record</th><th>held-out item</th></tr>")
             for r in matches[:200]:
@@ -323,7 +320,7 @@ def _run_inputs(run_dir: Path) -> list[Any]:
     if not path.exists():
         return []
     try:
-        records = read_records(path)
+        records = read_records(path, Counter() if source.get("repair_unicode") else None)
     except ValueError:
         return []
     return records[: source.get("limit")] if source.get("limit") else records

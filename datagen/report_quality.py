@@ -5,11 +5,12 @@ dropped (rule, matched text, one-line reason), so a user sees a filter's work, n
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
+from datagen.jsonl import read_jsonl
 from datagen.svg import svg_histogram
+from datagen.unicode_text import html_text
 
 
 def record_scores(records: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -44,18 +45,15 @@ def heuristic_drops_section(run_dir: Path, stages: list[dict[str, Any]], limit: 
     """The quality stage's rule drops, each with its rule, the text it matched and why."""
     rows = []
     for stage in (s for s in stages if s.get("stage") == "quality"):
-        path = run_dir / stage["label"] / "dropped.jsonl"
-        if not path.exists():
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            meta = json.loads(line).get("meta") or {}
+        for row in read_jsonl(run_dir / stage["label"] / "dropped.jsonl"):
+            meta = row.get("meta") or {}
             detail = meta.get("drop_detail") or {}
             if "why" in detail:
                 rows.append((stage["label"], meta.get("drop_reason", ""), str(detail.get("matched", "")), detail["why"]))
     if not rows:
         return ""
     shown = rows[:limit]
-    table = "".join("<tr>" + "".join(f"<td>{html.escape(cell)[:200]}</td>" for cell in row) + "</tr>" for row in shown)
+    table = "".join("<tr>" + "".join(f"<td>{html_text(cell, 200)}</td>" for cell in row) + "</tr>" for row in shown)
     more = f"<p>{len(rows) - limit} more in the stage's dropped.jsonl</p>" if len(rows) > limit else ""
     return ("<h2>What the heuristics dropped</h2><table><tr><th>stage</th><th>rule</th><th>matched</th><th>why</th>"
             f"</tr>{table}</table>{more}")

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from datagen.jsonl import dumps_jsonl
 from finetune.config import FinetuneConfig
 from finetune.data import (
     DataStats,
@@ -218,9 +219,7 @@ def _write_samples(folder: Path, examples: list[Example], base: list[str], tuned
         {"id": ex["id"], "prompt": prompt_messages(ex), "reference": reference_answer(ex), "base": b, "tuned": t}
         for ex, b, t in zip(examples, base, tuned, strict=True)
     ]
-    (folder / "samples.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-    )
+    (folder / "samples.jsonl").write_text(dumps_jsonl(rows), encoding="utf-8")
     lines = ["# Held-out prompts: base vs tuned model", "",
              "Greedy decoding (repetition penalty 1.1). The reference is the answer in the data.", ""]
     for k, row in enumerate(rows, start=1):

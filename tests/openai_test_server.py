@@ -457,7 +457,7 @@ class OpenAITestServer:
                     if "tokens" in self._buckets and unused > 0:
                         capacity = max(1.0, config.tpm_limit * config.limit_burst_share)
                         self._buckets["tokens"][0] = min(capacity, self._buckets["tokens"][0] + unused)
-            return web.json_response(reply, headers=limit_headers)
+            return web.json_response(reply, headers=limit_headers, dumps=_raw_json)
         except asyncio.CancelledError:
             if entry.outcome == "ok":  # the client hung up before its answer was ready
                 entry.outcome = "cancelled"
@@ -527,7 +527,8 @@ class OpenAITestServer:
         content = self._files.get(body.get("input_file_id", ""))
         if content is None:
             return _error(400, "input_file_id: no such file", "invalid_request_error")
-        lines = [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]
+        # split("\n"), not splitlines(): a JSON string may hold U+2028 or U+0085 raw.
+        lines = [json.loads(line) for line in content.decode("utf-8").split("\n") if line.strip()]
         with self._lock:
             batch_id = f"batch-{len(self._batches) + 1:05d}"
             attempts = {}
@@ -581,7 +582,7 @@ class OpenAITestServer:
         for kind, rows in (("output_file_id", outputs), ("error_file_id", errors)):
             if rows:
                 file_id = f"file-{len(self._files) + 1:05d}"
-                self._files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
+                self._files[file_id] = "".join(_raw_json(r) + "\n" for r in rows).encode("utf-8")
                 batch[kind] = file_id
         batch["request_counts"] = {"total": len(batch["_lines"]), "completed": len(outputs), "failed": len(errors)}
         batch["status"] = "expired" if expired else "completed"
@@ -687,6 +688,12 @@ class OpenAITestServer:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+
+def _raw_json(value: Any) -> str:
+    """JSON with non-ASCII text raw, as servers built on orjson (vLLM) send it: U+2028 and
+    U+0085 arrive unescaped, which is what a client's line splitting must survive."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from datagen.jsonl import dumps_jsonl, loads_jsonl
 from datagen.llm.base import ChatRequest, Completion, ResultCallback
 from datagen.llm.budget import BudgetExceeded, Reservation
 
@@ -143,9 +144,8 @@ class BatchRunner:
     async def _submit(self, requests: list[ChatRequest], keys: list[str], batches: list[dict[str, Any]],
                       reservations: dict[str, Reservation]) -> list[dict[str, Any]]:
         lines = [
-            (json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
-                         "body": json.loads(self.client._payload(req, req.n))}, ensure_ascii=False) + "\n"
-             ).encode("utf-8")
+            dumps_jsonl([{"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
+                          "body": json.loads(self.client._payload(req, req.n))}]).encode("utf-8")
             for key, req in zip(keys, requests, strict=True)
         ]
         created = []
@@ -265,4 +265,4 @@ class BatchRunner:
             body = await response.read()
             if response.status >= 400:
                 raise ValueError(f"batch output {file_id}: http {response.status}")
-        return [json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip()]
+        return loads_jsonl(body.decode("utf-8"), f"batch output {file_id}")

@@ -14,6 +14,13 @@ from datagen.parsing import EMPTY_INPUT_MARKERS
 
 # ------------------------------------------------------------------ parsing task lists
 
+def reply_lines(text: str) -> list[str]:
+    """The lines of a model's reply, broken at `\n`, `\r\n` and `\r` only: `splitlines()` also
+    breaks at U+2028, U+0085, U+001C and form feeds, which cut a task in two and lose the
+    character from the text kept."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 _NUMBERED = re.compile(
     r"""^\s*(?:[*_]{1,2}\s*)?(?:
           (?:task|instruction|prompt|question|item|new\s+task)\s*\#?\s*(?P<n1>\d{1,3})
@@ -58,7 +65,7 @@ def _clean_item(lines: list[str]) -> str:
 
 def has_list_markers(text: str) -> bool:
     """Whether any line of `text` starts like a numbered or bulleted list item."""
-    return any(_NUMBERED.match(line) or _BULLET.match(line) for line in text.splitlines())
+    return any(_NUMBERED.match(line) or _BULLET.match(line) for line in reply_lines(text))
 
 
 def parse_task_list(text: str) -> list[str]:
@@ -70,7 +77,7 @@ def parse_task_list(text: str) -> list[str]:
     With no list markers at all, each line that is not chatter is taken as one item (if there
     are at least two such lines).
     """
-    lines = text.splitlines()
+    lines = reply_lines(text)
     numbered = any(_NUMBERED.match(line) for line in lines)
     items: list[list[str]] = []
     current: list[str] | None = None
@@ -141,7 +148,7 @@ class Instance:
 
 def has_instance_fields(text: str) -> bool:
     """Whether any line looks like an "Input:" / "Output:" / "Class label:" field."""
-    return any(_INSTANCE_FIELD.match(line) for line in text.splitlines())
+    return any(_INSTANCE_FIELD.match(line) for line in reply_lines(text))
 
 
 def _field_value(lines: list[str]) -> str:
@@ -158,7 +165,7 @@ def parse_instances(text: str, output_first: bool = False, truncated: bool = Fal
     multi-line values (code, lists), markdown bold around labels, and "(none)"-style empty
     inputs. When the reply was cut off (`truncated`) the last example is dropped.
     """
-    lines = text.splitlines()
+    lines = reply_lines(text)
     if output_first:
         output_labels = {"output", "answer", "class"}
     else:
