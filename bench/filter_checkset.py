@@ -21,10 +21,15 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from datagen.jsonl import read_jsonl  # noqa: E402
+
 SEEDS = ROOT / "seeds" / "seed_tasks.jsonl"
 HANDWRITTEN = ROOT / "tests" / "data" / "filter_good_handwritten.jsonl"
 CHECKSET = ROOT / "tests" / "data" / "filter_checkset.jsonl"
@@ -81,15 +86,14 @@ def language(text: str) -> str:
 
 def good_rows() -> list[dict[str, Any]]:
     rows = []
-    for line in SEEDS.read_text(encoding="utf-8").splitlines():
-        task = json.loads(line)
+    for task in read_jsonl(SEEDS):
         for k, inst in enumerate(task["instances"]):
             rows.append({"id": f"{task['id']}_{k}", "lang": language(task["instruction"] + inst["output"]),
                          "task": task["name"], "source": "seed", "instruction": task["instruction"],
                          "input": inst["input"], "output": inst["output"],
                          "is_classification": task["is_classification"]})
-    for line in HANDWRITTEN.read_text(encoding="utf-8").splitlines():
-        rows.append({**json.loads(line), "source": "handwritten"})
+    for row in read_jsonl(HANDWRITTEN):
+        rows.append({**row, "source": "handwritten"})
     for row in rows:
         row.update(label="good", heuristic=None, finish_reason=None)
     return rows

@@ -23,6 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from datagen.jsonl import read_jsonl  # noqa: E402
 from datagen.records import Record, RecordMeta  # noqa: E402
 from datagen.stages.quality import QualityConfig  # noqa: E402
 from datagen.stages.quality_checks import first_verdict  # noqa: E402
@@ -33,7 +34,7 @@ RESULTS = ROOT / "bench" / "results" / "filters.json"
 
 
 def load(path: Path = CHECKSET) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def as_record(row: dict[str, Any]) -> Record:

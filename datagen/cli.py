@@ -6,7 +6,17 @@ import argparse
 import os
 import sys
 
-from datagen import __version__, bundled, commands_generate, commands_run, eval, io, registry, report, study
+from datagen import (
+    __version__,
+    bundled,
+    commands_convert,
+    commands_generate,
+    commands_run,
+    eval,
+    registry,
+    report,
+    study,
+)
 from datagen.cli_config import add_stage_command
 from datagen.errors import EXIT_BAD_INPUT, DatagenError
 from datagen.plugins import load_plugins
@@ -32,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_generate.register_cli(subparsers)
     for stage in registry.stages().values():
         add_stage_command(subparsers, stage)
-    for module in (eval, study, commands_run, bundled, report, io):
+    for module in (eval, study, commands_run, bundled, report, commands_convert):
         module.register_cli(subparsers)
     # Plugins (the `finetune` package's `datagen finetune`) add their own commands.
     for loaded in load_plugins():

@@ -16,6 +16,10 @@ SCANNED = ("datagen", "finetune", "bench")
 # `splitlines()` calls that never see JSON text: (file, enclosing function) -> why.
 ALLOWED_SPLITLINES = {
     ("datagen/stages/quality_checks.py", "check_repetition"): "an answer's prose, checked for repeated lines",
+    ("datagen/stages/quality_checks.py", "repeated_ngram_ratio"): "an answer's prose, list markers stripped per line",
+    ("datagen/stages/quality_checks.py", "check_truncated"): "an answer's prose: its last line, a list item or not",
+    ("datagen/stages/quality_checks.py", "_unfinished_last_sentence"): "an answer's prose, line by line",
+    ("bench/filter_checkset.py", "plant"): "an answer's prose: one of its lines is repeated to plant a repetition",
     ("datagen/llm/vllm_engine.py", "_load"): "the first line of an exception message",
     ("datagen/io.py", "_table_rows"): "the first line of pyarrow's error message",
     ("datagen/bundled.py", "first_comment_line"): "a YAML file's first comment, for a listing",

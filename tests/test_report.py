@@ -73,6 +73,6 @@ def test_heuristic_drops_listed_with_rule_match_and_reason(tmp_path: Path) -> No
     judged = {"id": "y", "meta": {"drop_reason": "low_judge_score", "drop_detail": {"score": 2}}}
     (tmp_path / "quality" / "dropped.jsonl").write_text(json.dumps(gone) + "\n" + json.dumps(judged) + "\n")
     text = heuristic_drops_section(tmp_path, [{"stage": "quality", "label": "quality"}])
-    assert "<td>refusal</td><td>i cannot do that</td><td>the answer opens with a refusal</td>" in text
+    assert "<td><bdi>refusal</bdi></td><td><bdi>i cannot do that</bdi></td><td><bdi>the answer opens with a refusal</bdi></td>" in text
     assert "low_judge_score" not in text
     assert heuristic_drops_section(tmp_path, [{"stage": "dedup", "label": "dedup"}]) == ""
