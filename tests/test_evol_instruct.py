@@ -12,8 +12,8 @@ from scripted_llm import ScriptedLLM, last_user, make_ctx
 from datagen.llm import ChatRequest, Completion
 from datagen.prompts import render
 from datagen.records import Record, RecordMeta
+from datagen.stages.evol_config import OPS
 from datagen.stages.evol_instruct import (
-    OPS,
     EvolConfig,
     clean_evolution,
     find_leak,

@@ -34,8 +34,6 @@ import re
 from collections import Counter
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from datagen.errors import failure_reason
 from datagen.llm import ChatRequest, Completion, generate_sync
 from datagen.parsing import parse_yes_no
@@ -43,39 +41,7 @@ from datagen.plan import Calls, Records, StagePlan, finish, template_tokens
 from datagen.prompts import render
 from datagen.records import Record, RecordMeta, StageResult, dropped, stable_id
 from datagen.registry import Command, Stage, register
-
-IN_DEPTH_OPS = ("add_constraints", "deepen", "concretize", "reasoning_steps", "complicate_input")
-OPS = (*IN_DEPTH_OPS, "breadth")
-
-DEFAULT_LEAK_WORDS = [
-    "#Given Prompt#",
-    "#Rewritten Prompt#",
-    "#Created Prompt#",
-    "given prompt",
-    "rewritten prompt",
-    "created prompt",
-    # The labels our own prompts use: a rewrite that mentions them talks about the template.
-    "original instruction",
-    "rewritten instruction",
-    "created instruction",
-    "given instruction",
-]
-
-DEFAULT_REFUSAL_PHRASES = [
-    "sorry",
-    "apologize",
-    "apologise",
-    "apologies",
-    "i cannot",
-    "i can't",
-    "i can not",
-    "i am unable",
-    "i'm unable",
-    "i am not able",
-    "i'm not able",
-    "as an ai",
-    "as a language model",
-]
+from datagen.stages.evol_config import IN_DEPTH_OPS, EvolConfig
 
 # English function words (the usual NLTK-style list, plus contraction fragments) used by the
 # degenerate-response rule: an answer made only of these carries no content.
@@ -89,67 +55,6 @@ STOP_WORDS = frozenset(
     too under until up us ve very was wasn we were weren what when where which while who whom why will
     with won would wouldn y you your yours yourself yourselves yes ok okay oh well""".split()
 )
-
-
-class EvolConfig(BaseModel):
-    """Evol-Instruct settings. Defaults follow WizardLM: 4 rounds, all operations equally likely."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rounds: int = Field(4, ge=0, description="evolution rounds; each instruction gets one attempt per round")
-    ops: dict[str, float] = Field(
-        default_factory=lambda: dict.fromkeys(OPS, 1.0),
-        description=(
-            "operation -> relative weight of being drawn; ops left out are never used. In-depth: "
-            + ", ".join(IN_DEPTH_OPS)
-            + "; in-breadth: breadth. Prompt of op X: prompts/evol_X.txt"
-        ),
-    )
-    temperature: float = Field(0.7, ge=0, description="sampling temperature of the rewrite")
-    max_tokens: int = Field(
-        512, ge=1, description="token limit of a rewrite (a truncated rewrite is dropped)"
-    )
-    answer: bool = Field(
-        True,
-        description="answer each rewrite (kept as output); needed by the refusal and degenerate-response rules",
-    )
-    answer_temperature: float = Field(0.7, ge=0, description="sampling temperature of the answer")
-    answer_max_tokens: int = Field(512, ge=1, description="token limit of the answer")
-    equality_check: bool = Field(
-        True, description="ask the LLM whether a rewrite adds information over its parent"
-    )
-    equality_max_tokens: int = Field(16, ge=1, description="token limit of the equality check reply")
-    keep_all_rounds: bool = Field(
-        True,
-        description="emit every successful evolution of every round; false: only each chain's last one",
-    )
-    keep_originals: bool = Field(
-        True, description="also emit the input records unchanged (WizardLM mixes them in)"
-    )
-    leak_words: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_LEAK_WORDS),
-        description="a rewrite containing any of these (case-insensitive) is dropped as template_leak",
-    )
-    refusal_phrases: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_REFUSAL_PHRASES),
-        description="an answer containing one of these and shorter than refusal_max_words is a refusal",
-    )
-    refusal_max_words: int = Field(
-        80, ge=0, description="answers with at least this many words are never refusals"
-    )
-    llm: str | None = Field(None, description="backend spec for this stage (default: the pipeline's)")
-
-    @field_validator("ops")
-    @classmethod
-    def _known_ops(cls, ops: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(ops) - set(OPS))
-        if unknown:
-            raise ValueError(f"unknown evolution op(s) {unknown}: choose from {list(OPS)}")
-        if any(w < 0 for w in ops.values()):
-            raise ValueError("op weights must be >= 0")
-        if not any(w > 0 for w in ops.values()):
-            raise ValueError("at least one op needs a positive weight")
-        return ops
 
 
 def clean_evolution(text: str) -> str:
