@@ -58,7 +58,10 @@ def test_batch_answers_match_live_ones_and_land_in_the_cache(openai_server, tmp_
 def test_failed_and_expired_requests_are_resubmitted(openai_server, tmp_path):
     openai_server.configure(batch_fail_rate=0.25, batch_expire_rate=0.2)
     cache = ResponseCache(tmp_path / "cache.sqlite")
-    llm = make(openai_server, cache, max_rounds=8)
+    # Each attempt of a request fails with p = 0.45 (drawn from its custom_id, which holds the
+    # server's port): 8 rounds left 40 requests ~7 % likely to see one fail every time (flaky);
+    # 16 rounds make that ~1e-4.
+    llm = make(openai_server, cache, max_rounds=16)
     results = generate_sync(llm, prompts(40, "f"))
     assert [r.error for r in results] == [None] * 40
     assert [r.text for r in results] == [f"echo: f{i} #0" for i in range(40)]
