@@ -117,7 +117,15 @@ class Pipeline:
             records = records[: self.config.input.limit]
         return records, sha256_bytes(records_jsonl(records).encode("utf-8"))
 
-    def run(self, run_dir: str | Path | None = None, progress: bool = True) -> RunResult:
+    def run(self, run_dir: str | Path | None = None, progress: bool = True, wait: bool = False) -> RunResult:
+        """Run into `run_dir`, one run per directory: a busy one raises `FolderBusy` (exit 2), or `wait`s."""
+        from datagen.run_lock import hold, lock_file_inside
+
+        run_dir = Path(run_dir or Path("runs") / self.config.name)
+        with hold(lock_file_inside(run_dir), "datagen run", what=str(run_dir), wait=wait):
+            return self._run_holding_lock(run_dir, progress)
+
+    def _run_holding_lock(self, run_dir: Path, progress: bool) -> RunResult:
         from datagen.io import atomic_write_text, read_records
         from datagen.llm import ResponseCache
         from datagen.llm.budget import BudgetExceeded, make_budget, rates
@@ -125,7 +133,6 @@ class Pipeline:
 
         cfg = self.config
         run_started = time.perf_counter()
-        run_dir = Path(run_dir or Path("runs") / cfg.name)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         records, input_hash = self._load_input()
@@ -358,6 +365,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to join, e.g. 10.0.0.1:6379 (sets ray.address; implies --executor ray)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress output")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another run holds this run directory, wait for it to end (default: stop, exit 2)")
     from datagen.cli_common import add_cost_args
 
     add_cost_args(parser)
@@ -388,7 +397,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         print_plan(pipeline)
         return 0
     try:
-        result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress)
+        result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress, wait=args.wait)
     except BudgetExceeded as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_BUDGET
