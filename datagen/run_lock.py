@@ -2,13 +2,17 @@
 
 Two runs on one run directory cannot see each other's in-flight LLM calls, so each would pay
 for every call and both would write the same stage files and manifest. `hold` takes an OS
-file lock (flock through `filelock`) for as long as a run writes there. The kernel releases
-it when the holder exits in any way, kill -9 included, so there is never a stale lock to
-delete by hand.
+file lock (`flock`) for as long as a run writes there. The kernel releases it when the holder
+exits in any way, kill -9 included, so there is never a stale lock to delete by hand.
+
+The lock file is removed on release (while still locked; a process that then gets the lock on
+the removed file sees that the path now names another file and locks that one instead), so a
+finished run leaves nothing behind. `filelock` keeps its file in place for waiters to share;
+it is used only where `fcntl` is missing (Windows).
 
 Who holds the lock (PID, host, start time, command) is written beside it right after it is
 acquired, only to name the holder when another process is refused or waits. A killed holder
-leaves that file behind; it means nothing without the lock, and the next holder overwrites it.
+leaves both files behind; they mean nothing without the lock, and the next holder takes them over.
 
 Users: `Pipeline.run` (the run directory, CLI and Python API alike) and `finetune.train` (its
 output folder, which is swapped in by rename, so the lock sits beside it). Review writes of a
@@ -29,7 +33,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from datagen.errors import EXIT_BAD_INPUT, DatagenError
 from datagen.io import atomic_write_text
@@ -71,6 +78,70 @@ class Holder:
         return True
 
 
+class OsLock:
+    """An exclusive `flock` on `path` that removes the file on release (`filelock` where there is no fcntl)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+        self._fallback = None
+        if fcntl is None:
+            from filelock import FileLock
+
+            self._fallback = FileLock(str(self.path))
+
+    def try_acquire(self) -> bool:
+        if self._fallback is not None:
+            from filelock import Timeout
+
+            try:
+                self._fallback.acquire(timeout=0)
+            except Timeout:
+                return False
+            return True
+        return self._flock(blocking=False)
+
+    def acquire(self) -> None:
+        """Block until the lock is ours, however its holder ends."""
+        if self._fallback is not None:
+            self._fallback.acquire()
+        else:
+            self._flock(blocking=True)
+
+    def release(self) -> None:
+        if self._fallback is not None:
+            self._fallback.release()
+        elif self._fd is not None:
+            self.path.unlink(missing_ok=True)  # still locked: nobody can take this file over meanwhile
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def _flock(self, blocking: bool) -> bool:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except BaseException:
+                os.close(fd)
+                raise
+            if _names_this_file(self.path, fd):
+                self._fd = fd
+                return True
+            os.close(fd)  # its holder removed this file on release: lock the one the path names now
+
+
+def _names_this_file(path: Path, fd: int) -> bool:
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 def lock_file_inside(folder: Path, purpose: str = "run") -> Path:
     """The lock for writers of `folder` itself (a run directory); `purpose` separates independent writers."""
     return Path(folder) / f".datagen-{purpose}.lock"
@@ -110,7 +181,7 @@ def hold(
     """
     lock_file = Path(lock_file)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_file))
+    lock = OsLock(lock_file)
     acquired, holder = _try_acquire(lock, lock_file)
     if not acquired:
         named = holder.describe() if holder else "another process (it has not recorded its PID)"
@@ -128,7 +199,7 @@ def hold(
         lock.release()
 
 
-def _try_acquire(lock: FileLock, lock_file: Path) -> tuple[bool, Holder | None]:
+def _try_acquire(lock: OsLock, lock_file: Path) -> tuple[bool, Holder | None]:
     """(True, None) when the lock is now ours; else (False, the live holder or None when it cannot be named).
 
     Retries briefly: a holder that just acquired the lock has not written its info yet, and
@@ -136,11 +207,8 @@ def _try_acquire(lock: FileLock, lock_file: Path) -> tuple[bool, Holder | None]:
     """
     holder = None
     for _ in range(_HOLDER_READ_ATTEMPTS):
-        try:
-            lock.acquire(timeout=0)
+        if lock.try_acquire():
             return True, None
-        except Timeout:
-            pass
         holder = read_holder(lock_file)
         if holder is not None and holder.is_alive():
             return False, holder

@@ -22,7 +22,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datagen.run_lock import FolderBusy, hold, lock_file_beside, lock_file_inside, read_holder
+from datagen.run_lock import (
+    FolderBusy,
+    OsLock,
+    _names_this_file,
+    hold,
+    lock_file_beside,
+    lock_file_inside,
+    read_holder,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = 40
@@ -37,6 +45,7 @@ def test_holder_is_recorded_while_held_and_removed_after(tmp_path: Path) -> None
         assert read_holder(lock_file) == me
         assert me.pid == os.getpid()
     assert read_holder(lock_file) is None
+    assert list(lock_file.parent.iterdir()) == []  # a finished holder leaves nothing behind
 
 
 def test_busy_folder_is_refused_in_one_line_naming_the_holder(tmp_path: Path) -> None:
@@ -74,8 +83,6 @@ def test_wait_says_whom_it_waits_for_then_gets_the_lock(tmp_path: Path) -> None:
 def test_stale_info_of_a_dead_holder_is_not_named(tmp_path: Path) -> None:
     """The lock is held (by a holder that has not written its info yet) and the info on disk is a
     killed holder's: the refusal must not name the dead PID."""
-    from filelock import FileLock
-
     lock_file = lock_file_inside(tmp_path / "run")
     lock_file.parent.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -88,7 +95,39 @@ def test_stale_info_of_a_dead_holder_is_not_named(tmp_path: Path) -> None:
             with hold(lock_file, "datagen run", what="run"):
                 pass
     assert f"PID {dead_pid}" not in str(refused.value)
-    with FileLock(str(lock_file)).acquire(timeout=0):  # released when the holder left
+    assert not lock_file.exists()
+
+
+def test_a_waiter_on_the_removed_lock_file_does_not_count_as_holder(tmp_path: Path) -> None:
+    """Release removes the file while still locked. A waiter that opened it before then gets a
+    flock on a file the path no longer names, while a newcomer locks the new file: the waiter
+    must see that and not proceed as a second holder."""
+    import fcntl
+
+    lock_file = tmp_path / ".datagen-run.lock"
+    first = OsLock(lock_file)
+    assert first.try_acquire()
+    waiter_fd = os.open(lock_file, os.O_RDWR)  # opened while the first one held it
+    first.release()
+    newcomer = OsLock(lock_file)
+    assert newcomer.try_acquire()
+    fcntl.flock(waiter_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # succeeds: the old file is nobody's now
+    assert not _names_this_file(lock_file, waiter_fd)
+    assert not OsLock(lock_file).try_acquire()
+    os.close(waiter_fd)
+    newcomer.release()
+
+
+def test_without_fcntl_filelock_guards_the_folder(tmp_path: Path, monkeypatch) -> None:
+    import datagen.run_lock as run_lock
+
+    monkeypatch.setattr(run_lock, "fcntl", None)
+    lock_file = lock_file_inside(tmp_path / "run")
+    with hold(lock_file, "datagen run", what="run"):
+        with pytest.raises(FolderBusy, match=f"PID {os.getpid()} "):
+            with hold(lock_file, "datagen run", what="run"):
+                pass
+    with hold(lock_file, "datagen run", what="run"):
         pass
 
 
@@ -199,6 +238,7 @@ def test_second_run_refuses_and_a_waiting_one_resumes_paying_nothing(openai_serv
     _, waiter_err = waiter.communicate(timeout=300)
     assert waiter.returncode == 0, waiter_err[-3000:]
     assert f"finished: {RECORDS} records" in waiter_err
+    assert not lock_file_inside(run_dir).exists()
     assert openai_server.stats.requests == RECORDS + 1  # the first run's calls and the barrier opener, once
 
 
@@ -211,4 +251,4 @@ def test_kill9_of_the_holder_frees_the_run_directory(openai_server, first_run) -
     resumed = subprocess.run(_command(config_path, run_dir), env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"finished: {RECORDS} records" in resumed.stderr
-    assert read_holder(lock_file_inside(run_dir)) is None
+    assert not lock_file_inside(run_dir).exists() and read_holder(lock_file_inside(run_dir)) is None
