@@ -205,7 +205,6 @@ def _try_acquire(lock: OsLock, lock_file: Path) -> tuple[bool, Holder | None]:
     Retries briefly: a holder that just acquired the lock has not written its info yet, and
     the info left by a killed holder names a dead PID until the new holder replaces it.
     """
-    holder = None
     for _ in range(_HOLDER_READ_ATTEMPTS):
         if lock.try_acquire():
             return True, None

@@ -65,14 +65,14 @@ def train(
     """
     config = config or FinetuneConfig()
     if config.machine_rank > 0:  # writes nothing; machine 0 holds the output folder
-        return _train_holding_lock(records, config, Path(out_dir), progress)
+        return _train_and_publish(records, config, Path(out_dir), progress)
     from datagen.run_lock import hold, lock_file_beside
 
     with hold(lock_file_beside(Path(out_dir)), "datagen finetune", what=str(out_dir), wait=wait):
-        return _train_holding_lock(records, config, Path(out_dir), progress)
+        return _train_and_publish(records, config, Path(out_dir), progress)
 
 
-def _train_holding_lock(
+def _train_and_publish(
     records: Sequence[Record] | str | Path, config: FinetuneConfig, out: Path, progress: bool
 ) -> dict[str, Any]:
     _check_out_dir(out)
