@@ -30,6 +30,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to join, e.g. 10.0.0.1:6379 (sets ray.address; implies --executor ray)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress output")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another run holds this run directory, wait for it to end (default: stop, exit 2)")
     add_cost_args(parser)
     add_repair_unicode_arg(parser)
     parser.add_argument("--dry-run", action="store_true",
@@ -59,7 +61,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         print_plan(pipeline)
         return 0
     try:
-        result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress)
+        result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress, wait=args.wait)
     except BudgetExceeded as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_BUDGET

@@ -48,6 +48,7 @@ from datagen.run_files import (
     usage_delta,
     versions,
 )
+from datagen.run_lock import hold, lock_file_inside
 
 EXPORT_FILES = {"alpaca": "alpaca.json", "sharegpt": "sharegpt.jsonl", "messages": "messages.jsonl",
                 "records": "records.jsonl", "hf": "hf_dataset"}
@@ -135,9 +136,15 @@ class Pipeline:
         check_meta_flow(self.config, READER_WRITES | meta_keys_present(records), self.source)
         return records, sha256_bytes(records_jsonl(records).encode("utf-8"))
 
-    def run(self, run_dir: str | Path | None = None, progress: bool = True) -> RunResult:
+    def run(self, run_dir: str | Path | None = None, progress: bool = True, wait: bool = False) -> RunResult:
+        """Run into `run_dir`, one run per directory: a busy one raises `FolderBusy` (exit 2), or `wait`s."""
+        run_dir = Path(run_dir or Path("runs") / self.config.name)
+        with hold(lock_file_inside(run_dir), "datagen run", what=str(run_dir), wait=wait):
+            return self._run_holding_lock(run_dir, progress)
+
+    def _run_holding_lock(self, run_dir: Path, progress: bool) -> RunResult:
         """Plan → run or skip each stage → export → fine-tune → eval → report."""
-        state = self._open(Path(run_dir or Path("runs") / self.config.name), progress)
+        state = self._open(run_dir, progress)
         try:
             for number, spec in enumerate(self.config.stage_specs(), start=1):
                 if not skip_finished_stage(state, number, spec):

@@ -49,6 +49,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="set any config field (YAML value), e.g. --set lora_r=8")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another process trains into --out, wait for it to end (default: stop, exit 2)")
     fields = add_config_flags(parser, FinetuneConfig, aliases=_ALIASES, value_parsers={"lora_target_modules": _targets})
     parser.set_defaults(func=_run, finetune_fields=fields)
 
@@ -68,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     from finetune.train import train
 
     config = config_from_args(args)
-    metrics = train(args.data, config, args.out, progress=not args.no_progress)
+    metrics = train(args.data, config, args.out, progress=not args.no_progress, wait=args.wait)
     if metrics.get("saved") is False:
         print(f"machine {config.machine_rank} of {config.num_machines}: its processes trained their share; "
               f"machine 0 ({config.main_process_ip}) saved the model and metrics in its --out", file=sys.stderr)

@@ -39,6 +39,7 @@ def train(
     config: FinetuneConfig | None = None,
     out_dir: str | Path = "model",
     progress: bool = True,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune on `records` (or a data file) and write everything to `out_dir`; returns the metrics.
 
@@ -47,9 +48,21 @@ def train(
     finished result in `out_dir` is replaced; any other non-empty folder there is refused. On a
     machine other than machine 0 of a multi-machine run nothing is written: its processes trained
     their share, machine 0 saves the result; the returned summary says `saved: False`.
+    One training per `out_dir`: while another process trains into it, this one raises
+    `FolderBusy` (exit 2), or with `wait` waits for it to end.
     """
     config = config or FinetuneConfig()
-    out = Path(out_dir)
+    if config.machine_rank > 0:  # writes nothing; machine 0 holds the output folder
+        return _train_and_publish(records, config, Path(out_dir), progress)
+    from datagen.run_lock import hold, lock_file_beside
+
+    with hold(lock_file_beside(Path(out_dir)), "datagen finetune", what=str(out_dir), wait=wait):
+        return _train_and_publish(records, config, Path(out_dir), progress)
+
+
+def _train_and_publish(
+    records: Sequence[Record] | str | Path, config: FinetuneConfig, out: Path, progress: bool
+) -> dict[str, Any]:
     _check_out_dir(out)
     started = time.time()
     examples, stats = records_to_examples(load_records(records), config.system_prompt)
