@@ -310,7 +310,7 @@ def test_failed_training_leaves_no_output_folder(tmp_path, monkeypatch) -> None:
         (folder / "model" / "half-written.bin").write_bytes(b"x")
         raise RuntimeError("crash mid-training")
 
-    monkeypatch.setattr(train_module, "_train_into", boom)
+    monkeypatch.setattr(train_module, "train_into", boom)
     records = [Record(id=f"r{i}", instruction=f"q{i}", output=f"a{i}") for i in range(5)]
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="crash"):
