@@ -23,20 +23,12 @@ PORT = 38517
 
 
 def test_legacy_run_dir_resumes_without_a_call(tmp_path: Path, monkeypatch) -> None:
-    from openai_test_server import OpenAITestServer
-    from pipeline_responder import reply
-
     run_dir = tmp_path / "legacy"
     shutil.copytree(LEGACY, run_dir)
     monkeypatch.chdir(ROOT)  # the config names its input and held-out files relative to the checkout
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    server = OpenAITestServer(port=PORT).start()
-    server.responder = reply
-    try:
-        result = Pipeline(validate_config(config, "legacy.yaml")).run(run_dir=run_dir, progress=False)
-        assert server.stats.requests == 0
-    finally:
-        server.stop()
+    result, requests = _run_on_the_legacy_port(config, run_dir)
+    assert requests == 0
     # Stages whose options are unchanged skip; the two whose defaults 0.2 changed on purpose (the
     # quality rules, CJK-aware novelty) re-run, from the cache alone, and land on the same records.
     skipped = {stage.label for stage in result.stages if stage.skipped}
@@ -48,12 +40,21 @@ def test_legacy_run_dir_resumes_without_a_call(tmp_path: Path, monkeypatch) -> N
     # Deleting every stage's marker makes each stage re-run: the answers still all come from the cache.
     for marker in run_dir.glob("*/done.json"):
         marker.unlink()
+    rerun, requests = _run_on_the_legacy_port(config, run_dir)
+    assert requests == 0
+    assert not any(stage.skipped for stage in rerun.stages)
+    assert (run_dir / "decontaminate" / "kept.jsonl").read_text() == legacy_kept
+
+
+def _run_on_the_legacy_port(config: dict, run_dir: Path) -> tuple:
+    """Run the pipeline with the scripted server on the port the legacy run used; (result, requests)."""
+    from openai_test_server import OpenAITestServer
+    from pipeline_responder import reply
+
     server = OpenAITestServer(port=PORT).start()
     server.responder = reply
     try:
-        rerun = Pipeline(validate_config(config, "legacy.yaml")).run(run_dir=run_dir, progress=False)
-        assert server.stats.requests == 0
+        result = Pipeline(validate_config(config, "legacy.yaml")).run(run_dir=run_dir, progress=False)
+        return result, server.stats.requests
     finally:
         server.stop()
-    assert not any(stage.skipped for stage in rerun.stages)
-    assert (run_dir / "decontaminate" / "kept.jsonl").read_text() == legacy_kept
