@@ -273,6 +273,7 @@ def record_failure(state: RunState, exc: BaseException) -> None:
 def export_step(state: RunState) -> None:
     started = time.perf_counter()
     state.manifest["export"] = export_records(state.records, state.run_dir / "export", state.config.export.formats)
+    state.manifest["export_records"] = len(state.records)
     state.manifest["export_seconds"] = round(time.perf_counter() - started, 3)
     faults.at_point("after_export")
 
@@ -326,6 +327,7 @@ def eval_step(state: RunState, pipeline: Pipeline) -> None:
 
 def finish_run(state: RunState) -> RunResult:
     """Totals, status `finished`, the report, the end-of-run table."""
+    from datagen.card import write_card
     from datagen.report import write_report
 
     manifest = state.manifest
@@ -336,6 +338,8 @@ def finish_run(state: RunState) -> RunResult:
     state.write_manifest()
     with after_export("report", state.run_dir / "report.html", state.run_dir / "export"):
         write_report(state.run_dir)
+    with after_export("dataset card", state.run_dir / "export" / "README.md", state.run_dir / "export"):
+        write_card(state.run_dir)
         state.say.summary(state.run_dir, manifest)
     return RunResult(run_dir=state.run_dir, records=state.records, stages=state.outcomes, manifest=manifest)
 
