@@ -11,6 +11,7 @@ from datagen import (
     bundled,
     commands_convert,
     commands_generate,
+    commands_push,
     commands_run,
     eval,
     registry,
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_generate.register_cli(subparsers)
     for stage in registry.stages().values():
         add_stage_command(subparsers, stage)
-    for module in (eval, study, commands_run, bundled, report, commands_convert):
+    for module in (eval, study, commands_run, bundled, report, commands_convert, commands_push):
         module.register_cli(subparsers)
     # Plugins (the `finetune` package's `datagen finetune`) add their own commands.
     for loaded in load_plugins():
