@@ -271,7 +271,14 @@ def record_failure(state: RunState, exc: BaseException) -> None:
 
 
 def export_step(state: RunState) -> None:
+    """Human review decisions (review.jsonl) first, then every export format; no LLM call."""
+    from datagen.review import apply_review, review_digest
+
     started = time.perf_counter()
+    state.records, applied = apply_review(state.records, state.run_dir)
+    if applied:
+        state.manifest["review"] = applied
+        state.input_hash = sha256_bytes(f"{state.input_hash}:{review_digest(state.run_dir)}".encode())
     state.manifest["export"] = export_records(state.records, state.run_dir / "export", state.config.export.formats)
     state.manifest["export_records"] = len(state.records)
     state.manifest["export_seconds"] = round(time.perf_counter() - started, 3)
