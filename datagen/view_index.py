@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _COLUMNS = ("id", "stage", "stage_pos", "status", "drop_reason", "source", "language", "length", "score",
             "parent_id", "root_id", "instruction", "input", "output", "meta")
 
@@ -119,7 +119,8 @@ def build_index(files: list[tuple[str, int, str, Path]], path: Path, stamp: str)
         "CREATE INDEX by_stage ON records(stage, status, drop_reason);"
         "CREATE INDEX by_reason ON records(drop_reason);"
         "CREATE INDEX by_parent ON records(parent_id);"
-        "CREATE INDEX by_score ON records(score);")
+        "CREATE INDEX by_score ON records(score);"
+        "CREATE INDEX by_length ON records(length);")
     conn.execute("INSERT INTO info VALUES ('fingerprint', ?)", (stamp,))
     conn.commit()
     conn.close()

@@ -60,6 +60,7 @@ class Viewer:
         self.manifest = self._json("manifest.json")
         config = self._yaml("config.yaml")
         self.prices = config.get("prices") or {}
+        self.facets = view_queries.facets(self.conn)  # the index never changes while served
 
     def _json(self, name: str) -> dict[str, Any]:
         path = (self.run_dir / name) if self.run_dir else None
@@ -104,7 +105,7 @@ class Viewer:
         except sqlite3.OperationalError as exc:
             filters.errors.append(f"search: {exc}")
             page = {"total": 0, "rows": [], "pages": 1}
-        return self.render("records.html", filters=filters, page=page, facets=view_queries.facets(self.conn))
+        return self.render("records.html", filters=filters, page=page, facets=self.facets)
 
     async def record(self, request: Request) -> Response:
         rec = view_queries.record(self.conn, int(request.path_params["rowid"]))
