@@ -151,3 +151,18 @@ def test_review_decisions_change_the_next_export_without_llm_calls(site: str, ru
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["review"] == {"rejected": 1, "edited": 1, "restored": 1}
     assert "## Human review" in (run_dir / "export" / "README.md").read_text()
+
+
+def test_report_html_shows_record_html_as_text(run_dir: Path) -> None:
+    from datagen.report import build_report
+
+    page = build_report(run_dir)
+    assert "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in page
+    assert "<script>window" not in page and "<img src=x" not in page and 'href="javascript:' not in page
+
+
+def test_report_cells_are_cut_before_escaping() -> None:
+    from datagen.report import _templates
+
+    cell = _templates().from_string("{{ text|cell(3) }}").render(text="a&&&&b")
+    assert cell == "a&amp;&amp;…"  # whole entities only
