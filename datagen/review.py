@@ -85,7 +85,7 @@ def apply_review(records: list[Record], run_dir: str | Path) -> tuple[list[Recor
     latest = latest_decisions(run_dir)
     if not latest:
         return records, {}
-    counts = {"accepted": 0, "rejected": 0, "edited": 0, "restored": 0}
+    counts = {"accepted": 0, "rejected": 0, "edited": 0, "restored": 0, "unmatched": 0}
     out: list[Record] = []
     present = set()
     for record in records:
@@ -111,17 +111,25 @@ def apply_review(records: list[Record], run_dir: str | Path) -> tuple[list[Recor
                 restored = restored.model_copy(update=entry.get("fields") or {})
             out.append(restored)
             counts["restored"] += 1
+        else:
+            counts["unmatched"] += 1  # an id no stage kept or dropped (another run's file?)
     return out, {k: v for k, v in counts.items() if v}
 
 
 def _dropped_record(run_dir: Path, stage: str, record_id: str) -> Record | None:
-    """A record a stage dropped, for a reviewer who accepted it anyway."""
+    """A record a stage dropped, for a reviewer who accepted it anyway: looked up in the stage
+    the reviewer saw it in, else in whichever stage dropped it (the latest first)."""
     from datagen.jsonl import read_jsonl
 
-    path = run_dir / stage / "dropped.jsonl"
-    if not stage or "/" in stage or not path.exists():
-        return None
-    for row in read_jsonl(path):
-        if row.get("id") == record_id:
-            return Record.model_validate(row)
+    order = [stage] if stage and "/" not in stage else []
+    manifest = run_dir / "manifest.json"
+    if manifest.exists():
+        labels = [s["label"] for s in json.loads(manifest.read_text(encoding="utf-8")).get("stages", [])]
+        order += [label for label in reversed(labels) if label != stage]
+    for label in order:
+        path = run_dir / label / "dropped.jsonl"
+        if path.exists():
+            for row in read_jsonl(path):
+                if row.get("id") == record_id:
+                    return Record.model_validate(row)
     return None
