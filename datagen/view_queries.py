@@ -11,6 +11,7 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,8 @@ def children(conn: sqlite3.Connection, record_id: str) -> list[dict[str, Any]]:
 
 def llm_calls(run_dir: Path, rec: dict[str, Any], prices: dict[str, Any], limit: int = 20) -> list[dict[str, Any]]:
     """The cached LLM calls whose prompt holds this record's instruction: model, tokens, cost.
-    Every call in the cache was paid once; `created` says when."""
+    Every call in the cache was paid once, when `created` says; every later run of the same
+    request was a cache hit (the manifest counts hits per stage)."""
     path = run_dir / "llm_cache.sqlite"
     needle = json.dumps(rec["instruction"][:160], ensure_ascii=False)[1:-1]
     if not path.exists() or len(needle) < 8:
@@ -184,5 +186,6 @@ def llm_calls(run_dir: Path, rec: dict[str, Any], prices: dict[str, Any], limit:
         prompt = next((m.get("content", "") for m in reversed(turns) if m.get("role") == "user"), req.get("prompt", ""))
         calls.append({"spec": spec, "n": req.get("n", 1), "prompt_tokens": resp.get("prompt_tokens", 0),
                       "completion_tokens": resp.get("completion_tokens", 0), "cost_usd": cost, "created": created,
+                      "made": datetime.fromtimestamp(created or 0, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
                       "prompt": prompt, "texts": resp.get("texts", [])})
     return calls
