@@ -166,3 +166,39 @@ def test_report_cells_are_cut_before_escaping() -> None:
 
     cell = _templates().from_string("{{ text|cell(3) }}").render(text="a&&&&b")
     assert cell == "a&amp;&amp;…"  # whole entities only
+
+
+def test_view_command_needs_the_printed_token_off_loopback(run_dir: Path) -> None:
+    """`datagen view --host` (here 127.0.0.2, not the loopback name) prints a URL with a token
+    and refuses requests without it."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.2", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "datagen.cli", "view", str(run_dir), "--host", "127.0.0.2",
+                             "--port", str(port), "--no-browser"], cwd=root, stderr=subprocess.PIPE, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    try:
+        url, status = "", None
+        while not url:
+            line = proc.stderr.readline()
+            assert line, "datagen view exited before printing its URL"
+            url = line.split("datagen view: ")[1].split()[0] if "datagen view: " in line else ""
+        assert "?token=" in url and url.startswith(f"http://127.0.0.2:{port}/")
+        for _ in range(100):
+            try:
+                status = get(url)[0]
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert status == 200
+        assert get(url.split("?")[0] + "records")[0] == 401
+    finally:
+        proc.terminate()
+        proc.wait(10)
