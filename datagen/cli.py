@@ -12,7 +12,9 @@ from datagen import (
     commands_convert,
     commands_eval,
     commands_generate,
+    commands_push,
     commands_run,
+    commands_view,
     registry,
     report,
     study,
@@ -42,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands_generate.register_cli(subparsers)
     for stage in registry.stages().values():
         add_stage_command(subparsers, stage)
-    for module in (commands_eval, study, commands_run, bundled, report, commands_convert):
+    for module in (commands_eval, study, commands_run, bundled, report, commands_convert, commands_push,
+                   commands_view):
         module.register_cli(subparsers)
     # Plugins (the `finetune` package's `datagen finetune`) add their own commands.
     for loaded in load_plugins():

@@ -278,8 +278,16 @@ def record_failure(state: RunState, exc: BaseException) -> None:
 
 
 def export_step(state: RunState) -> None:
+    """Human review decisions (review.jsonl) first, then every export format; no LLM call."""
+    from datagen.review import apply_review, review_digest
+
     started = time.perf_counter()
+    state.records, applied = apply_review(state.records, state.run_dir)
+    if applied:
+        state.manifest["review"] = applied
+        state.input_hash = sha256_bytes(f"{state.input_hash}:{review_digest(state.run_dir)}".encode())
     state.manifest["export"] = export_records(state.records, state.run_dir / "export", state.config.export.formats)
+    state.manifest["export_records"] = len(state.records)
     state.manifest["export_seconds"] = round(time.perf_counter() - started, 3)
     faults.at_point("after_export")
 
@@ -333,6 +341,7 @@ def eval_step(state: RunState, pipeline: Pipeline) -> None:
 
 def finish_run(state: RunState) -> RunResult:
     """Totals, status `finished`, the report, the end-of-run table."""
+    from datagen.card import write_card
     from datagen.report import write_report
 
     manifest = state.manifest
@@ -343,6 +352,8 @@ def finish_run(state: RunState) -> RunResult:
     state.write_manifest()
     with after_export("report", state.run_dir / "report.html", state.run_dir / "export"):
         write_report(state.run_dir)
+    with after_export("dataset card", state.run_dir / "export" / "README.md", state.run_dir / "export"):
+        write_card(state.run_dir)
         state.say.summary(state.run_dir, manifest)
     return RunResult(run_dir=state.run_dir, records=state.records, stages=state.outcomes, manifest=manifest)
 

@@ -53,6 +53,11 @@ class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     formats: list[str] = Field(default_factory=lambda: ["alpaca", "sharegpt", "messages", "hf"])
+    # What the dataset card (export/README.md) declares; the Hub reads these from its YAML header.
+    license: str = Field("other", description="license id on the dataset card, e.g. apache-2.0, cc-by-4.0")
+    language: list[str] = Field(default_factory=lambda: ["en"], description="ISO 639-1 codes on the card")
+    tags: list[str] = Field(default_factory=list, description="card tags besides `synthetic`")
+    pretty_name: str | None = Field(None, description="title on the card; default: the run name")
 
 
 class StageSpec(BaseModel):

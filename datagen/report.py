@@ -12,13 +12,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import jinja2
+from markupsafe import Markup
 from rich import box
 from rich.table import Table
 
 from datagen.jsonl import read_jsonl
 from datagen.report_quality import heuristic_drops_section, record_scores, scores_section
 from datagen.svg import svg_bars, svg_histogram, svg_intervals, svg_lines
-from datagen.unicode_text import html_text
+from datagen.unicode_text import html_text, visible_text
 
 
 def _words(text: str) -> int:
@@ -26,55 +28,24 @@ def _words(text: str) -> int:
 
 
 def build_report(run_dir: Path) -> str:
+    """The page, rendered from `templates/report/report.html` with autoescape on: record text
+    is cut (`cell`) before it is escaped; charts and the older sections arrive as markup that
+    `datagen.svg` and the section builders escaped themselves."""
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     stages = manifest.get("stages", [])
     final: list[dict[str, Any]] = []
     if stages:
         final = read_jsonl(run_dir / stages[-1]["label"] / "kept.jsonl")
-    totals = run_totals(stages)
-    sections = [f"<h1>datagen run: {html.escape(manifest.get('name', run_dir.name))}</h1>",
-                f"<p>status <b>{html.escape(manifest.get('status', '?'))}</b> · input records "
-                f"{manifest.get('input', {}).get('records', '?')} · final records {len(final)} · "
-                f"LLM calls {totals['calls']} ({totals['calls_this_run']} on this run, the rest by stages "
-                f"finished before and skipped) · cache hits {totals['cache_hits']} · tokens {totals['tokens']} · "
-                f"cost ${totals['cost_usd']:.4f}</p>"]
     labels = ["input"] + [s["label"] for s in stages]
     counts = [manifest.get("input", {}).get("records", 0)] + [s["out"] for s in stages]
-    sections.append(svg_bars(labels, counts, "Funnel: records after each stage"))
-
+    reasons = [(s["label"], reason, count) for s in stages for reason, count in (s.get("drop_reasons") or {}).items()]
     rows = []
     for s in stages:
-        for reason, count in (s.get("drop_reasons") or {}).items():
-            rows.append(f"<tr><td>{html.escape(s['label'])}</td><td>{html.escape(reason)}</td><td>{count}</td></tr>")
-        usage = s.get("llm_usage") or {}
-        calls = sum(u.get("calls", 0) for u in usage.values())
-        hits = sum(u.get("cache_hits", 0) for u in usage.values())
-        toks = sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage.values())
-        s["_usage_line"] = f"{calls} calls, {hits} cache hits, {toks} tokens, ${s.get('cost_usd', 0):.4f}"
-    sections.append("<h2>Drop reasons</h2>")
-    sections.append("<table><tr><th>stage</th><th>reason</th><th>count</th></tr>" + "".join(rows) + "</table>"
-                    if rows else "<p>nothing was dropped</p>")
-    all_reasons: dict[str, int] = {}
-    for s in stages:
-        for reason, count in (s.get("drop_reasons") or {}).items():
-            all_reasons[f"{s['label']}:{reason}"] = count
-    if all_reasons:
-        sections.append(svg_bars(list(all_reasons), list(all_reasons.values()), "Dropped, by stage and reason"))
-
-    sections.append("<h2>Stages</h2><table><tr><th>stage</th><th>in</th><th>out</th><th>dropped</th>"
-                    "<th>seconds</th><th>LLM</th><th>skipped on this run</th></tr>")
-    for s in stages:
-        sections.append(f"<tr><td>{html.escape(s['label'])}</td><td>{s['in']}</td><td>{s['out']}</td>"
-                        f"<td>{s['dropped']}</td><td>{s.get('seconds', 0):.1f}</td><td>{s['_usage_line']}</td>"
-                        f"<td>{'yes' if s.get('skipped') else 'no'}</td></tr>")
-    sections.append("</table>")
-
-    sections.append("<h2>Lengths (words, final records)</h2>")
-    sections.append(svg_histogram([_words(r.get("instruction", "")) for r in final], "Instruction length",
-                                  x_label="words per instruction"))
-    sections.append(svg_histogram([_words(r.get("output", "")) for r in final], "Answer length",
-                                  x_label="words per answer"))
-
+        usage = (s.get("llm_usage") or {}).values()
+        calls = sum(u.get("calls", 0) for u in usage)
+        hits = sum(u.get("cache_hits", 0) for u in usage)
+        toks = sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage)
+        rows.append({**s, "usage_line": f"{calls} calls, {hits} cache hits, {toks} tokens, ${s.get('cost_usd', 0):.4f}"})
     similarity: list[float] = []
     # Only dedup records carry similarities; other stages' files (possibly large) are not read.
     for s in (s for s in stages if s["stage"] == "dedup"):
@@ -86,32 +57,39 @@ def build_report(run_dir: Path) -> str:
     # Earlier stages' files are read only when the final records carry no score, to say where they went.
     per_stage = {} if record_scores(final) else {
         s["label"]: record_scores(read_jsonl(run_dir / s["label"] / "kept.jsonl")) for s in stages[:-1]}
-    sections.append(scores_section(final, per_stage, judge_scales(stages)))
-    sections.append(heuristic_drops_section(run_dir, stages))
-    sections.append("<h2>Similarity to nearest kept neighbour (dedup)</h2>")
-    sections.append(svg_histogram(similarity, "cosine similarity", x_label="cosine similarity to nearest kept record"))
-
-    sections.append("<h2>Sample of final records</h2><table><tr><th>instruction</th><th>input</th><th>output</th>"
-                    "<th>source / op</th><th>scores</th></tr>")
+    samples = []
     for r in final[:25]:
         meta = r.get("meta") or {}
-        op = meta.get("evol_op") or ""
         scores = ", ".join(f"{k}={v:.3g}" for k, v in (meta.get("scores") or {}).items() if isinstance(v, (int, float)))
-        sections.append("<tr>" + "".join(f"<td>{html_text(x, 600)}</td>" for x in (
-            r.get("instruction", ""), r.get("input", ""), r.get("output", ""),
-            f"{meta.get('source', '')} {op}".strip(), scores)) + "</tr>")
-    sections.append("</table>")
-    sections.append(profile_section(run_dir, stages))
-    sections.append(decontamination_section(run_dir, stages))
-    if manifest.get("finetune"):
-        sections.append(finetune_section(run_dir, manifest["finetune"]))
-    sections.append(study_section(run_dir))
-    sections.append(evaluation_section(run_dir))
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
-             "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}"
-             "th{background:#f3f3f3}svg{display:block;margin:1em 0}td{white-space:pre-wrap}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>datagen report</title>"
-            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
+        samples.append((r.get("instruction", ""), r.get("input", ""), r.get("output", ""),
+                        f"{meta.get('source', '')} {meta.get('evol_op') or ''}".strip(), scores))
+    sections = [profile_section(run_dir, stages), decontamination_section(run_dir, stages),
+                finetune_section(run_dir, manifest["finetune"]) if manifest.get("finetune") else "",
+                study_section(run_dir), evaluation_section(run_dir)]
+    safe = Markup  # built by datagen.svg and the section functions below, which escape every value
+    return _templates().get_template("report.html").render(
+        name=manifest.get("name", run_dir.name), status=manifest.get("status", "?"),
+        input_records=manifest.get("input", {}).get("records", "?"), final_count=len(final),
+        totals=run_totals(stages), funnel=safe(svg_bars(labels, counts, "Funnel: records after each stage")),
+        reasons=reasons, stages=rows,
+        reasons_chart=safe(svg_bars([f"{s}:{r}" for s, r, _ in reasons], [c for *_, c in reasons],
+                                    "Dropped, by stage and reason")) if reasons else "",
+        length_charts=safe(svg_histogram([_words(r.get("instruction", "")) for r in final], "Instruction length",
+                                         x_label="words per instruction")
+                           + svg_histogram([_words(r.get("output", "")) for r in final], "Answer length",
+                                           x_label="words per answer")),
+        scores=safe(scores_section(final, per_stage, judge_scales(stages))),
+        heuristic_drops=safe(heuristic_drops_section(run_dir, stages)),
+        similarity_chart=safe(svg_histogram(similarity, "cosine similarity",
+                                            x_label="cosine similarity to nearest kept record")),
+        samples=samples, sections=safe("".join(sections)))
+
+
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("datagen", "templates/report"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["cell"] = visible_text
+    return env
 
 
 def judge_scales(stages: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:

@@ -108,6 +108,12 @@ def html_text(value: object, limit: int) -> str:
     `<bdi>` so a right-to-left override in one cell cannot reorder the rest of the row."""
     import html
 
+    return f"<bdi>{html.escape(visible_text(value, limit))}</bdi>"
+
+
+def visible_text(value: object, limit: int) -> str:
+    """`html_text` before escaping, for templates that autoescape: cut to `limit` characters
+    first, controls shown as symbols."""
     text = str(value)
     cut = text[:limit] + ("…" if len(text) > limit else "")
-    return f"<bdi>{html.escape(_HTML_INVISIBLE.sub(lambda m: _visible(m.group()), cut))}</bdi>"
+    return _HTML_INVISIBLE.sub(lambda m: _visible(m.group()), cut)

@@ -72,7 +72,7 @@ def baseline(tmp_path_factory, scripted_module_server):
 
 def test_uninterrupted_run_is_sane(baseline) -> None:
     exports = baseline["exports"]
-    assert set(exports) == {"alpaca.json", "sharegpt.jsonl", "messages.jsonl", "records.jsonl"}
+    assert set(exports) == {"alpaca.json", "sharegpt.jsonl", "messages.jsonl", "records.jsonl", "README.md"}
     rows = json.loads(exports["alpaca.json"])
     assert len(rows) >= 6
     assert len({(r["instruction"], r["input"]) for r in rows}) == len(rows)  # every item once
