@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"datagen {__version__}")
+    parser.add_argument("--version", action="version", version=f"datagen {package_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
         if hasattr(registered, "register_cli"):
             registered.register_cli(subparsers)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (what pip reports); `__version__` when the code runs
+    from a folder that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("datagen")
+    except PackageNotFoundError:
+        return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,12 +70,11 @@ def _tokens(text: str) -> int:
 def _template(name: str, prompts_dir: str | None) -> int:
     from pathlib import Path
 
-    from datagen.prompts import builtin_prompts_dir
+    from datagen.prompts import bundled_prompt
 
-    for folder in ([Path(prompts_dir)] if prompts_dir else []) + [builtin_prompts_dir()]:
-        path = folder / f"{name}.txt"
-        if path.exists():
-            return _tokens(path.read_text(encoding="utf-8"))
+    for file in ([Path(prompts_dir) / f"{name}.txt"] if prompts_dir else []) + [bundled_prompt(f"{name}.txt")]:
+        if file.is_file():
+            return _tokens(file.read_text(encoding="utf-8"))
     return 0
 
 
