@@ -23,6 +23,7 @@ import sys
 import sysconfig
 import tomllib
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -115,23 +116,30 @@ def dists(tmp_path_factory) -> dict[str, Path]:
     return built
 
 
-@pytest.fixture(scope="module")
-def wheel_version(dists) -> str:
-    return dists["wheel"].name.split("-")[1]
-
-
-def check_install(python: Path, work: Path) -> None:
-    found = json.loads(run([python, "-c", INVENTORY, json.dumps(SHIPPED)], cwd=work))
-    prefix = str(python.parent.parent)
-    assert found.pop("datagen").startswith(prefix) and found.pop("finetune").startswith(prefix), \
+def install(python: str | Path, dist: Path, tmp_path: Path, see_dev_packages: bool, extra: Sequence[str] = ()) -> Path:
+    """`dist` installed into a fresh venv, checked to hold every shipped file and to report its
+    version; returns its bin folder. The work folder, `tmp_path/work`, is outside the checkout."""
+    venv = make_venv(python, tmp_path / "venv", see_dev_packages)
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "-q"]
+    run([*pip, "--no-deps", *(["--no-index"] if dist.suffix == ".whl" else []), dist], cwd=tmp_path)
+    if extra:
+        run([*pip, *extra], cwd=tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    found = json.loads(run([venv / "bin" / "python", "-c", INVENTORY, json.dumps(SHIPPED)], cwd=work))
+    assert found.pop("datagen").startswith(str(venv)) and found.pop("finetune").startswith(str(venv)), \
         "the checkout's code was imported, not the installed package's"
     assert found == expected_files()
+    version = dist.name.split("-")[1].removesuffix(".tar.gz")
+    assert run([venv / "bin" / "datagen", "--version"], cwd=work).strip() == f"datagen {version}"
+    return venv / "bin"
 
 
-def test_version_is_declared_once(wheel_version) -> None:
+def test_version_is_declared_once(dists) -> None:
     from datagen import __version__
 
-    assert wheel_version == __version__
+    assert dists["wheel"].name.startswith(f"datagen-{__version__}-")
+    assert dists["sdist"].name == f"datagen-{__version__}.tar.gz"
 
 
 def test_every_shipped_folder_is_checked() -> None:
@@ -140,15 +148,9 @@ def test_every_shipped_folder_is_checked() -> None:
     assert set(mapped.values()) <= set(SHIPPED)
 
 
-def test_wheel_works_outside_the_checkout(dists, wheel_version, tmp_path, scripted_server) -> None:
-    venv = make_venv(sys.executable, tmp_path / "venv", see_dev_packages=True)
-    python, datagen = venv / "bin" / "python", venv / "bin" / "datagen"
-    run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", dists["wheel"]], cwd=tmp_path)
-    work = tmp_path / "work"
-    work.mkdir()
-    check_install(python, work)
-
-    assert run([datagen, "--version"], cwd=work).strip() == f"datagen {wheel_version}"
+def test_wheel_works_outside_the_checkout(dists, tmp_path, scripted_server) -> None:
+    bin_ = install(sys.executable, dists["wheel"], tmp_path, see_dev_packages=True)
+    python, datagen, work = bin_ / "python", bin_ / "datagen", tmp_path / "work"
     listed = run([datagen, "pipelines"], cwd=work)
     assert {"quickstart", "alpaca", "evol", "full", "study"} <= {line.split()[0] for line in listed.splitlines()}
     run([datagen, "init", "quickstart", "my.yaml"], cwd=work)
@@ -177,14 +179,9 @@ def test_wheel_works_outside_the_checkout(dists, wheel_version, tmp_path, script
     assert reply.strip()
 
 
-def test_sdist_installs_every_shipped_file(dists, wheel_version, tmp_path) -> None:
+def test_sdist_installs_every_shipped_file(dists, tmp_path) -> None:
     """pip builds the wheel from the sdist itself, as for a platform without our wheel."""
-    venv = make_venv(sys.executable, tmp_path / "venv", see_dev_packages=True)
-    run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", dists["sdist"]], cwd=tmp_path)
-    work = tmp_path / "work"
-    work.mkdir()
-    check_install(venv / "bin" / "python", work)
-    assert run([venv / "bin" / "datagen", "--version"], cwd=work).strip() == f"datagen {wheel_version}"
+    install(sys.executable, dists["sdist"], tmp_path, see_dev_packages=True)
 
 
 def python312() -> str | None:
@@ -211,7 +208,7 @@ def light_requirements(wheel: Path) -> list[str]:
     return wanted
 
 
-def test_wheel_on_python_312(dists, wheel_version, tmp_path, scripted_server) -> None:
+def test_wheel_on_python_312(dists, tmp_path, scripted_server) -> None:
     """The full suite runs on 3.11; on 3.12 the wheel installs, carries its files and runs the
     commands that need no torch, a stage against the loopback server included."""
     python = python312()
@@ -219,15 +216,8 @@ def test_wheel_on_python_312(dists, wheel_version, tmp_path, scripted_server) ->
         if os.environ.get("CI"):
             pytest.fail("CI tests the package on Python 3.12, and none is installed")
         pytest.skip("no Python 3.12 interpreter here")
-    venv = make_venv(python, tmp_path / "venv", see_dev_packages=False)
-    pip = [venv / "bin" / "python", "-m", "pip", "install", "-q"]
-    run([*pip, "--no-deps", "--no-index", dists["wheel"]], cwd=tmp_path)
-    run([*pip, *light_requirements(dists["wheel"])], cwd=tmp_path)
-    work = tmp_path / "work"
-    work.mkdir()
-    check_install(venv / "bin" / "python", work)
-    datagen = venv / "bin" / "datagen"
-    assert run([datagen, "--version"], cwd=work).strip() == f"datagen {wheel_version}"
+    bin_ = install(python, dists["wheel"], tmp_path, see_dev_packages=False, extra=light_requirements(dists["wheel"]))
+    datagen, work = bin_ / "datagen", tmp_path / "work"
     assert "quickstart" in run([datagen, "pipelines"], cwd=work)
     run([datagen, "init", "quickstart", "my.yaml"], cwd=work)
     assert (work / "my.yaml").read_text() == (ROOT / "pipelines" / "quickstart.yaml").read_text()
