@@ -11,18 +11,12 @@ import shutil
 import sys
 from pathlib import Path
 
-
-def bundled_pipelines_dir() -> Path:
-    repo = Path(__file__).resolve().parent.parent / "pipelines"
-    if repo.is_dir():
-        return repo
-    from importlib.resources import files
-
-    return Path(str(files("datagen._pipelines")))
+from datagen.resources import PIPELINES, listing, resource_path
 
 
 def bundled_pipelines() -> dict[str, Path]:
-    return {path.stem: path for path in sorted(bundled_pipelines_dir().glob("*.yaml"))}
+    """Name -> the installed YAML file."""
+    return {node.name[: -len(".yaml")]: resource_path(PIPELINES, node.name) for node in listing(PIPELINES, ".yaml")}
 
 
 def first_comment_line(path: Path) -> str:

@@ -123,13 +123,13 @@ def prompt_hashes(prompts_dir: str | None) -> dict[str, str]:
     """Each prompt file the run used (an override folder's files replace the bundled ones)."""
     import os
 
-    from datagen.prompts import builtin_prompts_dir
+    from datagen.prompts import bundled_prompts
 
     found: dict[str, str] = {}
     override = prompts_dir or os.environ.get("DATAGEN_PROMPTS")
-    for folder in [builtin_prompts_dir()] + ([Path(override)] if override else []):
-        for path in sorted(Path(folder).glob("*.txt")):
-            found[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    for files in [bundled_prompts()] + ([sorted(Path(override).glob("*.txt"))] if override else []):
+        for file in files:
+            found[file.name] = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
     return found
 
 

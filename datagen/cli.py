@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"datagen {__version__}")
+    parser.add_argument("--version", action="version", version=f"datagen {package_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Each command module adds its sub-command(s) with `func(args) -> int` as the handler; heavy
     # libraries are imported inside handlers so `datagen --help` stays instant. Stage commands
@@ -52,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
         if hasattr(loaded, "register_cli"):
             loaded.register_cli(subparsers)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (what pip reports); `__version__` when the code runs
+    from a folder that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("datagen")
+    except PackageNotFoundError:
+        return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,12 +38,10 @@ def _short(exc: ValidationError) -> str:
 
 
 def default_seeds_path() -> Path:
-    repo = Path(__file__).resolve().parent.parent / "seeds" / "seed_tasks.jsonl"
-    if repo.exists():
-        return repo
-    from importlib.resources import files
+    """Our 175 Self-Instruct seed tasks, as shipped in the package."""
+    from datagen.resources import SEEDS, resource_path
 
-    return Path(str(files("datagen._seeds") / "seed_tasks.jsonl"))
+    return resource_path(SEEDS, "seed_tasks.jsonl")
 
 
 def _warn(message: str) -> None:

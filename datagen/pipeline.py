@@ -114,15 +114,18 @@ class Pipeline:
         return cls(validate_config(data, source=str(path)), source=str(path), base_dir=path.parent)
 
     def resolve_path(self, raw: str) -> Path:
-        """Relative paths: from the cwd, then next to the YAML, then inside the package (seeds)."""
+        """Relative paths: from the cwd, then next to the YAML, then the shipped files the
+        bundled pipelines name (`seeds/seed_tasks.jsonl`, `pipelines/data/heldout.jsonl`)."""
+        from datagen.resources import shipped_path
+
         candidate = Path(raw)
         if candidate.is_absolute() or candidate.exists():
             return candidate
-        for base in (self.base_dir, Path(__file__).resolve().parent.parent):
-            if (base / raw).exists():
-                return base / raw
-        if raw.startswith("seeds/"):
-            return default_seeds_path()
+        if (self.base_dir / raw).exists():
+            return self.base_dir / raw
+        shipped = shipped_path(raw)
+        if shipped is not None:
+            return shipped
         raise FileNotFoundError(f"{self.source}: input.path: {raw}: no such file")
 
     def load_input(self) -> tuple[list[Record], str]:

@@ -68,12 +68,11 @@ def text_tokens(text: str) -> int:
 
 def template_tokens(name: str, prompts_dir: str | None) -> int:
     """Tokens of prompt template `name` (the user's override folder first, as at run time)."""
-    from datagen.prompts import builtin_prompts_dir
+    from datagen.prompts import bundled_prompt
 
-    for folder in ([Path(prompts_dir)] if prompts_dir else []) + [builtin_prompts_dir()]:
-        path = folder / f"{name}.txt"
-        if path.exists():
-            return text_tokens(path.read_text(encoding="utf-8"))
+    for file in ([Path(prompts_dir) / f"{name}.txt"] if prompts_dir else []) + [bundled_prompt(f"{name}.txt")]:
+        if file.is_file():
+            return text_tokens(file.read_text(encoding="utf-8"))
     return 0
 
 

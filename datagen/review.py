@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ def append_decision(run_dir: str | Path, record_id: str, decision: str, *, stage
     if decision not in DECISIONS:
         raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
     entry: dict[str, Any] = {"id": record_id, "stage": stage, "decision": decision, "who": who or "anonymous",
-                             "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                             "when": datetime.now(UTC).isoformat(timespec="seconds")}
     if decision == "edit":
         entry["fields"] = {k: v for k, v in (fields or {}).items() if k in EDITABLE}
     path = review_path(Path(run_dir))

@@ -32,13 +32,13 @@ def prompts_hash(prompts_dir: str | None) -> str:
     `prompts_dir`, else `DATAGEN_PROMPTS`): editing either reruns the stages."""
     import os
 
-    from datagen.prompts import builtin_prompts_dir
+    from datagen.prompts import bundled_prompts
 
     override = prompts_dir or os.environ.get("DATAGEN_PROMPTS")
     digest = hashlib.sha256()
-    for folder in [builtin_prompts_dir()] + ([Path(override)] if override else []):
-        for path in sorted(Path(folder).glob("*.txt")):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for files in [bundled_prompts()] + ([sorted(Path(override).glob("*.txt"))] if override else []):
+        for file in files:
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()
 
 

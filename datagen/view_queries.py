@@ -11,7 +11,7 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,6 @@ def llm_calls(run_dir: Path, rec: dict[str, Any], prices: dict[str, Any], limit:
         prompt = next((m.get("content", "") for m in reversed(turns) if m.get("role") == "user"), req.get("prompt", ""))
         calls.append({"spec": spec, "n": req.get("n", 1), "prompt_tokens": resp.get("prompt_tokens", 0),
                       "completion_tokens": resp.get("completion_tokens", 0), "cost_usd": cost, "created": created,
-                      "made": datetime.fromtimestamp(created or 0, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                      "made": datetime.fromtimestamp(created or 0, UTC).strftime("%Y-%m-%d %H:%M:%S"),
                       "prompt": prompt, "texts": resp.get("texts", [])})
     return calls

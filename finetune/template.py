@@ -25,12 +25,14 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+# Read through importlib.resources: a wheel, an sdist install and a checkout alike.
+TEMPLATES_DIR = files("finetune") / "templates"
 CHATML_TRAINING = "chatml_training.jinja"
 _DEFAULT_SYSTEM_SLOT = "default_system = none"
 _PROBE = "PROBE-7f3a: what is 2 + 2?"

@@ -428,7 +428,7 @@ class OpenAITestServer:
                     self._barrier_open.set()
                 try:
                     await asyncio.wait_for(self._barrier_open.wait(), config.barrier_timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             delay = config.latency + config.prompt_latency.get(prompt, 0.0)
             if config.capacity > 0 and fault != "rate_limit":

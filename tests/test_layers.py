@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import grimp
-import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

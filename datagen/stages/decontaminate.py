@@ -81,15 +81,18 @@ def held_out_fingerprint(path: str | Path) -> str:
 def load_held_out(paths: Sequence[str]) -> tuple[list[HeldOutItem], list[dict[str, Any]]]:
     """Items of every held-out set, and per set its path, fingerprint and size (for the manifest)."""
     from datagen.io import read_records
+    from datagen.resources import shipped_path
 
     items: list[HeldOutItem] = []
     sets = []
     for path in paths:
-        if not Path(path).exists():
+        # A bundled pipeline's set (`pipelines/data/heldout.jsonl`) is found from any folder.
+        file = Path(path) if Path(path).exists() else shipped_path(path)
+        if file is None:
             raise FileNotFoundError(f"decontaminate: held_out: {path}: no such file")
-        records = read_records(path)
+        records = read_records(file)
         items += [HeldOutItem(str(path), r.id, r.prompt_text(), r.output.strip()) for r in records]
-        sets.append({"path": str(path), "sha256": held_out_fingerprint(path), "items": len(records)})
+        sets.append({"path": str(path), "sha256": held_out_fingerprint(file), "items": len(records)})
     return items, sets
 
 
