@@ -88,6 +88,11 @@ class RecordMeta(BaseModel):
     previous_output: str | None = Field(None, description="distill: the answer the record came with")
     unscored: bool | None = Field(None, description="distill: kept without a judge score (on_unscored=keep)")
     quality_judge_reason: str | None = Field(None, description="quality: the judge's one-line reason")
+    # dialogues and personas
+    persona: str | None = Field(None, description="the persona a synthesis prompt was conditioned on")
+    conversation_stop: str | None = Field(
+        None, description="conversation: why the dialogue ended (turns, user_ended, length_cap, truncated:REASON)"
+    )
     # drops
     drop_reason: str | None = None
     drop_detail: dict[str, Any] | None = None
