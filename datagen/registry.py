@@ -72,6 +72,9 @@ class Stage:
     reads: frozenset[str] | Callable[[Any], frozenset[str]] = frozenset()
     uses: frozenset[str] = frozenset()
     writes: frozenset[str] = frozenset()
+    # Prompt files (names without .txt) only this stage renders: a run without the stage leaves
+    # them out of its resume hash, so shipping a new stage's prompt never re-runs finished stages.
+    prompts: frozenset[str] = frozenset()
 
     @property
     def makes_llm_calls(self) -> bool:
@@ -114,6 +117,11 @@ def resolve(name: str) -> Stage | None:
     if name in table:
         return table[name]
     return next((s for s in table.values() if s.command.verb == name), None)
+
+
+def prompts_owned_elsewhere(used: Sequence[str]) -> frozenset[str]:
+    """Prompt names that belong to stages other than `used` (left out of the run's prompt hash)."""
+    return frozenset(p for s in stages().values() if s.name not in used for p in s.prompts)
 
 
 def names() -> list[str]:

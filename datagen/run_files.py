@@ -27,9 +27,10 @@ def json_hash(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
 
 
-def prompts_hash(prompts_dir: str | None) -> str:
+def prompts_hash(prompts_dir: str | None, skip: frozenset[str] = frozenset()) -> str:
     """The bundled prompts and the override folder the stages will really use (the config's
-    `prompts_dir`, else `DATAGEN_PROMPTS`): editing either reruns the stages."""
+    `prompts_dir`, else `DATAGEN_PROMPTS`): editing either reruns the stages. `skip`: prompts
+    owned by stages the run does not have (`registry.prompts_owned_elsewhere`)."""
     import os
 
     from datagen.prompts import builtin_prompts_dir
@@ -38,6 +39,8 @@ def prompts_hash(prompts_dir: str | None) -> str:
     digest = hashlib.sha256()
     for folder in [builtin_prompts_dir()] + ([Path(override)] if override else []):
         for path in sorted(Path(folder).glob("*.txt")):
+            if path.stem in skip:
+                continue
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 

@@ -270,5 +270,6 @@ STAGE = register(Stage(
         ),
     ),
     uses=frozenset({"persona"}),
+    prompts=frozenset({"conversation_user"}),
     writes=frozenset({"persona", "conversation_stop", "answer_finish_reason"}),
 ))
