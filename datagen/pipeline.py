@@ -164,7 +164,7 @@ class Pipeline:
         if ctx.budget is not None:
             say.stage(0, 0, "budget", ctx.budget.line().removeprefix("budget: ") + " (earlier runs of this directory included)")
         global_hash = json_hash({"seed": cfg.seed, "llm": cfg.llm, "prompts": prompts_hash(
-            cfg.prompts_dir, registry.prompts_owned_elsewhere([spec.name for spec in cfg.stage_specs()])),
+            cfg.prompts_dir, registry.prompts_not_rendered([(spec.name, spec.config) for spec in cfg.stage_specs()])),
                                  "backends": backend_identities(cfg, cfg.stage_specs())})
         manifest: dict[str, Any] = {
             "name": cfg.name,

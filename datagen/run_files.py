@@ -30,7 +30,7 @@ def json_hash(obj: Any) -> str:
 def prompts_hash(prompts_dir: str | None, skip: frozenset[str] = frozenset()) -> str:
     """The bundled prompts and the override folder the stages will really use (the config's
     `prompts_dir`, else `DATAGEN_PROMPTS`): editing either reruns the stages. `skip`: prompts
-    owned by stages the run does not have (`registry.prompts_owned_elsewhere`)."""
+    owned by stages the run does not have (`registry.prompts_not_rendered`)."""
     import os
 
     from datagen.prompts import builtin_prompts_dir
