@@ -168,3 +168,30 @@ def test_cli_conversation_against_the_loopback_server(scripted_server, tmp_path)
     assert [[m["role"] for m in r["messages"]] for r in rows] == [["user", "assistant"] * 3] * 2
     assert all(r["meta"]["persona"] for r in rows)
     assert scripted_server.stats.requests == 2 * 2 + 2 * 2  # two follow-ups and two answers each
+
+
+def test_chat_pipeline_exports_three_turn_dialogues(scripted_server, tmp_path, monkeypatch):
+    """pipelines/chat.yaml's stages over the loopback server (no SFT here: the e2e run does it)."""
+    from pathlib import Path
+
+    import yaml
+
+    from datagen.pipeline import Pipeline
+    from datagen.pipeline_config import validate_config
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    config = yaml.safe_load((root / "pipelines" / "chat.yaml").read_text(encoding="utf-8"))
+    config.update(llm="openai:test", llm_options={"openai": {"base_url": scripted_server.base_url}})
+    config.pop("finetune")
+    config["stages"][1]["dedup"]["embedder"] = "static"
+    result = Pipeline(validate_config(config, "chat.yaml")).run(run_dir=tmp_path / "run", progress=False)
+    assert len(result.records) == 6
+    export = tmp_path / "run" / "export"
+    for name, key, role_key in (("sharegpt.jsonl", "conversations", "from"), ("messages.jsonl", "messages", "role")):
+        rows = [json.loads(line) for line in (export / name).read_text(encoding="utf-8").split("\n") if line]
+        assert len(rows) == 6
+        user, assistant = ("human", "gpt") if role_key == "from" else ("user", "assistant")
+        assert all([t[role_key] for t in r[key]] == [user, assistant] * 3 for r in rows), name
+    kept = [json.loads(line) for line in (tmp_path / "run" / "quality" / "kept.jsonl").read_text().split("\n") if line]
+    assert all(r["meta"]["persona"] for r in kept)
