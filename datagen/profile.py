@@ -105,6 +105,9 @@ def profile_records(
     with_persona = [r for r in records if r.meta.persona]
     if with_persona:
         profile["personas"] = len({r.meta.persona for r in with_persona})
+        split = persona_diversity(records, embed=embed, embed_model=embed_model, per_group=max_embed, seed=seed)
+        if split:  # some records were made with a persona and some without: what personas bought
+            profile["persona_diversity"] = split
     if embed and len(records) >= 2:
         from datagen.embed import embed_texts, record_text
 
