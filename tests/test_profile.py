@@ -71,3 +71,14 @@ def test_dialogues_and_personas_in_the_profile():
     assert split["with_personas"]["distinct_leading_verbs"] == 8
     assert split["without_personas"]["distinct_leading_verbs"] == 1
     assert persona_diversity(records[:4], embed=False) == {}
+
+
+def test_report_line_for_dialogues():
+    from datagen.report import _dialogue_line
+
+    profile = {"turns_per_dialogue": {"2": 3, "3": 5}, "personas": 7,
+               "persona_diversity": {"with_personas": {"distinct_leading_verbs": 9, "mean_pairwise_cosine": 0.21},
+                                     "without_personas": {"distinct_leading_verbs": 4, "mean_pairwise_cosine": 0.35}}}
+    line = _dialogue_line("conversation", profile)
+    assert line == ("<p>conversation: 2 turns: 3, 3 turns: 5; 7 distinct personas; with personas: 9 leading verbs, "
+                    "mean cosine 0.210; without personas: 4 leading verbs, mean cosine 0.350</p>")
