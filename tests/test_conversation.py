@@ -152,6 +152,22 @@ def test_persona_file_errors_are_one_line(tmp_path):
 
 def test_clean_user_turn():
     assert clean_user_turn('User: "What about winter?"') == "What about winter?"
+    assert clean_user_turn("And in French?\nAssistant: Un, deux.") == "And in French?"
+
+
+def test_a_cut_off_user_turn_keeps_its_finished_sentences():
+    def reply(req: ChatRequest):
+        if is_user_prompt(req):
+            text = "Could you give an example? I would also like to know how the" if "keep" in req.messages[-1][1] \
+                else "well so the thing I was wondering about is how the"
+            return Completion(texts=[text], finish_reasons=["length"])
+        return "An answer."
+
+    result = run([rec("keep me", "a"), rec("lose me", "a")], make_ctx(ScriptedLLM(reply)),
+                 ConversationConfig(turns=2, personas=None, on_failed_turn="drop"))
+    assert [m.content for m in result.kept[0].messages][2] == "Could you give an example?"
+    assert result.stats["user_turns_trimmed"] == 1
+    assert [r.meta.drop_reason for r in result.dropped] == ["user_turn_cut_off"]
 
 
 def test_cli_conversation_against_the_loopback_server(scripted_server, tmp_path):

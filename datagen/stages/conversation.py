@@ -10,8 +10,10 @@ generate call, then every new user turn is answered in one more, until each dial
 * the user model replies with `stop_marker` (it has nothing more to ask): `user_ended`;
 * the dialogue grew past `max_dialogue_chars`: `length_cap`.
 
-A turn that fails (request error, empty or cut-off reply, a user turn that repeats an earlier
-one) either drops the whole dialogue (`on_failed_turn: drop`, the reason counted as
+A user turn cut off at `user_max_tokens` keeps its finished sentences (the question is
+usually whole; counted in stats `user_turns_trimmed`). A turn that fails (request error, empty
+reply, an answer cut off at `max_tokens`, a user turn with no finished sentence or one that
+repeats an earlier one) either drops the whole dialogue (`on_failed_turn: drop`, the reason counted as
 `user_turn_failed`, `assistant_turn_failed`, `assistant_turn_cut_off`, `user_turn_cut_off`,
 `user_turn_repeated`) or truncates it to its last complete exchange (`truncate`: kept when it
 still has `min_turns` exchanges, the reason counted in stats `truncated`). Dialogues that end
@@ -24,6 +26,7 @@ turn's view. The persona used is written to `meta.persona` (a record that alread
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,6 +75,7 @@ class Dialogue:
         self.persona = persona
         self.messages: list[dict[str, str]] = start_messages(record)
         self.stop: str | None = None
+        self.trimmed = 0  # user turns cut at the token limit and kept up to their last sentence
         self.failure: tuple[str, dict[str, Any]] | None = None
 
     def user_turns(self) -> int:
@@ -95,9 +99,20 @@ def start_messages(record: Record) -> list[dict[str, str]]:
     return msgs
 
 
+_SENTENCE_END = re.compile(r"[?.!？。！](?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str:
+    """A user turn cut off at the token limit, up to its last finished sentence ("" if none):
+    the question is usually whole and only what a small model rambles on with is lost."""
+    ends = list(_SENTENCE_END.finditer(text))
+    return text[: ends[-1].end()].strip() if ends else ""
+
+
 def clean_user_turn(text: str) -> str:
-    """What a user model wrote, without the label or quotes small models like to add."""
-    text = text.strip()
+    """What a user model wrote, without the label or quotes small models like to add, and
+    without an assistant reply it went on to write itself."""
+    text = re.split(r"\n\s*(?:\*\*)?(?:Assistant|AI)\s*:", text.strip(), maxsplit=1)[0].strip()
     for label in ("User:", "user:", "USER:", "**User:**"):
         if text.startswith(label):
             text = text[len(label):].strip()
@@ -164,7 +179,8 @@ def run(records: list[Record], ctx: Any, config: ConversationConfig) -> StageRes
             continue
         stops[stop.split(":")[0]] = stops.get(stop.split(":")[0], 0) + 1
         kept.append(_finished(d, messages, stop))
-    stats.update(user_requests=user_calls, assistant_requests=assistant_calls, stops=stops, truncated=truncated)
+    stats.update(user_requests=user_calls, assistant_requests=assistant_calls, stops=stops, truncated=truncated,
+                 user_turns_trimmed=sum(d.trimmed for d in dialogues))
     lengths = [sum(m.role == "user" for m in r.messages or []) for r in kept]
     stats["turns_per_dialogue"] = {str(k): lengths.count(k) for k in sorted(set(lengths))}
     return StageResult(kept=kept, dropped=out_dropped, stats=stats)
@@ -214,14 +230,18 @@ def _user_round(todo: list[Dialogue], llm: Any, ctx: Any, config: ConversationCo
         turn = d.user_turns() + 1
         kind = failure_reason(completion)
         text = clean_user_turn(completion.text)
+        cut_off = completion.finish_reasons[:1] == ["length"]
+        if cut_off and config.stop_marker not in text:
+            text = trim_to_sentence(text)  # "" when not even one sentence was finished
+            d.trimmed += bool(text)
         asked = {m["content"].strip().lower() for m in d.messages if m["role"] == "user"}
         if kind is not None:
             d.fail("user_turn_failed", turn=turn, error=completion.error or kind)
         elif config.stop_marker in text:
             d.stop = "user_ended"
-        elif (completion.finish_reasons or ["stop"])[0] == "length":
+        elif not text:
             d.fail("user_turn_cut_off", turn=turn, max_tokens=config.user_max_tokens)
-        elif not text or text.lower() in asked:
+        elif text.lower() in asked:
             d.fail("user_turn_repeated", turn=turn, text=text[:200])
         else:
             d.messages.append({"role": "user", "content": text})
