@@ -12,6 +12,7 @@ the request number), so a rerun picks the same ones and its cached calls still m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from functools import lru_cache
@@ -74,3 +75,18 @@ def pick_persona(personas: tuple[str, ...], seed: int, salt: str) -> str | None:
     if not personas:
         return None
     return random.Random(f"{seed}:persona:{salt}").choice(personas)
+
+
+def persona_fingerprints(options: list[str | None]) -> dict[str, str]:
+    """Persona option -> sha256 of the file it names, for every option that is on: part of a
+    run's resume hash, so editing a persona file re-runs the stages that read it."""
+    out: dict[str, str] = {}
+    for option in options:
+        if personas_enabled(option):
+            assert option is not None
+            path = bundled_personas_path() if option.strip().lower() == "bundled" else Path(option).expanduser()
+            try:
+                out[option] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                out[option] = "missing"  # the stage itself reports the unreadable file
+    return out

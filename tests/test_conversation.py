@@ -142,6 +142,18 @@ def test_personas_are_chosen_per_record_recorded_and_in_the_prompt():
         "A lighthouse keeper"
 
 
+def test_persona_files_are_fingerprinted_for_resume(tmp_path):
+    from datagen.personas import persona_fingerprints
+
+    mine = tmp_path / "p.txt"
+    mine.write_text("A baker\n", encoding="utf-8")
+    before = persona_fingerprints([str(mine), None, "none"])
+    assert list(before) == [str(mine)]
+    mine.write_text("A baker\nA pilot\n", encoding="utf-8")
+    assert persona_fingerprints([str(mine)]) != before
+    assert persona_fingerprints([None]) == {}  # personas off: the run's hash has no personas key
+
+
 def test_persona_file_errors_are_one_line(tmp_path):
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"persona": "ok"}\nnot json\n', encoding="utf-8")
