@@ -230,12 +230,17 @@ def record_text(record: Record, field: str = "instruction_input") -> str:
 
     - `instruction`: the instruction alone (two tasks are the same task whatever the input);
     - `instruction_input` (default): what the model is asked, instruction plus input;
-    - `all`: instruction, input and the answer.
+    - `all`: instruction, input and the answer; for a dialogue, every turn.
+
+    A dialogue's `instruction` is its first user turn, so the first two compare dialogues by how
+    they open and `all` by the whole conversation.
     """
     if field == "instruction":
         return record.instruction.strip()
     if field == "instruction_input":
         return record.prompt_text()
+    if field == "all" and record.messages and sum(m.role == "assistant" for m in record.messages) > 1:
+        return "\n\n".join(m.content.strip() for m in record.messages if m.role != "system")
     if field == "all":
         parts = [record.prompt_text(), record.output.strip()]
         return "\n\n".join(p for p in parts if p)

@@ -28,6 +28,7 @@ from datagen.errors import DatagenError, StageFailed, after_export, check_error_
 from datagen.io import atomic_write_text, default_seeds_path, read_records, write_records
 from datagen.llm import ResponseCache
 from datagen.llm.budget import BudgetExceeded
+from datagen.personas import persona_fingerprints
 from datagen.pipeline_config import (
     READER_WRITES,
     PipelineConfig,
@@ -173,8 +174,11 @@ class Pipeline:
         ctx = StageContext.from_config(cfg, ResponseCache(run_dir / "llm_cache.sqlite"), progress)
         if ctx.budget is not None:
             say.stage(0, 0, "budget", ctx.budget.line().removeprefix("budget: ") + " (earlier runs of this directory included)")
-        global_hash = json_hash({"seed": cfg.seed, "llm": cfg.llm, "prompts": prompts_hash(cfg.prompts_dir),
-                                 "backends": backend_identities(cfg, cfg.stage_specs())})
+        personas = persona_fingerprints([getattr(spec.config, "personas", None) for spec in cfg.stage_specs()])
+        global_hash = json_hash({"seed": cfg.seed, "llm": cfg.llm, "prompts": prompts_hash(
+            cfg.prompts_dir, registry.prompts_not_rendered([(spec.name, spec.config) for spec in cfg.stage_specs()])),
+                                 "backends": backend_identities(cfg, cfg.stage_specs()),
+                                 **({"personas": personas} if personas else {})})  # absent: hashes as before
         manifest: dict[str, Any] = {
             "name": cfg.name,
             "datagen_version": __version__,

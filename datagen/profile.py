@@ -99,6 +99,15 @@ def profile_records(
         "mean_pairwise_cosine": None,
         "clusters": None,
     }
+    turns = [sum(m.role == "user" for m in r.messages) for r in records if r.messages]
+    if turns:
+        profile["turns_per_dialogue"] = {str(k): turns.count(k) for k in sorted(set(turns))}
+    with_persona = [r for r in records if r.meta.persona]
+    if with_persona:
+        profile["personas"] = len({r.meta.persona for r in with_persona})
+        split = persona_diversity(records, embed=embed, embed_model=embed_model, per_group=max_embed, seed=seed)
+        if split:  # some records were made with a persona and some without: what personas bought
+            profile["persona_diversity"] = split
     if embed and len(records) >= 2:
         from datagen.embed import embed_texts, record_text
 
@@ -109,6 +118,42 @@ def profile_records(
         vectors = embed_texts([record_text(r) for r in chosen], model=embed_model, progress=False)
         profile.update(embedding_spread(vectors))
     return profile
+
+
+def persona_diversity(records: Sequence[Record], embed: bool = True, embed_model: str | None = None,
+                      per_group: int | None = None, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Diversity of the records made with a persona against those made without, side by side:
+    distinct leading verbs, distinct-2, embedding spread and clusters (each group cut to the
+    same size, so the counts compare). Empty when either group is missing."""
+    groups = {"with_personas": [r for r in records if r.meta.persona],
+              "without_personas": [r for r in records if not r.meta.persona]}
+    if not all(groups.values()):
+        return {}
+    size = min(len(g) for g in groups.values())
+    if per_group is not None:
+        size = min(size, per_group)
+    out: dict[str, dict[str, Any]] = {}
+    for name, group in groups.items():
+        chosen = random.Random(seed).sample(group, size) if len(group) > size else group
+        # What a persona changes: every user turn (a dialogue's follow-ups are the persona's words).
+        texts = [t for r in chosen for t in _user_texts(r)]
+        row: dict[str, Any] = {
+            "records": len(chosen),
+            "distinct_leading_verbs": len({leading_verb(t) for t in texts if t.strip()}),
+            "distinct_2_instruction": distinct_n(texts, 2),
+        }
+        if embed and len(chosen) >= 2:
+            from datagen.embed import embed_texts
+
+            row.update(embedding_spread(embed_texts(texts, model=embed_model, progress=False)))
+        out[name] = row
+    return out
+
+
+def _user_texts(record: Record) -> list[str]:
+    if record.messages:
+        return [m.content for m in record.messages if m.role == "user"]
+    return [record.instruction]
 
 
 def _scores(records: Sequence[Record]) -> dict[str, list[float]]:

@@ -88,6 +88,15 @@ class RecordMeta(BaseModel):
     previous_output: str | None = Field(None, description="distill: the answer the record came with")
     unscored: bool | None = Field(None, description="distill: kept without a judge score (on_unscored=keep)")
     quality_judge_reason: str | None = Field(None, description="quality: the judge's one-line reason")
+    # dialogues and personas. Keys added after 0.1.0 are left out of a record's JSON while unset
+    # (`exclude_if`), so records that never met them serialise, hash and resume exactly as before.
+    persona: str | None = Field(
+        None, exclude_if=lambda v: v is None, description="the persona a synthesis prompt was conditioned on"
+    )
+    conversation_stop: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="conversation: why the dialogue ended (turns, user_ended, length_cap, truncated:REASON)",
+    )
     # drops
     drop_reason: str | None = None
     drop_detail: dict[str, Any] | None = None

@@ -72,6 +72,11 @@ class Stage:
     reads: frozenset[str] | Callable[[Any], frozenset[str]] = frozenset()
     uses: frozenset[str] = frozenset()
     writes: frozenset[str] = frozenset()
+    # Prompt files (names without .txt) only this stage renders, and of those the ones a config
+    # really renders (default: all). A run leaves the others out of its resume hash, so shipping
+    # a new stage's prompt, or an optional prompt left off, never re-runs finished stages.
+    prompts: frozenset[str] = frozenset()
+    prompts_used: Callable[[Any], frozenset[str]] | None = None
 
     @property
     def makes_llm_calls(self) -> bool:
@@ -114,6 +119,18 @@ def resolve(name: str) -> Stage | None:
     if name in table:
         return table[name]
     return next((s for s in table.values() if s.command.verb == name), None)
+
+
+def prompts_not_rendered(run: Sequence[tuple[str, Any]]) -> frozenset[str]:
+    """Stage-owned prompt names that no (stage name, config) of `run` renders: left out of the
+    run's prompt hash."""
+    owned = frozenset(p for s in stages().values() for p in s.prompts)
+    used: set[str] = set()
+    for name, config in run:
+        stage = stages().get(name)
+        if stage is not None:
+            used |= stage.prompts_used(config) if stage.prompts_used is not None else stage.prompts
+    return owned - used
 
 
 def names() -> list[str]:

@@ -327,6 +327,7 @@ def profile_section(run_dir: Path, stages: list[dict[str, Any]]) -> str:
                      f"<td>{_mean(p['instruction_words']):.1f} / {_mean(p['answer_words']):.1f}</td>"
                      f"<td>{html.escape(scores)}</td></tr>")
     parts.append("</table>")
+    parts += [_dialogue_line(label, p) for label, p in profiles.items() if p.get("turns_per_dialogue")]
     final = profiles.get(stages[-1]["label"])
     if final:
         parts.append("<h3>Export</h3>")
@@ -335,6 +336,15 @@ def profile_section(run_dir: Path, stages: list[dict[str, Any]]) -> str:
         verbs = list(final["leading_verbs"].items())[:15]
         parts.append(svg_bars([v for v, _ in verbs], [c for _, c in verbs], "Leading words of the instructions"))
     return "".join(parts)
+
+
+def _dialogue_line(label: str, p: dict[str, Any]) -> str:
+    """Dialogues of a stage: turns per dialogue, personas, and with vs without personas."""
+    text = f"{label}: " + ", ".join(f"{k} turns: {n}" for k, n in p["turns_per_dialogue"].items())
+    text += f"; {p['personas']} distinct personas" if p.get("personas") else ""
+    text += "".join(f"; {g.replace('_', ' ')}: {r['distinct_leading_verbs']} leading verbs, mean cosine "
+                    f"{_num(r.get('mean_pairwise_cosine'), 3)}" for g, r in (p.get("persona_diversity") or {}).items())
+    return f"<p>{html.escape(text)}</p>"
 
 
 def _mean(values: list[float]) -> float:

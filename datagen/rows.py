@@ -107,10 +107,13 @@ def _chat_record(row: dict[str, Any], chat_key: str, where: str) -> ParsedRow:
         raise ValueError(f"{where}: conversation has no user turn")
     multi_turn = len([m for m in msgs if m.role != "system"]) > 2
     users = [m for m in msgs if m.role == "user"]
-    reply = next((m.content for m in msgs[last_user + 1 :] if m.role == "assistant"), "")
+    # `messages` is a dialogue's truth; instruction / output are its first turn's view.
+    first_user = next(i for i, m in enumerate(msgs) if m.role == "user")
+    following = msgs[first_user + 1] if first_user + 1 < len(msgs) else None
+    reply = following.content if following is not None and following.role == "assistant" else ""
     record = Record(
         id="",
-        instruction=users[-1].content if multi_turn else users[0].content,
+        instruction=users[0].content,
         output=reply,
         messages=msgs if multi_turn or msgs[0].role == "system" else None,
     )

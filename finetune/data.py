@@ -126,3 +126,29 @@ def prompt_messages(example: Example) -> list[dict[str, str]]:
 
 def reference_answer(example: Example) -> str:
     return next(m["content"] for m in reversed(example["messages"]) if m["role"] == "assistant")
+
+
+def fit_whole_turns(examples: Sequence[Example], tokenizer: Any, max_length: int) -> tuple[list[Example], int]:
+    """Dialogues longer than `max_length` tokens lose whole trailing exchanges until they fit.
+
+    The trainer would otherwise truncate at the token limit, mid-answer: the model would learn
+    an answer that stops in the middle of a sentence without its end-of-turn token. Cutting at
+    an exchange boundary keeps every trained answer complete. An example whose first exchange
+    alone is too long is left to the trainer's truncation (nothing shorter would teach anything).
+    Returns the examples and how many were shortened."""
+    out: list[Example] = []
+    shortened = 0
+    for example in examples:
+        messages = example["messages"]
+        ends = [i + 1 for i, m in enumerate(messages) if m["role"] == "assistant"]
+        keep = ends[-1] if ends else len(messages)
+        for end in reversed(ends):
+            keep = end
+            text = tokenizer.apply_chat_template(messages[:end], tokenize=False)
+            if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_length:
+                break
+        if keep < len(messages):
+            shortened += 1
+            example = {**example, "messages": messages[:keep]}
+        out.append(example)
+    return out, shortened

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import FinetuneConfig
-from finetune.data import Example
+from finetune.data import Example, fit_whole_turns
 
 
 def on_cpu(config: FinetuneConfig) -> bool:
@@ -141,6 +141,9 @@ def make_trainer(
     from trl import SFTTrainer
 
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # Dialogues too long for a row are cut at an exchange boundary, never mid-answer.
+    train_ex, _ = fit_whole_turns(train_ex, tokenizer, config.max_length)
+    eval_ex, _ = fit_whole_turns(eval_ex, tokenizer, config.max_length)
     sft_args = build_sft_config(config, output_dir, has_eval=bool(eval_ex), progress=progress)
     bars_were_on = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # one bar per preprocessing step is noise; ours shows training

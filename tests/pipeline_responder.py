@@ -40,6 +40,11 @@ def reply(messages: list[dict[str, str]], choice: int, seed: int | None) -> str:
             w = _words(f"{key}:{k}", 6)
             lines.append(f"{start + k}. Describe how the {w[0]} {w[1]} affects the {w[2]} {w[3]} near the {w[4]} {w[5]}.")
         return "\n".join(lines)
+    if "You are playing the user in a conversation" in prompt:  # conversation: the next user turn
+        if len(re.findall(r"^User: ", prompt, re.M)) >= 5:
+            return "[END]"
+        w = _words(key, 6)
+        return f"Thanks. Could you also show how the {w[0]} {w[1]} would change if the {w[2]} {w[3]} met the {w[4]} {w[5]}?"
     if "answer Yes or No" in prompt:
         return "No"
     if "Class label:" in prompt:

@@ -126,3 +126,26 @@ def test_cli_and_pipeline_stage(tmp_path: Path):
     assert code == 0
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["instruction"] for r in kept] == [CLEAN[0]]
+
+
+def test_every_user_turn_of_a_dialogue_is_checked(tmp_path: Path):
+    from datagen.records import Message
+
+    held = _held_out(tmp_path)
+
+    def chat(i: int, follow_up: str) -> Record:
+        msgs = [Message(role="user", content=CLEAN[i]), Message(role="assistant", content="A plain answer."),
+                Message(role="user", content=follow_up), Message(role="assistant", content="Another answer.")]
+        return Record(id=f"c{i}", instruction=CLEAN[i], output="A plain answer.", messages=msgs)
+
+    records = [
+        chat(0, "Quiz: what is the boiling point of water at sea level in degrees Celsius? Be quick."),
+        chat(1, "Which three nations share a border with Germany?"),  # a paraphrase, asked second
+        chat(2, "Thanks, and how would I do it in Python?"),
+    ]
+    result = run(records, StageContext(progress=False), DecontaminateConfig(held_out=[str(held)]))
+    gone = {r.id: r.meta.drop_detail for r in result.dropped}
+    assert set(gone) == {"c0", "c1"}
+    assert gone["c0"]["method"] == "ngram" and gone["c0"]["field"] == "user_turn_2"
+    assert gone["c1"]["method"] == "embedding" and gone["c1"]["field"] == "user_turn_2"
+    assert [r.id for r in result.kept] == ["c2"]

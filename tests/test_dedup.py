@@ -370,3 +370,19 @@ def test_embed_texts_normalised_float32():
     assert record_text(r, "instruction") == "Do it"
     assert record_text(r, "instruction_input") == "Do it\n\ndata"
     assert record_text(r, "all") == "Do it\n\ndata\n\ndone"
+
+
+def test_dialogues_compare_by_first_user_turn_or_whole_dialogue():
+    from datagen.records import Message
+
+    def chat(i: int, follow_up: str) -> Record:
+        msgs = [Message(role="user", content="Plan a trip to Kyoto."), Message(role="assistant", content="Day 1: temples."),
+                Message(role="user", content=follow_up), Message(role="assistant", content=f"Sure: {follow_up}")]
+        return Record(id=f"c{i}", instruction="Plan a trip to Kyoto.", output="Day 1: temples.", messages=msgs)
+
+    records = [chat(0, "Make it cheaper."), chat(1, "Add a day in Nara."), chat(2, "make it cheaper")]
+    opening = run(records, StageContext(progress=False), DedupConfig(semantic=False))
+    assert [r.id for r in opening.kept] == ["c0"]  # same first user turn: one dialogue per opening
+    whole = run(records, StageContext(progress=False), DedupConfig(semantic=False, embed_field="all"))
+    assert [r.id for r in whole.kept] == ["c0", "c1"]  # every turn compared: only c2 repeats c0
+    assert whole.dropped[0].meta.drop_detail["kept_id"] == "c0"

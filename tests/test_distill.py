@@ -185,7 +185,7 @@ def test_multi_turn_context_and_system_prompt():
         Message(role="user", content="Tell me about its tides"),
         Message(role="assistant", content="old answer"),
     ]
-    record = Record(id="conv", instruction="Tell me about its tides", output="old answer", messages=messages)
+    record = Record(id="conv", instruction="Name a planet", output="Mars", messages=messages)
     assert [m["content"] for m in record_context(record)] == [
         "Name a planet",
         "Mars",
@@ -198,7 +198,8 @@ def test_multi_turn_context_and_system_prompt():
     assert sent[0] == ("system", "Be a tutor.") and sent[-1] == ("user", "Tell me about its tides")
     assert len(sent) == 4  # system + three context turns; the old answer is not shown
     (out,) = result.kept
-    assert out.output == "beta new" and out.meta.previous_output == "old answer"
+    # The last answer was replaced; `output` stays the first turn's view.
+    assert out.output == "Mars" and out.meta.previous_output == "old answer"
     assert [m.content for m in out.messages] == [
         "Name a planet",
         "Mars",

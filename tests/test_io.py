@@ -68,7 +68,7 @@ def test_alpaca_json_and_sharegpt_and_messages(tmp_path: Path) -> None:
         {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
         {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]})])
     (rec,) = read_records(multi)
-    assert len(rec.to_messages()) == 4 and rec.output == "d"
+    assert len(rec.to_messages()) == 4 and (rec.instruction, rec.output) == ("a", "b")  # the first turn's view
 
 
 def test_unknown_format_and_bad_role(tmp_path: Path) -> None:

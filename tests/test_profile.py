@@ -49,3 +49,36 @@ def test_profile_records_without_embeddings():
     assert profile["rouge_l_to_seed"][0] == 1.0
     assert profile["scores"] == {"judge": [8.0, 6.0, 9.0]}  # similarity scores are not quality scores
     assert profile["answer_words"] == [3, 2, 5] and profile["clusters"] is None
+
+
+def test_dialogues_and_personas_in_the_profile():
+    from datagen.profile import persona_diversity
+    from datagen.records import Message
+
+    def chat(i: int, persona: str | None, verbs: tuple[str, str]) -> Record:
+        msgs = [Message(role="user", content=f"{verbs[0]} topic {i}"), Message(role="assistant", content="a"),
+                Message(role="user", content=f"{verbs[1]} more on {i}"), Message(role="assistant", content="b")]
+        return Record(id=f"c{i}", instruction=f"{verbs[0]} topic {i}", output="a", messages=msgs,
+                      meta=RecordMeta(persona=persona))
+
+    varied = [("Explain", "Compare"), ("Draft", "Shorten"), ("List", "Rank"), ("Plan", "Budget")]
+    records = [chat(i, f"p{i}", varied[i]) for i in range(4)] + [chat(10 + i, None, ("Explain", "Explain"))
+                                                               for i in range(6)]
+    profile = profile_records(records, embed=False)
+    assert profile["turns_per_dialogue"] == {"2": 10} and profile["personas"] == 4
+    split = persona_diversity(records, embed=False)
+    assert split["with_personas"]["records"] == split["without_personas"]["records"] == 4  # same size
+    assert split["with_personas"]["distinct_leading_verbs"] == 8
+    assert split["without_personas"]["distinct_leading_verbs"] == 1
+    assert persona_diversity(records[:4], embed=False) == {}
+
+
+def test_report_line_for_dialogues():
+    from datagen.report import _dialogue_line
+
+    profile = {"turns_per_dialogue": {"2": 3, "3": 5}, "personas": 7,
+               "persona_diversity": {"with_personas": {"distinct_leading_verbs": 9, "mean_pairwise_cosine": 0.21},
+                                     "without_personas": {"distinct_leading_verbs": 4, "mean_pairwise_cosine": 0.35}}}
+    line = _dialogue_line("conversation", profile)
+    assert line == ("<p>conversation: 2 turns: 3, 3 turns: 5; 7 distinct personas; with personas: 9 leading verbs, "
+                    "mean cosine 0.210; without personas: 4 leading verbs, mean cosine 0.350</p>")

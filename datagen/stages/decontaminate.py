@@ -96,6 +96,21 @@ def load_held_out(paths: Sequence[str]) -> tuple[list[HeldOutItem], list[dict[st
     return items, sets
 
 
+def user_turns(record: Record) -> list[tuple[str, str]]:
+    """(field name, text) of every user turn: the instruction (with input), then a dialogue's
+    later user messages as `user_turn_2`, `user_turn_3`, ... (a benchmark question asked as a
+    follow-up leaks just the same)."""
+    out = [("instruction", record.prompt_text())]
+    later = [m.content for m in record.messages or [] if m.role == "user"][1:]
+    return out + [(f"user_turn_{k}", text) for k, text in enumerate(later, start=2)]
+
+
+def answer_turns(record: Record) -> list[tuple[str, str]]:
+    """(field name, text) of every assistant turn: `output`, then `assistant_turn_2`, ..."""
+    later = [m.content for m in record.messages or [] if m.role == "assistant"][1:]
+    return [("output", record.output)] + [(f"assistant_turn_{k}", text) for k, text in enumerate(later, start=2)]
+
+
 def run(records: list[Record], ctx: StageContext, config: DecontaminateConfig) -> StageResult:
     """Drop records that share an n-gram with, or are a paraphrase of, a held-out item."""
     items, sets = load_held_out(config.held_out)
@@ -107,7 +122,7 @@ def run(records: list[Record], ctx: StageContext, config: DecontaminateConfig) -
             for gram in ngrams(text, config.ngram):
                 index.setdefault(gram, k)
     for i, rec in enumerate(records):
-        fields = [("instruction", rec.prompt_text())] + ([("output", rec.output)] if config.check_answers else [])
+        fields = user_turns(rec) + (answer_turns(rec) if config.check_answers else [])
         for field_name, text in fields:
             hit = next((g for g in ngrams(text, config.ngram) if g in index), None)
             if hit is not None:
@@ -118,18 +133,19 @@ def run(records: list[Record], ctx: StageContext, config: DecontaminateConfig) -
     if config.semantic and items and records:
         from datagen.embed import embed_texts
 
-        todo = [i for i in range(len(records)) if i not in matches]
+        # Every user turn of every record not matched yet (a dialogue's later turns too).
+        todo = [(i, name, text) for i in range(len(records)) if i not in matches
+                for name, text in user_turns(records[i])]
         if todo:
-            mine = embed_texts([records[i].prompt_text() for i in todo], model=config.model,
+            mine = embed_texts([text for _, _, text in todo], model=config.model,
                                batch_size=config.batch_size, progress=ctx.progress)
             theirs = embed_texts([item.prompt for item in items], model=config.model,
                                  batch_size=config.batch_size, progress=ctx.progress)
             best, where = nearest(mine, theirs)
-            for pos, i in enumerate(todo):
-                if best[pos] >= config.threshold - 1e-6:
+            for pos, (i, name, text) in enumerate(todo):
+                if i not in matches and best[pos] >= config.threshold - 1e-6:
                     item = items[int(where[pos])]
-                    matches[i] = _detail(item, "embedding", "instruction", records[i].prompt_text(),
-                                         similarity=round(float(best[pos]), 4))
+                    matches[i] = _detail(item, "embedding", name, text, similarity=round(float(best[pos]), 4))
 
     kept, gone = [], []
     for i, rec in enumerate(records):

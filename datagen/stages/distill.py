@@ -117,6 +117,15 @@ def record_context(record: Record) -> list[dict[str, str]]:
     return [{"role": "user", "content": record.prompt_text()}]
 
 
+def existing_answer(record: Record) -> str:
+    """The answer the teacher's would replace: a dialogue's reply to its last user turn (its
+    `output` is the first turn's), else the record's output."""
+    if record.messages and sum(m.role == "user" for m in record.messages) > 1:
+        last_user = max(i for i, m in enumerate(record.messages) if m.role == "user")
+        return next((m.content for m in record.messages[last_user + 1:] if m.role == "assistant"), "")
+    return record.output
+
+
 def conversation_text(context: Sequence[dict[str, str]]) -> str:
     """The context as one string for a judge prompt or a plain-text reward model."""
     turns = [m for m in context if m["role"] != "system"]
@@ -194,8 +203,9 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
                 completion.texts, completion.finish_reasons + ["stop"] * len(completion.texts), strict=False
             )
         ]
-        if config.include_existing and record.output.strip():
-            candidates.append({"text": record.output, "score": None, "finish_reason": "existing"})
+        existing = existing_answer(record)
+        if config.include_existing and existing.strip():
+            candidates.append({"text": existing, "score": None, "finish_reason": "existing"})
         pending.append((record, context, candidates))
 
     valid = [(r, ctx_msgs, cand) for r, ctx_msgs, cands in pending for cand in cands if cand["text"].strip()]
@@ -241,8 +251,8 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
         out = record.model_copy(deep=True)
         out.meta.candidates = candidates
         out.meta.model = teacher.name
-        if record.output.strip() and not config.include_existing:
-            out.meta.previous_output = record.output
+        if existing_answer(record).strip() and not config.include_existing:
+            out.meta.previous_output = existing_answer(record)
         if not any(c["text"].strip() for c in candidates):
             out_dropped.append(dropped(out, "no_valid_candidate", candidates=len(candidates)))
             continue
@@ -271,6 +281,8 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
             out.messages = [Message(**m) for m in context] + [
                 Message(role="assistant", content=winner["text"])
             ]
+            # A dialogue's `output` stays its first turn's answer (the teacher rewrote the last).
+            out.output = next(m.content for m in out.messages if m.role == "assistant")
         kept.append(out)
     stats["winner_truncated"] = sum(r.meta.answer_finish_reason == "length" for r in kept)
     if best_scores:

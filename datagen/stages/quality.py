@@ -22,11 +22,12 @@ from datagen.context import StageContext
 from datagen.errors import failure_reason
 from datagen.llm.base import Completion
 from datagen.plan import Calls, Records, StagePlan, finish, judge_calls, template_tokens
-from datagen.records import Record, StageResult, dropped
+from datagen.records import Record, StageResult
 from datagen.registry import Command, Stage, register
 from datagen.stages.ifd import ifd_score, load_causal_lm
 from datagen.stages.quality_checks import first_verdict
 from datagen.stages.quality_config import QualityConfig
+from datagen.stages.quality_turns import merge_turns, turn_views
 
 # ---------------------------------------------------------------------------------------------
 # LLM judge
@@ -43,11 +44,13 @@ def parse_judgement(text: str) -> tuple[float | None, str]:
 # the stage
 
 
-def run(records: list[Record], ctx: StageContext, config: QualityConfig) -> StageResult:
-    """Heuristics, then IFD (optional), then the judge; kept records stay in input order."""
+def run(dialogues: list[Record], ctx: StageContext, config: QualityConfig) -> StageResult:
+    """Heuristics, then IFD (optional), then the judge, on every assistant turn (one view per
+    turn, `quality_turns`); kept records stay in input order."""
+    records, owners, judge_text = turn_views(dialogues)
     verdicts: dict[int, tuple[str, dict[str, Any]]] = {}
     updated: dict[int, Record] = {}
-    stats: dict[str, Any] = {"input": len(records)}
+    stats: dict[str, Any] = {"input": len(dialogues)}
 
     if config.heuristics:
         for i, rec in enumerate(records):
@@ -88,16 +91,10 @@ def run(records: list[Record], ctx: StageContext, config: QualityConfig) -> Stag
         stats["ifd_mean"] = round(sum(values) / len(values), 4) if values else None
 
     if config.use_judge:
-        _judge(records, alive(), updated, verdicts, ctx, config, stats)
+        _judge(records, alive(), updated, verdicts, ctx, config, stats, judge_text)
 
-    kept, gone = [], []
-    for i, rec in enumerate(records):
-        current = updated.get(i, rec)
-        if i in verdicts:
-            reason, detail = verdicts[i]
-            gone.append(dropped(current, reason, **detail))
-        else:
-            kept.append(current if i in updated else rec.model_copy(deep=True))
+    final = [updated.get(i, rec) for i, rec in enumerate(records)]
+    kept, gone = merge_turns(dialogues, final, owners, verdicts, config.on_bad_turn, stats)
     counts: dict[str, int] = {}
     for reason, _ in verdicts.values():
         counts[reason] = counts.get(reason, 0) + 1
@@ -116,6 +113,7 @@ def _judge(
     ctx: StageContext,
     config: QualityConfig,
     stats: dict[str, Any],
+    judge_text: dict[int, str],
 ) -> None:
     from datagen.judge import score_answers
 
@@ -124,7 +122,7 @@ def _judge(
     chosen = [records[i] for i in todo]
     low, high = config.judge_scale
     results = score_answers(
-        llm, [(r.instruction, r.output) for r in chosen], ctx, low=low, high=high, prompt="quality_judge",
+        llm, [(judge_text.get(i, r.instruction), r.output) for i, r in zip(todo, chosen, strict=True)], ctx, low=low, high=high, prompt="quality_judge",
         max_tokens=config.judge_max_tokens, retry=config.judge_retry, structured=structured,
         desc="quality judge", inputs=[r.input for r in chosen], seed=ctx.seed, whole_numbers=False,
     )
@@ -220,5 +218,5 @@ STAGE = register(Stage(
         add_flags=_no_judge_flag,
     ),
     uses=frozenset({"answer_finish_reason", "is_classification", "scores"}),
-    writes=frozenset({"scores", "quality_judge_reason"}),
+    writes=frozenset({"scores", "quality_judge_reason", "conversation_stop"}),
 ))

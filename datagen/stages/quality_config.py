@@ -151,6 +151,10 @@ class QualityConfig(BaseModel):
         "drop", description="a judge reply without a score: drop (judge_unparseable) or keep unscored"
     )
 
+    on_bad_turn: Literal["drop", "truncate"] = Field(
+        "drop", description="dialogues: one bad assistant turn drops the dialogue, or truncates it before that turn"
+    )
+
     ifd: bool = Field(False, description="compute Instruction-Following Difficulty with a local causal LM")
     ifd_model: str | None = Field(None, description="causal LM folder or hub id (None = embedded SmolLM2)")
     max_ifd: float = Field(

@@ -34,6 +34,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from datagen.errors import failure_reason
+from datagen.personas import load_personas, personas_enabled, pick_persona
 from datagen.plan import Calls, Records, StagePlan, finish, template_tokens
 from datagen.records import Record, RecordMeta, StageResult, dropped, stable_id
 from datagen.registry import Command, Stage, register
@@ -90,6 +91,7 @@ class _Run:
         )
         self.exact_seen = {normalize(t.instruction) for t in self.seeds}
         self.blacklist = blacklist_pattern(config.blacklist)
+        self.personas = load_personas(config.personas)
         self.prompt_rng = ctx.rng("self_instruct:prompts")
         example_rng = ctx.rng("self_instruct:examples")
         self.cls_examples = classify_examples(self.seeds, config.classify_examples, example_rng)
@@ -207,8 +209,10 @@ class _Run:
 
     # -------------------------------------------------------------- steps 1-3
 
-    def prompt(self) -> str:
-        """A few-shot prompt: up to num_machine machine tasks, seeds for the rest, shuffled."""
+    def prompt(self, persona: str | None = None) -> str:
+        """A few-shot prompt: up to num_machine machine tasks, seeds for the rest, shuffled; with
+        a persona, one more paragraph asks for tasks in that person's voice (without one the
+        prompt is byte for byte what it always was, so cached replies still match)."""
         from datagen.prompts import render
 
         config = self.config
@@ -217,9 +221,10 @@ class _Run:
         n_human = min(config.num_prompt_tasks - n_machine, len(self.seeds))
         shown += [t.instruction for t in self.prompt_rng.sample(self.seeds, n_human)]
         self.prompt_rng.shuffle(shown)
-        return render(
-            "self_instruct_generate", self.ctx.prompts_dir, tasks=shown, num_new=config.new_per_request
-        )
+        text = render("self_instruct_generate", self.ctx.prompts_dir, tasks=shown, num_new=config.new_per_request)
+        if persona is None:
+            return text
+        return text + "\n\n" + render("self_instruct_persona", self.ctx.prompts_dir, persona=persona)
 
     def generate(self, n_requests: int, quota: int) -> list[Candidate]:
         """One round of task-list requests; returns the candidates that pass every filter, in
@@ -227,15 +232,17 @@ class _Run:
         from datagen.llm import ChatRequest, generate_sync
 
         config = self.config
+        personas = [pick_persona(self.personas, self.ctx.seed, f"self_instruct:{self.request_no + k}")
+                    for k in range(n_requests)]
         requests = [
             ChatRequest.chat(
-                self.prompt(),
+                self.prompt(persona),
                 temperature=config.temperature,
                 top_p=config.top_p,
                 max_tokens=config.max_tokens,
                 seed=self.round_seed(),
             )
-            for _ in range(n_requests)
+            for persona in personas
         ]
         replies = generate_sync(self.llm, requests)
         self.stats["generation_requests"] += len(requests)
@@ -254,7 +261,7 @@ class _Run:
                 continue
             truncated = (reply.finish_reasons[0] if reply.finish_reasons else "") == "length"
             for j, text in enumerate(items):
-                cand = Candidate(text, self.round_no, req, j)
+                cand = Candidate(text, self.round_no, req, j, persona=personas[k])
                 self.stats["candidates"] += 1
                 if truncated and j == len(items) - 1:
                     self.drop(text, "truncated", cand)
@@ -416,5 +423,7 @@ STAGE = register(Stage(
     ),
     uses=frozenset({"instances", "is_classification"}),
     writes=frozenset({"source", "round", "model", "task_id", "instance_index", "is_classification",
-                      "classification_guessed", "request", "name", "instances"}),
+                      "classification_guessed", "request", "name", "instances", "persona"}),
+    prompts=frozenset({"self_instruct_persona"}),
+    prompts_used=lambda config: frozenset({"self_instruct_persona"}) if personas_enabled(config.personas) else frozenset(),
 ))

@@ -78,6 +78,11 @@ class SelfInstructConfig(BaseModel):
         ge=1,
         description="cap on generation requests (None: 10 + 2 * num_instructions); stops a low-yield run",
     )
+    personas: str | None = Field(
+        None, exclude_if=lambda v: v is None,  # off: the config (and its resume hash) as before personas
+        description="condition each generation prompt on a persona: 'bundled' (our set) or a .txt/.jsonl file; "
+        "off by default (prompts and cache keys unchanged)",
+    )
     llm: str | None = Field(None, description="backend spec for this stage (None: the run's default)")
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ class Candidate:
     classified: bool = False
     classification_guessed: bool = False
     instances: list[Instance] = field(default_factory=list)
+    persona: str | None = None  # the persona its generation prompt asked for, when personas are on
 
 
 def seed_task(record: Record) -> Task:
@@ -95,6 +96,7 @@ def task_records(cand: Candidate, model: str) -> list[Record]:
                 task_id=task_id,
                 instance_index=j,
                 classification_guessed=cand.classification_guessed,
+                persona=cand.persona,
             ),
         )
         for j, inst in enumerate(cand.instances)
