@@ -50,7 +50,9 @@ from datagen.run_files import (
 )
 
 EXPORT_FILES = {"alpaca": "alpaca.json", "sharegpt": "sharegpt.jsonl", "messages": "messages.jsonl",
-                "records": "records.jsonl", "hf": "hf_dataset"}
+                "records": "records.jsonl", "hf": "hf_dataset",
+                "dpo": "dpo.jsonl", "dpo_text": "dpo_text.jsonl", "hf_dpo": "hf_dpo_dataset"}
+EXPORT_AS = {"hf": "messages", "hf_dpo": "dpo"}  # an HF dataset folder holds the rows of this format
 
 
 @dataclass
@@ -281,7 +283,7 @@ def export_records(records: list[Record], export_dir: Path, formats: list[str]) 
     written = {}
     for fmt in formats:
         target = export_dir / EXPORT_FILES[fmt]
-        write_records(records, target, fmt="messages" if fmt == "hf" else fmt)
+        write_records(records, target, fmt=EXPORT_AS.get(fmt, fmt))
         written[fmt] = str(target)
     return written
 

@@ -15,7 +15,7 @@ from datagen import registry
 from datagen.config_errors import ConfigError, check_keys, format_validation, parse_set, suggest
 from datagen.ray_cluster import Executor, RayConfig
 
-EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "records", "hf")
+EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "records", "hf", "dpo", "dpo_text", "hf_dpo")
 # What the readers (datagen.io / datagen.rows) may set on a record before any stage ran.
 READER_WRITES = frozenset({"source", "name", "instances", "is_classification", "extra"})
 
@@ -158,6 +158,11 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
     for fmt in (data.get("export") or {}).get("formats", []) or []:
         if fmt not in EXPORT_FORMATS:
             raise ConfigError(f"{source}: export.formats: unknown format {fmt!r}{suggest(str(fmt), list(EXPORT_FORMATS))}")
+    pair_formats = [f for f in (data.get("export") or {}).get("formats", []) or [] if f in ("dpo", "dpo_text", "hf_dpo")]
+    stage_writes = set().union(*(registry.resolve(str(next(iter(e)))).writes for e in stages))
+    if pair_formats and "chosen" not in stage_writes:
+        raise ConfigError(f"{source}: export.formats: {pair_formats[0]!r} needs preference pairs; add the "
+                          "preference stage (after distill) to stages")
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
