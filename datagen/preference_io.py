@@ -60,6 +60,23 @@ def record_pair(record: Record) -> PreferencePair:
     return PreferencePair(record.id, prompt_messages(record), meta.chosen, meta.rejected)
 
 
+def checked_record_pairs(records: list[Record]) -> list[PreferencePair]:
+    """The pair of every record, each checked like a file's line (the error names the record)."""
+    pairs = []
+    for record in records:
+        pair = record_pair(record)
+        where = f"record {record.id}"
+        if not any(m["content"].strip() for m in pair.prompt if m["role"] != "system"):
+            raise ValueError(f"{where}: prompt is empty")
+        for side in ("chosen", "rejected"):
+            if not getattr(pair, side).strip():
+                raise ValueError(f"{where}: {side} is empty")
+        if pair.chosen.strip() == pair.rejected.strip():
+            raise ValueError(f"{where}: chosen and rejected are identical (the pair teaches nothing)")
+        pairs.append(pair)
+    return pairs
+
+
 def to_pair_row(record: Record, fmt: str) -> dict[str, Any]:
     """One export row in `fmt` ("dpo" or "dpo_text")."""
     pair = record_pair(record)
