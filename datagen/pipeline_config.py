@@ -91,7 +91,9 @@ class PipelineConfig(BaseModel):
     executor: Executor = Field("local", description="local: this process; ray: record-parallel LLM calls and "
                                "embeddings on a Ray cluster (never changes the data, so not in any stage hash)")
     ray: RayConfig = Field(default_factory=RayConfig, description="cluster address and pool sizes for executor: ray")
-    finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig options; omit to skip training")
+    finetune: dict[str, Any] | list[dict[str, Any]] | None = Field(
+        None, description="FinetuneConfig options, or a list of them run in turn (SFT then DPO); omit to skip training"
+    )
     eval: dict[str, Any] | None = Field(
         None, description="EvalConfig options: judge the tuned model against the base on held-out data after training"
     )
@@ -136,16 +138,23 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
             stage.config.model_validate(options or {})
         except ValidationError as exc:
             raise format_validation(exc, f"stages[{index}].{raw_name}.", source) from None
-    if data.get("finetune") is not None:
+    section = data.get("finetune")
+    if section is not None:
         from datagen.plugins import plugin
 
         FinetuneConfig = plugin("finetune").FinetuneConfig  # noqa: N806 - a class, as imported
-        check_keys(data["finetune"], FinetuneConfig, "finetune.", source)
-        try:
-            FinetuneConfig.model_validate(data["finetune"])
-        except ValidationError as exc:
-            raise format_validation(exc, "finetune.", source) from None
-        if (data["finetune"].get("num_machines") or 1) > 1:
+        if not isinstance(section, dict | list) or not section or not all(isinstance(s, dict) for s in
+                                                                          ([section] if isinstance(section, dict) else section)):
+            raise ConfigError(f"{source}: finetune: one mapping of options, or a list of them (steps, e.g. SFT then DPO)")
+        steps = [section] if isinstance(section, dict) else section
+        for index, step in enumerate(steps):
+            where = "finetune." if isinstance(section, dict) else f"finetune[{index}]."
+            check_keys(step, FinetuneConfig, where, source)
+            try:
+                FinetuneConfig.model_validate(step)
+            except ValidationError as exc:
+                raise format_validation(exc, where, source) from None
+        if any((step.get("num_machines") or 1) > 1 for step in steps):
             # Every machine must start the same training at the same time; only `datagen finetune`
             # can be typed on each of them, a pipeline runs on one.
             raise ConfigError(f"{source}: finetune.num_machines: a pipeline fine-tunes on one machine; across "

@@ -16,6 +16,7 @@ from rich import box
 from rich.table import Table
 
 from datagen.jsonl import read_jsonl
+from datagen.report_dpo import dpo_section
 from datagen.report_quality import heuristic_drops_section, record_scores, scores_section
 from datagen.svg import svg_bars, svg_histogram, svg_intervals, svg_lines
 from datagen.unicode_text import html_text
@@ -103,8 +104,9 @@ def build_report(run_dir: Path) -> str:
     sections.append("</table>")
     sections.append(profile_section(run_dir, stages))
     sections.append(decontamination_section(run_dir, stages))
-    if manifest.get("finetune"):
+    if manifest.get("finetune") and manifest["finetune"].get("objective", "sft") == "sft":
         sections.append(finetune_section(run_dir, manifest["finetune"]))
+    sections.append(dpo_section(manifest))
     sections.append(study_section(run_dir))
     sections.append(evaluation_section(run_dir))
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
