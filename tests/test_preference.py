@@ -152,3 +152,16 @@ def test_bad_pair_files_fail_at_their_line(tmp_path, row, message):
     path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
     with pytest.raises(ValueError, match=rf"pairs\.jsonl:2: .*{message}"):
         read_pairs(path)
+
+
+def test_quality_rules_score_candidates_without_a_judge():
+    long_ok = "Tides rise and fall twice a day because the moon's gravity pulls the oceans toward it as Earth turns."
+    cut = "Tides rise and fall twice a day because the moon's gravity pulls the"
+    refusal = "I'm sorry, but I can't help with that request."
+    record = rec("tides", [cand(cut, None, "length"), cand(refusal, None), cand(long_ok, None)])
+    result = run([record], make_ctx(ScriptedLLM(lambda r: "", name="j")), PreferenceConfig(score="quality_rules"))
+    (out,) = result.kept
+    assert out.meta.chosen == long_ok and out.meta.rejected == refusal  # equally low: the later one
+    assert out.meta.ranked_by == "quality_rules"
+    assert out.meta.preference_reason == "passes every rule"
+    assert [c["score"] for c in out.meta.candidates] == [None, None, None]  # distill's candidates untouched

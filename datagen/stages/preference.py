@@ -52,6 +52,11 @@ class PreferenceConfig(BaseModel):
     allow_truncated_chosen: bool = Field(
         False, description="let an answer cut off at max_tokens be the chosen one (never by default)"
     )
+    score: Literal["ranker", "quality_rules"] = Field(
+        "ranker", description="ranker: the scores distill's judge or reward model gave; quality_rules: 1 for a "
+        "candidate that passes every rule of the quality filter (complete, not repetitive, no refusal, not "
+        "written at the grader, ...), 0 for one that fails: pairs without a judge (e.g. a tiny local model's)"
+    )
     confirm: Literal["none", "pairwise"] = Field(
         "none", description="pairwise: confirm each pair with a judge asked in both orders; an order-dependent "
         "verdict drops the pair"
@@ -110,19 +115,22 @@ def form_pairs(
 def run(records: list[Record], ctx: Any, config: PreferenceConfig) -> StageResult:
     stats: dict[str, Any] = {"input_records": len(records), "pairing": config.pairing}
     out_dropped: list[Record] = []
-    planned: list[tuple[Record, list[dict[str, str]], int, int, int]] = []  # record, context, k, chosen, rejected
+    # record, its context, pair number, chosen candidate, rejected candidate
+    planned: list[tuple[Record, list[dict[str, str]], int, dict[str, Any], dict[str, Any]]] = []
     for record in records:
         candidates = record.meta.candidates or []
         if not candidates:
             out_dropped.append(dropped(record, "no_candidates"))
             continue
+        if config.score == "quality_rules":
+            candidates = rule_scores(record, candidates)
         pairs, reason = form_pairs(candidates, config, ctx.rng(f"preference:{record.id}"))
         if reason:
             out_dropped.append(dropped(record, reason, candidates=len(candidates)))
             continue
         context = record_context(record)
         for k, (chosen, rejected) in enumerate(pairs):
-            planned.append((record, context, k, chosen, rejected))
+            planned.append((record, context, k, candidates[chosen], candidates[rejected]))
     stats["pairs_formed"] = len(planned)
 
     verdicts: list[Any] = [None] * len(planned)
@@ -130,20 +138,17 @@ def run(records: list[Record], ctx: Any, config: PreferenceConfig) -> StageResul
         from datagen.judge import compare_answers
 
         judge = ctx.llm(config.judge)
-        items = [
-            (conversation_text(context), r.meta.candidates[c]["text"], r.meta.candidates[j]["text"], None)
-            for r, context, _, c, j in planned
-        ]
+        items = [(conversation_text(context), c["text"], j["text"], None) for _, context, _, c, j in planned]
         verdicts = compare_answers(judge, items, ctx, max_tokens=config.judge_max_tokens,
                                    desc="preference: pairwise check")
         stats["pairwise_judge"] = judge.name
 
     kept: list[Record] = []
     margins: list[float] = []
-    for (record, context, k, c, j), verdict in zip(planned, verdicts, strict=True):
-        candidates = record.meta.candidates or []
-        chosen, rejected = candidates[c], candidates[j]
+    for (record, context, k, chosen, rejected), verdict in zip(planned, verdicts, strict=True):
         out = record.model_copy(deep=True)
+        if config.score == "quality_rules":
+            out.meta.ranked_by = "quality_rules"
         if config.pairing == "all_over_margin":
             out.id = f"{record.id}#p{k + 1}"
         out.output = chosen["text"]
@@ -166,6 +171,22 @@ def run(records: list[Record], ctx: Any, config: PreferenceConfig) -> StageResul
     if margins:
         stats["mean_margin"] = round(sum(margins) / len(margins), 4)
     return StageResult(kept=kept, dropped=out_dropped, stats=stats)
+
+
+def rule_scores(record: Record, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The candidates scored by the quality filter's rules: 1 passes them all, 0 fails one (the
+    failed rule is its `reason`). The record's own candidates are left as distill wrote them."""
+    from datagen.stages.quality_checks import first_verdict
+    from datagen.stages.quality_config import QualityConfig
+
+    rules = QualityConfig()
+    scored = []
+    for cand in candidates:
+        probe = record.model_copy(update={"output": str(cand.get("text", "")), "messages": None}, deep=True)
+        probe.meta.answer_finish_reason = cand.get("finish_reason")
+        found = first_verdict(probe, rules)
+        scored.append({**cand, "score": 0.0 if found else 1.0, "reason": found[0] if found else "passes every rule"})
+    return scored
 
 
 def _verdict_drop(verdict: Any) -> str | None:
@@ -211,5 +232,5 @@ STAGE = register(Stage(
     ),
     reads=frozenset({"candidates"}),
     writes=frozenset({"chosen", "rejected", "chosen_score", "rejected_score", "preference_reason",
-                      "answer_finish_reason"}),
+                      "answer_finish_reason", "ranked_by"}),
 ))
