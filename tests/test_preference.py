@@ -165,3 +165,15 @@ def test_quality_rules_score_candidates_without_a_judge():
     assert out.meta.ranked_by == "quality_rules"
     assert out.meta.preference_reason == "passes every rule"
     assert [c["score"] for c in out.meta.candidates] == [None, None, None]  # distill's candidates untouched
+
+
+def test_preference_command_writes_dpo_from_a_distill_file(tmp_path):
+    from datagen.cli import main
+
+    source = write_records([rec("tides", FOUR), rec("tied", [cand("a", 5), cand("b", 5)])], tmp_path / "d.jsonl")
+    out = tmp_path / "pairs.jsonl"
+    assert main(["preference", "--input", str(source), "--out", str(out), "--format", "dpo",
+                 "--dropped", str(tmp_path / "drop.jsonl"), "--no-progress", "--no-cache"]) == 0
+    (pair,) = read_pairs(out)
+    assert (pair.chosen, pair.rejected) == ("good", "bad")
+    assert json.loads((tmp_path / "drop.jsonl").read_text())["meta"]["drop_reason"] == "all_tied"
