@@ -55,7 +55,7 @@ def test_all_over_margin_lists_every_wide_pair_capped():
         ([cand("a", 5), cand("b", 5)], {}, "all_tied"),
         ([cand("a", 6), cand("b", 5)], {"min_margin": 2}, "below_min_margin"),
         ([cand("same", 6), cand("same ", 5)], {}, "identical_answers"),
-        ([cand("a", 6, "length"), cand("b", 5, "length")], {}, "too_few_scored"),
+        ([cand("a", 6, "length"), cand("b", 5, "length")], {}, "only_truncated"),
     ],
 )
 def test_what_cannot_pair_is_a_counted_reason(candidates, config, reason):

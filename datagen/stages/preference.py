@@ -12,8 +12,9 @@ model), then keeps only the winner for SFT. This stage turns the same candidates
 
 A pair needs two distinct, non-blank, scored answers whose scores differ by more than zero
 and by at least `min_margin`; a cut-off answer (finish reason `length`) is never chosen. What
-cannot pair is a counted drop: `no_candidates`, `too_few_scored`, `all_tied`,
-`below_min_margin`, `identical_answers`. With `confirm: pairwise` each pair is also asked of a
+cannot pair is a counted drop: `no_candidates`, `too_few_scored` (under two scored, non-blank
+answers), `only_truncated` (no answer that may be chosen), `all_tied`, `below_min_margin`,
+`identical_answers`. With `confirm: pairwise` each pair is also asked of a
 pairwise judge in both orders (`datagen.judge.compare_answers`): a verdict that flips with the
 order (`order_dependent`), a consistent preference for the rejected answer
 (`judge_disagrees`), a tie (`judge_tie`) or an unreadable verdict (`judge_unreadable`) drops it.
@@ -95,7 +96,7 @@ def form_pairs(
     # Every ordered pair with a real difference, best chosen first; the reason when there is none.
     options = [(c, r) for c, _ in may_choose for r, _ in ranked if score(c) > score(r)]
     if not options:
-        return [], "all_tied" if may_choose else "too_few_scored"
+        return [], "all_tied" if may_choose else "only_truncated"
     wide = [(c, r) for c, r in options if score(c) - score(r) >= margin]
     if not wide:
         return [], "below_min_margin"
