@@ -1,5 +1,7 @@
 """A run directory written by the release before the stage registry (datagen 0.1.0) resumes
-with zero new LLM calls: cache keys, stage hashes and run files did not move.
+with no new LLM call but the judge's: cache keys, stage hashes and run files did not move,
+except the judge prompts, which now fence every candidate in tags (a prompt-injection defence,
+issue 22): their calls are sent once more, and everything else comes from the cache.
 
 `tests/data/legacy_run/` was made once by `tests/data/make_legacy_run.py` with datagen 0.1.0
 against the scripted loopback server on port 38517 (the endpoint URL is part of the cache
@@ -31,20 +33,23 @@ def test_legacy_run_dir_resumes_without_a_call(tmp_path: Path, monkeypatch) -> N
     monkeypatch.chdir(ROOT)  # the config names its input and held-out files relative to the checkout
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     server = OpenAITestServer(port=PORT).start()
-    server.responder = reply
+    prompts: list[str] = []
+    server.responder = lambda m, c, s: (prompts.append(m[-1]["content"]), reply(m, c, s))[1]
     try:
         result = Pipeline(validate_config(config, "legacy.yaml")).run(run_dir=run_dir, progress=False)
-        assert server.stats.requests == 0
     finally:
         server.stop()
-    # Stages whose options are unchanged skip; the two whose defaults 0.2 changed on purpose (the
-    # quality rules, CJK-aware novelty) re-run, from the cache alone, and land on the same records.
-    skipped = {stage.label for stage in result.stages if stage.skipped}
-    assert {"evol_instruct", "distill", "dedup"} <= skipped, skipped
+    # Only the re-fenced judge prompts were sent; teacher, evolution and generation calls all hit the cache.
+    assert prompts and all("\n<answer>\n" in p or "\n<response>\n" in p for p in prompts), prompts[:1]
+    # The prompts hash covers every bundled prompt, so every stage re-ran, from the cache but for
+    # the judge, and landed on the same records.
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "finished"
     legacy_kept = (LEGACY / "decontaminate" / "kept.jsonl").read_text()
     assert len(result.records) == legacy_kept.count("\n") > 0
+    legacy_rows = [json.loads(line) for line in legacy_kept.split("\n") if line]
+    assert [(r.id, r.output) for r in result.records] == [(r["id"], r["output"]) for r in legacy_rows]
+    legacy_kept = (run_dir / "decontaminate" / "kept.jsonl").read_text()  # now with meta.ranked_by
     # Deleting every stage's marker makes each stage re-run: the answers still all come from the cache.
     for marker in run_dir.glob("*/done.json"):
         marker.unlink()
