@@ -13,7 +13,7 @@ from datagen.llm.budget import EXIT_BUDGET, BudgetExceeded
 from datagen.llm.endpoint_options import DEFAULT_MAX_CONCURRENCY
 from datagen.records import Record, StageResult
 
-OUTPUT_FORMATS = ("records", "alpaca", "sharegpt", "messages")
+OUTPUT_FORMATS = ("records", "alpaca", "sharegpt", "messages", "dpo", "dpo_text")
 
 def add_cost_args(parser: argparse.ArgumentParser) -> None:
     """Limits and a spending cap for paid endpoints (openai:*); see README "Cost control"."""

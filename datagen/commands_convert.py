@@ -8,6 +8,7 @@ from collections import Counter
 
 from datagen.cli_common import add_repair_unicode_arg
 from datagen.io import FORMATS, read_records, write_records
+from datagen.preference_io import PAIR_FORMATS
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--input", required=True)
     parser.add_argument("--out", required=True, help=".jsonl, .json, .parquet, or a folder for a HF dataset")
-    parser.add_argument("--format", choices=FORMATS, default="records")
+    parser.add_argument("--format", choices=FORMATS + PAIR_FORMATS, default="records")
     add_repair_unicode_arg(parser)
     parser.set_defaults(func=_convert)
 

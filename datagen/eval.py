@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from datagen.eval_stats import mean2, pair_summary
+from datagen.finetune_steps import dpo_held_out, finetune_steps
 from datagen.records import Record
 from datagen.stages.decontaminate import held_out_fingerprint
 
@@ -194,24 +195,32 @@ def run_pipeline_eval(pipeline: Any, run_dir: Path, progress: bool) -> dict[str,
     with the run's LLM cache and the run's own decontamination record. Returns the summary
     the manifest keeps (eval.json has every answer and verdict)."""
     from datagen.context import StageContext
+    from datagen.io import atomic_write_text
     from datagen.llm import ResponseCache
 
     cfg = pipeline.config
     config = EvalConfig.model_validate(cfg.eval)
     config = config.model_copy(update={"data": str(pipeline.resolve_path(config.data))})
-    if not config.models:
-        base = (cfg.finetune or {}).get("base_model")
-        config = config.model_copy(update={"models": [f"local:{base}" if base else "local", f"local:{run_dir / 'model'}"]})
+    steps = finetune_steps(cfg.finetune)
+    if not config.models:  # base vs every step's model (base vs SFT vs SFT+DPO)
+        base = steps[0].options.get("base_model") if steps else None
+        config = config.model_copy(update={"models": [f"local:{base}" if base else "local",
+                                                      *(f"local:{run_dir / s.folder}" for s in steps)]})
     ctx = StageContext.from_config(cfg, ResponseCache(run_dir / "llm_cache.sqlite"), progress)
     try:
         report = run_eval(config, run_dir / "eval", ctx, training_runs=[run_dir])
     finally:
         ctx.close()
+    preference = dpo_held_out(run_dir, steps)
+    if preference:
+        report["preference"] = preference
+        atomic_write_text(run_dir / "eval" / "eval.json", json.dumps(report, indent=2, ensure_ascii=False, default=str))
     if progress:
         from rich.console import Console
 
         Console(stderr=True).print(summary_table(report))
-    return {key: report[key] for key in ("data", "prompts", "models", "judge", "contamination", "pairs", "loss")}
+    keys = ("data", "prompts", "models", "judge", "contamination", "pairs", "loss", "preference")
+    return {key: report[key] for key in keys if key in report}
 
 
 # ---------------------------------------------------------------------------------------------

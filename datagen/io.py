@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from datagen.jsonl import dumps_jsonl, parse_jsonl
+from datagen.preference_io import PAIR_FORMATS, to_pair_row
 from datagen.records import Record, RecordMeta, SeedTask
 from datagen.rows import CHAT_KEYS, INPUT_KEYS, INSTRUCTION_KEYS, OUTPUT_KEYS, SYSTEM_KEYS, row_to_record
 from datagen.unicode_text import checked_row, repairs_line
@@ -336,7 +337,9 @@ def to_row(record: Record, fmt: str) -> dict[str, Any]:
         return to_sharegpt(record)
     if fmt == "messages":
         return to_messages(record)
-    raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt in PAIR_FORMATS:
+        return to_pair_row(record, fmt)
+    raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS + PAIR_FORMATS)}")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -30,6 +30,25 @@ _REASON_KEYS = ("reason", "reasoning", "explanation", "rationale", "justificatio
 _REASON_LINE = re.compile(r"(?:reason|explanation|rationale|justification)\W{0,3}\s*[:=-]\s*(.+)", re.I | re.S)
 
 
+# The tags our judge prompts put around material to grade. Inside a candidate a look-alike
+# would end the block early and let the rest read as the grader's instructions, so it is
+# defused (its "<" becomes "&lt;") before rendering; a judge reply's quotes of them are cut.
+FENCE_TAGS = ("request", "answer", "answer_a", "answer_b", "reference", "instruction", "input", "response")
+_FENCE = re.compile(r"<(\s*/?\s*(?:" + "|".join(FENCE_TAGS) + r")\b[^>]*>)", re.I)
+_QUOTED_BLOCK = re.compile(r"<(" + "|".join(FENCE_TAGS) + r")>.*?</\1>", re.I | re.S)
+
+
+def fence(text: str) -> str:
+    """`text` made safe to put between our tags: no tag inside it can close (or open) a block."""
+    return _FENCE.sub(r"&lt;\1", text.strip())
+
+
+def own_words(raw: str) -> str:
+    """The judge's reply without any block it quoted back from the prompt: a score or verdict
+    written inside a quoted answer is the candidate's, not the judge's."""
+    return _QUOTED_BLOCK.sub(" ", raw)
+
+
 @dataclass
 class JudgeResult:
     """`score` is None when the judge failed (see `error`) or never gave a readable score."""
@@ -67,6 +86,7 @@ def parse_judgement(
 ) -> tuple[float | None, str]:
     """(score, reason) from a judge reply: JSON if there is any, a "Reason: ..." line, else the
     whole reply; the score by the lenient parser (rescaled when the judge used another scale)."""
+    raw = own_words(raw)
     score = parse_score(raw, low, high)
     data = extract_json(raw)
     reason = ""
@@ -119,10 +139,10 @@ def score_answers(
         prompts[i] = render(
             prompts_dir=prompts_dir,
             name=prompt,
-            instruction=instruction.strip(),
-            input=(inputs[i] if inputs is not None else "").strip(),
-            answer=answer.strip(),
-            output=answer.strip(),  # the name older rubric overrides use
+            instruction=fence(instruction),
+            input=fence(inputs[i] if inputs is not None else ""),
+            answer=fence(answer),
+            output=fence(answer),  # the name older rubric overrides use
             low=_fmt(low),
             high=_fmt(high),
         )
@@ -164,7 +184,7 @@ def score_answers(
         ):
             first = results[i]
             assert first is not None
-            score = None if completion.error else parse_score(completion.text, low, high)
+            score = None if completion.error else parse_score(own_words(completion.text), low, high)
             results[i] = JudgeResult(
                 score=score,
                 reason=first.reason if score is not None else "no readable score",
@@ -227,6 +247,7 @@ def pairwise_schema() -> dict[str, Any]:
 
 def parse_winner(raw: str) -> Winner | None:
     """"A", "B" or "tie" from a pairwise judge reply (JSON, "[[A]]", "Winner: B", a lone "A"), else None."""
+    raw = own_words(raw)
     data = extract_json(raw)
     if isinstance(data, dict):
         for key in ("winner", "verdict", "better", "choice"):
@@ -314,10 +335,10 @@ def compare_answers(
             text = render(
                 prompts_dir=prompts_dir,
                 name=prompt,
-                instruction=instruction.strip(),
-                answer_a=a.strip(),
-                answer_b=b.strip(),
-                reference=(reference or "").strip(),
+                instruction=fence(instruction),
+                answer_a=fence(a),
+                answer_b=fence(b),
+                reference=fence(reference or ""),
             )
             requests.append(
                 ChatRequest.chat(text, temperature=temperature, max_tokens=max_tokens, response_format=response_format)

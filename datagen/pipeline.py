@@ -25,6 +25,7 @@ from datagen import __version__, faults, registry
 from datagen.config_errors import ConfigError
 from datagen.context import StageContext
 from datagen.errors import DatagenError, StageFailed, after_export, check_error_rate
+from datagen.finetune_steps import finetune_steps
 from datagen.io import atomic_write_text, default_seeds_path, read_records, write_records
 from datagen.llm import ResponseCache
 from datagen.llm.budget import BudgetExceeded
@@ -52,7 +53,9 @@ from datagen.run_files import (
 from datagen.run_lock import hold, lock_file_inside
 
 EXPORT_FILES = {"alpaca": "alpaca.json", "sharegpt": "sharegpt.jsonl", "messages": "messages.jsonl",
-                "records": "records.jsonl", "hf": "hf_dataset"}
+                "records": "records.jsonl", "hf": "hf_dataset",
+                "dpo": "dpo.jsonl", "dpo_text": "dpo_text.jsonl", "hf_dpo": "hf_dpo_dataset"}
+EXPORT_AS = {"hf": "messages", "hf_dpo": "dpo"}  # an HF dataset folder holds the rows of this format
 
 
 @dataclass
@@ -303,34 +306,56 @@ def export_records(records: list[Record], export_dir: Path, formats: list[str]) 
     written = {}
     for fmt in formats:
         target = export_dir / EXPORT_FILES[fmt]
-        write_records(records, target, fmt="messages" if fmt == "hf" else fmt)
+        write_records(records, target, fmt=EXPORT_AS.get(fmt, fmt))
         written[fmt] = str(target)
     return written
 
 
 def finetune_step(state: RunState) -> None:
-    """Train on the exported records through the `finetune` plugin; a finished model is kept."""
-    if state.config.finetune is None:
+    """Train each `finetune:` step through the `finetune` plugin (SFT, then e.g. DPO from its model).
+
+    Each step has its own folder and marker: a finished step whose data, options and start
+    model are unchanged is kept; a later step's hash includes the earlier one's, so retraining
+    SFT retrains the DPO step after it."""
+    steps = finetune_steps(state.config.finetune)
+    if not steps:
         return
     from datagen.plugins import plugin
 
     finetune = plugin("finetune")
     started = time.perf_counter()
-    config = finetune.FinetuneConfig.model_validate(state.config.finetune)
-    model_dir = state.run_dir / "model"
-    marker = model_dir / "done.json"
-    ft_hash = json_hash({"data": state.input_hash, "config": config.model_dump(mode="json")})
-    if marker.exists() and json.loads(marker.read_text()).get("hash") == ft_hash:
-        state.say.stage(0, 0, "finetune", "skipped: finished before")
-        metrics = json.loads(marker.read_text())["metrics"]
-    else:
-        state.say.stage(0, 0, "finetune", f"{config.method} on {len(state.records)} records")
-        if not state.records:
-            raise ValueError("finetune: no records left to train on; loosen the filters or generate more")
-        with after_export("finetune", model_dir, state.run_dir / "export"):
-            metrics = finetune.train(state.records, config, model_dir, progress=state.say.enabled)
-        atomic_write_text(marker, json.dumps({"hash": ft_hash, "metrics": metrics}, indent=2, default=str))
-    state.manifest["finetune"] = metrics
+    done: list[dict[str, Any]] = []
+    previous_hash = ""
+    for step in steps:
+        options = dict(step.options)
+        if step.starts_from is not None:
+            start = state.run_dir / step.starts_from / "model"
+            if not (start / "config.json").exists():
+                raise ValueError(f"finetune[{step.index}]: starts from {step.starts_from}/model, which step "
+                                 f"{step.index - 1} did not save (set save_merged: true there, or base_model here)")
+            options["base_model"] = str(start)
+        config = finetune.FinetuneConfig.model_validate(options)
+        model_dir = state.run_dir / step.folder
+        marker = model_dir / "done.json"
+        ft_hash = json_hash({"data": state.input_hash, "config": config.model_dump(mode="json"),
+                             "after": previous_hash})
+        label = "finetune" if len(steps) == 1 else f"finetune[{step.index}] {config.objective}"
+        if marker.exists() and json.loads(marker.read_text()).get("hash") == ft_hash:
+            state.say.stage(0, 0, label, "skipped: finished before")
+            metrics = json.loads(marker.read_text())["metrics"]
+        else:
+            state.say.stage(0, 0, label, f"{config.objective} ({config.method}) on {len(state.records)} records "
+                            f"into {step.folder}/")
+            if not state.records:
+                raise ValueError("finetune: no records left to train on; loosen the filters or generate more")
+            with after_export(label, model_dir, state.run_dir / "export"):
+                metrics = finetune.train(state.records, config, model_dir, progress=state.say.enabled)
+            atomic_write_text(marker, json.dumps({"hash": ft_hash, "metrics": metrics}, indent=2, default=str))
+        previous_hash = ft_hash
+        done.append({"step": step.index, "folder": step.folder, "objective": config.objective, **metrics})
+    state.manifest["finetune"] = done[0]
+    if len(done) > 1:
+        state.manifest["finetune_steps"] = done
     state.manifest["finetune_seconds"] = round(time.perf_counter() - started, 3)
 
 

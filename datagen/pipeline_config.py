@@ -15,7 +15,7 @@ from datagen import registry
 from datagen.config_errors import ConfigError, check_keys, format_validation, parse_set, suggest
 from datagen.ray_cluster import Executor, RayConfig
 
-EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "records", "hf")
+EXPORT_FORMATS = ("alpaca", "sharegpt", "messages", "records", "hf", "dpo", "dpo_text", "hf_dpo")
 # What the readers (datagen.io / datagen.rows) may set on a record before any stage ran.
 READER_WRITES = frozenset({"source", "name", "instances", "is_classification", "extra"})
 
@@ -96,7 +96,9 @@ class PipelineConfig(BaseModel):
     executor: Executor = Field("local", description="local: this process; ray: record-parallel LLM calls and "
                                "embeddings on a Ray cluster (never changes the data, so not in any stage hash)")
     ray: RayConfig = Field(default_factory=RayConfig, description="cluster address and pool sizes for executor: ray")
-    finetune: dict[str, Any] | None = Field(None, description="FinetuneConfig options; omit to skip training")
+    finetune: dict[str, Any] | list[dict[str, Any]] | None = Field(
+        None, description="FinetuneConfig options, or a list of them run in turn (SFT then DPO); omit to skip training"
+    )
     eval: dict[str, Any] | None = Field(
         None, description="EvalConfig options: judge the tuned model against the base on held-out data after training"
     )
@@ -141,16 +143,23 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
             stage.config.model_validate(options or {})
         except ValidationError as exc:
             raise format_validation(exc, f"stages[{index}].{raw_name}.", source) from None
-    if data.get("finetune") is not None:
+    section = data.get("finetune")
+    if section is not None:
         from datagen.plugins import plugin
 
         FinetuneConfig = plugin("finetune").FinetuneConfig  # noqa: N806 - a class, as imported
-        check_keys(data["finetune"], FinetuneConfig, "finetune.", source)
-        try:
-            FinetuneConfig.model_validate(data["finetune"])
-        except ValidationError as exc:
-            raise format_validation(exc, "finetune.", source) from None
-        if (data["finetune"].get("num_machines") or 1) > 1:
+        if not isinstance(section, dict | list) or not section or not all(isinstance(s, dict) for s in
+                                                                          ([section] if isinstance(section, dict) else section)):
+            raise ConfigError(f"{source}: finetune: one mapping of options, or a list of them (steps, e.g. SFT then DPO)")
+        steps = [section] if isinstance(section, dict) else section
+        for index, step in enumerate(steps):
+            where = "finetune." if isinstance(section, dict) else f"finetune[{index}]."
+            check_keys(step, FinetuneConfig, where, source)
+            try:
+                FinetuneConfig.model_validate(step)
+            except ValidationError as exc:
+                raise format_validation(exc, where, source) from None
+        if any((step.get("num_machines") or 1) > 1 for step in steps):
             # Every machine must start the same training at the same time; only `datagen finetune`
             # can be typed on each of them, a pipeline runs on one.
             raise ConfigError(f"{source}: finetune.num_machines: a pipeline fine-tunes on one machine; across "
@@ -163,6 +172,11 @@ def validate_config(data: dict[str, Any], source: str = "config") -> PipelineCon
     for fmt in (data.get("export") or {}).get("formats", []) or []:
         if fmt not in EXPORT_FORMATS:
             raise ConfigError(f"{source}: export.formats: unknown format {fmt!r}{suggest(str(fmt), list(EXPORT_FORMATS))}")
+    pair_formats = [f for f in (data.get("export") or {}).get("formats", []) or [] if f in ("dpo", "dpo_text", "hf_dpo")]
+    stage_writes = set().union(*(registry.resolve(str(next(iter(e)))).writes for e in stages))
+    if pair_formats and "chosen" not in stage_writes:
+        raise ConfigError(f"{source}: export.formats: {pair_formats[0]!r} needs preference pairs; add the "
+                          "preference stage (after distill) to stages")
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:

@@ -87,6 +87,13 @@ class RecordMeta(BaseModel):
     best_candidate: int | None = Field(None, description="distill: index of the kept candidate")
     previous_output: str | None = Field(None, description="distill: the answer the record came with")
     unscored: bool | None = Field(None, description="distill: kept without a judge score (on_unscored=keep)")
+    ranked_by: str | None = Field(None, description="distill: the judge backend or reward model that scored the candidates")
+    # preference pairs (the preference stage; `output` is the chosen answer)
+    chosen: str | None = Field(None, description="preference: the preferred answer")
+    rejected: str | None = Field(None, description="preference: the dispreferred answer")
+    chosen_score: float | None = Field(None, description="preference: the chosen answer's score (ranked_by's scale)")
+    rejected_score: float | None = Field(None, description="preference: the rejected answer's score")
+    preference_reason: str | None = Field(None, description="preference: the judge's rationale for the pair")
     quality_judge_reason: str | None = Field(None, description="quality: the judge's one-line reason")
     # dialogues and personas. Keys added after 0.1.0 are left out of a record's JSON while unset
     # (`exclude_if`), so records that never met them serialise, hash and resume exactly as before.

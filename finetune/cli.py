@@ -88,6 +88,16 @@ def format_summary(metrics: dict[str, Any], out: str) -> str:
             return f"{value:.4f}" if "loss" in name else f"{value:.1f}"
         return str(value)
 
+    if metrics.get("objective") == "dpo":
+        accuracy = metrics.get("held_out_pair_accuracy")
+        return "\n".join([
+            f"DPO ({metrics.get('method')}, beta {metrics.get('beta')}): {metrics.get('train_pairs')} train / "
+            f"{metrics.get('eval_pairs')} held-out pairs, {metrics.get('steps')} steps, "
+            f"train loss {fmt(metrics.get('train_loss'), 'loss')}",
+            f"held-out pair accuracy {fmt(accuracy, 'loss')}, reward margin "
+            f"{fmt(metrics.get('held_out_reward_margin'), 'loss')}",
+            f"saved to {out}/ (model/, metrics.json, train_log.json)",
+        ])
     rows = [
         ("method", metrics.get("method")),
         ("examples train / eval", f"{metrics.get('train_examples')} / {metrics.get('eval_examples')}"),

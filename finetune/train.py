@@ -65,10 +65,16 @@ def _train_and_publish(
 ) -> dict[str, Any]:
     _check_out_dir(out)
     started = time.time()
-    examples, stats = records_to_examples(load_records(records), config.system_prompt)
-    if not examples:
-        raise ValueError(f"no trainable examples: {stats.skipped or 'no records'} (every record needs an output)")
-    train_ex, eval_ex = split_examples(examples, config.eval_fraction, config.seed)
+    if config.objective == "dpo":
+        from finetune.dpo import load_pairs, pair_rows, split_pairs
+
+        rows = pair_rows(load_pairs(records), config.system_prompt)
+        train_ex, eval_ex = split_pairs(rows, config.eval_fraction, config.seed)
+    else:
+        examples, stats = records_to_examples(load_records(records), config.system_prompt)
+        if not examples:
+            raise ValueError(f"no trainable examples: {stats.skipped or 'no records'} (every record needs an output)")
+        train_ex, eval_ex = split_examples(examples, config.eval_fraction, config.seed)
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -79,7 +85,11 @@ def _train_and_publish(
     if not progress:
         hf_logging.disable_progress_bar()  # "Loading weights" etc.
     try:
-        if config.launcher == "accelerate":
+        if config.objective == "dpo":
+            from finetune.dpo import dpo_into
+
+            metrics = dpo_into(tmp, train_ex, eval_ex, config, progress)  # type: ignore[arg-type]
+        elif config.launcher == "accelerate":
             from finetune.distributed import launch
 
             metrics = launch(tmp, train_ex, eval_ex, stats, config, progress)

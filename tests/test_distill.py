@@ -85,7 +85,7 @@ def judge_script(req: ChatRequest):
     prompt = last_user(req)
     if "did not contain a grade" in prompt:
         return "still no grade"
-    answer = prompt.split("Answer:\n", 1)[1]
+    answer = prompt.split("<answer>\n", 1)[1]
     for key, reply in JUDGE_REPLIES.items():
         if answer.startswith(key):
             return reply

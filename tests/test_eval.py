@@ -59,7 +59,7 @@ def test_parse_winner(reply, winner):
 
 # ------------------------------------------------------------------ end to end over the server
 
-PAIR = re.compile(r"Answer A:\n(.*?)\n\nAnswer B:\n(.*?)\n\nWeigh", re.S)
+PAIR = re.compile(r"<answer_a>\n(.*?)\n</answer_a>\n\n<answer_b>\n(.*?)\n</answer_b>", re.S)
 
 
 def judge_responder(messages, choice, seed):
@@ -145,7 +145,7 @@ def test_eval_cli_prints_table_and_writes_json(tmp_path: Path, openai_server, ca
     try:
         data = _data(tmp_path)
         # The loopback server's echo answers: both models give the same text, so every pair ties.
-        openai_server.responder = lambda m, c, s: (judge_responder(m, c, s) if "Answer A:" in m[-1]["content"]
+        openai_server.responder = lambda m, c, s: (judge_responder(m, c, s) if "<answer_a>" in m[-1]["content"]
                                                   else f"EVEN answer to {m[-1]['content']}")
         code = main(["eval", "--models", "openai:m1", "openai:m2", "--data", str(data), "--judge", "openai:judge",
                      "--base-url", openai_server.base_url, "--out", str(tmp_path / "ev"), "--no-progress"])

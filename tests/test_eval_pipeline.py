@@ -31,7 +31,7 @@ HELD_OUT = [
     {"instruction": "Name the capital city of Italy.", "output": "Rome."},
     {"instruction": "What do bees make?", "output": "Honey."},
 ]
-PAIR = re.compile(r"Answer A:\n(.*?)\n\nAnswer B:\n(.*?)\n\nWeigh", re.S)
+PAIR = re.compile(r"<answer_a>\n(.*?)\n</answer_a>\n\n<answer_b>\n(.*?)\n</answer_b>", re.S)
 
 
 def longer_wins(messages, choice, seed):

@@ -243,6 +243,11 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
         for (_, _, cand), score in zip(valid, scores, strict=True):
             cand["score"] = score
 
+    ranked_by = None
+    if config.ranker == "judge":
+        ranked_by = f"judge:{ctx.llm(config.judge or config.llm).name}"
+    elif config.ranker == "reward_model":
+        ranked_by = f"reward_model:{config.reward_model}"
     kept: list[Record] = []
     use_scores = config.ranker != "none"
     score_key = SCORE_KEYS.get(config.ranker)
@@ -251,6 +256,7 @@ def run(records: list[Record], ctx: Any, config: DistillConfig) -> StageResult:
         out = record.model_copy(deep=True)
         out.meta.candidates = candidates
         out.meta.model = teacher.name
+        out.meta.ranked_by = ranked_by
         if existing_answer(record).strip() and not config.include_existing:
             out.meta.previous_output = existing_answer(record)
         if not any(c["text"].strip() for c in candidates):
@@ -399,6 +405,6 @@ STAGE = register(Stage(
             "scores stay in meta. Works on any instruction file (records, Alpaca, ShareGPT, messages)."
         ),
     ),
-    writes=frozenset({"candidates", "best_candidate", "scores", "model", "previous_output", "unscored",
+    writes=frozenset({"candidates", "best_candidate", "scores", "model", "previous_output", "unscored", "ranked_by",
                       "answer_finish_reason"}),
 ))

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from datagen.parsing import EMPTY_INPUT_MARKERS
 
 RULE_NAMES: tuple[str, ...] = (
-    "empty_output", "output_too_short", "output_too_long", "refusal", "repetitive_output", "truncated_output", "copies_instruction", "placeholder_input", "missing_input", "unreachable_reference", "restates_instruction",
+    "empty_output", "output_too_short", "output_too_long", "refusal", "addresses_judge", "repetitive_output", "truncated_output", "copies_instruction", "placeholder_input", "missing_input", "unreachable_reference", "restates_instruction",
 )
 
 # A refusal or an AI disclaimer opening any sentence ("Sure. As an AI language model, I ...").

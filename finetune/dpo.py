@@ -1,0 +1,189 @@
+"""Direct preference optimisation (DPO) with TRL's `DPOTrainer`, LoRA or full.
+
+Why its own module beside the SFT loop: the data (prompt + chosen + rejected, not one
+conversation), the trainer and what is worth reporting (reward margins and how often the
+tuned model prefers the chosen answer on held-out pairs, not a loss on answers) all differ;
+the config, base-model resolution, LoRA settings and the atomic output folder are shared.
+
+The reference model is the model training starts from: with LoRA it is that model with the
+adapter switched off (TRL does this when no `ref_model` is given: no second copy in memory),
+with full fine-tuning TRL loads a frozen copy. So a DPO step whose `base_model` is the SFT
+step's output compares against the SFT model, and one on the base against the base.
+Recipe measured on this CPU (DESIGN.md): LoRA r=8 on q/v in fp32 with `use_cpu`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from datagen.preference_io import PreferencePair, checked_record_pairs, read_pairs
+from datagen.records import Record
+from finetune.config import FinetuneConfig
+from finetune.data import eval_count, load_records
+from finetune.trainer_setup import build_peft_config, on_cpu, resolve_base_model
+
+Row = dict[str, Any]
+
+
+def load_pairs(source: Sequence[Record] | str | Path) -> list[PreferencePair]:
+    """Checked pairs from records (`meta.chosen`/`meta.rejected`, the preference stage's output),
+    a `dpo`/`dpo_text` export, or a records file; a bad pair is a one-line error."""
+    if isinstance(source, str | Path):
+        path = Path(source)
+        first = next((line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()), "")
+        if path.suffix == ".jsonl" and '"chosen"' in first and '"meta"' not in first:
+            return read_pairs(path)
+    return checked_record_pairs(load_records(source))
+
+
+def pair_rows(pairs: Sequence[PreferencePair], system_prompt: str | None = None) -> list[Row]:
+    """TRL's conversational preference rows."""
+    rows = []
+    for pair in pairs:
+        prompt = list(pair.prompt)
+        if system_prompt and prompt[0]["role"] != "system":
+            prompt.insert(0, {"role": "system", "content": system_prompt})
+        rows.append({
+            "id": pair.id,
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": pair.chosen}],
+            "rejected": [{"role": "assistant", "content": pair.rejected}],
+        })
+    return rows
+
+
+def split_pairs(rows: list[Row], eval_fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
+    """Held-out pairs by a hash of (seed, prompt): every pair of one prompt lands on the same
+    side, so held-out accuracy is measured on prompts the model never trained on."""
+    def key(row: Row) -> str:
+        prompt = "\x1e".join(m["content"] for m in row["prompt"])
+        return hashlib.sha256(f"{seed}\x1f{prompt}".encode()).hexdigest()
+
+    prompts = sorted({key(r) for r in rows})
+    held = set(prompts[: eval_count(len(prompts), eval_fraction)])
+    return [r for r in rows if key(r) not in held], [r for r in rows if key(r) in held]
+
+
+def build_dpo_config(config: FinetuneConfig, output_dir: str | Path, has_eval: bool, progress: bool) -> Any:
+    """The `trl.DPOConfig` for `config` (pure: no model, no data)."""
+    import torch
+    from trl import DPOConfig
+
+    cpu = on_cpu(config)
+    return DPOConfig(
+        output_dir=str(output_dir),
+        beta=config.beta,
+        loss_type=[config.loss_type] if isinstance(config.loss_type, str) else list(config.loss_type),
+        precompute_ref_log_probs=config.precompute_ref_log_probs,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler,
+        weight_decay=config.weight_decay,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        max_length=config.max_length,
+        use_cpu=cpu,
+        bf16=(not cpu) and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        gradient_checkpointing=config.gradient_checkpointing and not cpu,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        eval_strategy="no",  # held-out pairs are measured before and after, by us
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+
+
+def dpo_into(folder: Path, train_rows: list[Row], eval_rows: list[Row], config: FinetuneConfig,
+             progress: bool) -> dict[str, Any]:
+    """Train with DPO and save into `folder` (adapter/ and merged model/, or model/); the metrics."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    base = resolve_base_model(config)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    strip = [{k: v for k, v in r.items() if k != "id"} for r in train_rows]
+    held = [{k: v for k, v in r.items() if k != "id"} for r in eval_rows]
+    trainer = DPOTrainer(
+        model=model,
+        args=build_dpo_config(config, folder / "_trainer", bool(eval_rows), progress),
+        train_dataset=Dataset.from_list(strip),
+        eval_dataset=Dataset.from_list(held) if held else None,
+        processing_class=tokenizer,
+        peft_config=build_peft_config(config),
+    )
+    metrics: dict[str, Any] = {
+        "objective": "dpo", "method": config.method, "base_model": base, "reference": base,
+        "beta": config.beta, "loss_type": config.loss_type, "learning_rate": config.learning_rate,
+        "train_pairs": len(train_rows), "eval_pairs": len(eval_rows),
+        "device": "cpu" if on_cpu(config) else "cuda",
+    }
+    metrics["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    if held and config.eval_before:
+        metrics["held_out_before"] = _held_out(trainer.evaluate())
+    result = trainer.train()
+    history = trainer.state.log_history
+    steps = [h for h in history if "loss" in h and "step" in h]
+    metrics.update(
+        steps=trainer.state.global_step,
+        epochs_done=_round(trainer.state.epoch),
+        train_loss=_round(result.training_loss),
+        train_seconds=round(result.metrics.get("train_runtime", 0.0), 2),
+        loss_curve=[[h["step"], _round(h["loss"])] for h in steps],
+        reward_margin_curve=[[h["step"], _round(h.get("rewards/margins"))] for h in steps],
+        train_pair_accuracy_curve=[[h["step"], _round(h.get("rewards/accuracies"))] for h in steps],
+    )
+    if held:
+        after = _held_out(trainer.evaluate())
+        metrics["held_out"] = after
+        metrics["held_out_pair_accuracy"] = after.get("pair_accuracy")
+        metrics["held_out_reward_margin"] = after.get("reward_margin")
+    model_to_save = trainer.model
+    if config.method == "lora":
+        model_to_save.save_pretrained(folder / "adapter")
+        tokenizer.save_pretrained(folder / "adapter")
+        model_to_save = model_to_save.merge_and_unload() if config.save_merged else None
+    if model_to_save is not None:
+        model_to_save.save_pretrained(folder / "model")
+        tokenizer.save_pretrained(folder / "model")
+    from finetune.train_loop import write_json
+
+    write_json(folder / "train_log.json", history)
+    write_json(folder / "finetune_config.json",
+               {**config.model_dump(mode="json"), "resolved": {"base_model": base, "learning_rate": config.learning_rate}})
+    shutil.rmtree(folder / "_trainer", ignore_errors=True)
+    return metrics
+
+
+def _held_out(result: dict[str, Any]) -> dict[str, Any]:
+    """TRL's eval metrics under plain names: the share of held-out pairs whose implicit reward
+    (beta * log-ratio to the reference) is higher for the chosen answer, and the mean margin."""
+    return {
+        "loss": _round(result.get("eval_loss")),
+        "pair_accuracy": _round(result.get("eval_rewards/accuracies")),
+        "reward_margin": _round(result.get("eval_rewards/margins")),
+        "reward_chosen": _round(result.get("eval_rewards/chosen")),
+        "reward_rejected": _round(result.get("eval_rewards/rejected")),
+    }
+
+
+def _round(value: float | None, digits: int = 5) -> float | None:
+    return None if value is None else round(float(value), digits)
