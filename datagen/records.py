@@ -71,6 +71,7 @@ class RecordMeta(BaseModel):
     evol_depth: int = Field(0, description="how many evolutions separate it from its root")
     round: int = Field(0, description="Self-Instruct / Evol-Instruct round that made it")
     model: str | None = Field(None, description="backend spec that wrote the answer")
+    system_prompt: str | None = Field(None, description="magpie: the system prompt the query was written under")
     is_classification: bool | None = None
     classification_guessed: bool | None = Field(None, description="self_instruct: the model never said yes/no")
     task_id: str | None = Field(None, description="self_instruct: the task a record is an instance of")

@@ -1,0 +1,104 @@
+"""Magpie: the pre-query prompt from a chat template, the query filters (each a counted reason),
+and `datagen magpie` over the loopback server's /v1/completions (and its one-line failure on
+a chat-only endpoint)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datagen.stages.magpie import MagpieConfig, pre_query_from_template, query_problem, resolve_pre_query
+
+ROOT = Path(__file__).resolve().parent.parent
+CHATML = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "datagen.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+
+
+def test_pre_query_is_the_template_cut_before_the_user_text():
+    from finetune_helpers import smol_tokenizer
+
+    pre = pre_query_from_template(smol_tokenizer())
+    assert pre.prompt(None).endswith("<|im_start|>user\n")
+    assert pre.prompt("You are a chef.") == "<|im_start|>system\nYou are a chef.<|im_end|>\n<|im_start|>user\n"
+    assert "<|im_end|>" in pre.stops
+
+
+def test_openai_needs_a_pre_query_or_a_template_source():
+    with pytest.raises(ValueError, match="pre_query .* or template_from"):
+        resolve_pre_query("openai:m", MagpieConfig())
+    given = resolve_pre_query("openai:m", MagpieConfig(pre_query=CHATML, stop=["<|im_end|>"]))
+    assert given.prompt("S") == CHATML.replace("{system}", "S") and given.stops == ("<|im_end|>",)
+
+
+@pytest.mark.parametrize(("query", "finish", "reason"), [
+    ("", "stop", "empty_query"),
+    ("How do I bake bread at home without yeast", "length", "incomplete_query"),
+    ("Hi there", "stop", "too_short_query"),
+    (" ".join(["word"] * 10 + ["other"] * 200), "stop", "too_long_query"),
+    ("tell me more tell me more tell me more tell me more tell me more", "stop", "repetitive_query"),
+    ("请解释为什么天空是蓝色的？", "stop", "wrong_language"),
+    ("空が青いのはなぜですか？説明してください。", "stop", "wrong_language"),
+    ("How do I bake bread at home without yeast?", "stop", None),
+])
+def test_query_filters(query, finish, reason):
+    assert query_problem(query, finish, MagpieConfig()) == reason
+
+
+def test_language_filter_keeps_the_languages_asked_for():
+    config = MagpieConfig(languages=["zh"])
+    assert query_problem("请解释为什么天空是蓝色的？", "stop", config) is None
+    assert query_problem("Why is the sky blue on a clear day?", "stop", config) == "wrong_language"
+    assert query_problem("空が青いのはなぜですか？説明してください。", "stop", config) == "wrong_language"
+    assert query_problem("Why is the sky blue on a clear day?", "stop", MagpieConfig(languages=[])) is None
+
+
+def magpie(server, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return cli("magpie", "--llm", "openai:test", "--base-url", server.base_url, "--count", "12",
+               "--pre-query", CHATML, "--stop", '["<|im_end|>"]',
+               "--system-prompts", '{"You are a helpful assistant.": 3, "You answer in Chinese.": 1}',
+               "--out", str(out), "--dropped", str(out.with_suffix(".dropped.jsonl")), "--no-progress",
+               "--no-cache", *extra)
+
+
+def test_magpie_command_over_the_completions_endpoint(scripted_server, tmp_path):
+    result = magpie(scripted_server, tmp_path / "a.jsonl")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    dropped = [json.loads(line) for line in (tmp_path / "a.dropped.jsonl").read_text().splitlines()]
+    assert len(rows) + len(dropped) == 12
+    assert rows and all(r["meta"]["source"] == "magpie" and r["output"].startswith("Here is") for r in rows)
+    assert {r["meta"]["system_prompt"] for r in rows} <= {"You are a helpful assistant.", "You answer in Chinese."}
+    # The scripted model writes Chinese under the Chinese system prompt: the English run drops those.
+    assert {d["meta"]["drop_reason"] for d in dropped} <= {"wrong_language"}
+    assert len(dropped) == sum(1 for r in rows + dropped if r["meta"]["system_prompt"] == "You answer in Chinese.")
+    raw = [e for e in scripted_server.stats.log if e.prompt.endswith("<|im_start|>user\n")]
+    assert len(raw) == 12  # one raw-prompt request per query, then one chat request per kept query
+    assert scripted_server.stats.requests == 12 + len(rows)
+    # Same seed, same dataset.
+    again = magpie(scripted_server, tmp_path / "b.jsonl")
+    assert again.returncode == 0 and (tmp_path / "b.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()
+
+
+def test_magpie_command_fails_in_one_line_on_a_chat_only_endpoint(scripted_server, tmp_path):
+    scripted_server.configure(completions=False)
+    result = magpie(scripted_server, tmp_path / "a.jsonl")
+    assert result.returncode == 3
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "chat-only" in lines[0] and "/completions answered 404" in lines[0]
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_magpie_command_without_a_template_for_openai_is_a_config_error(scripted_server, tmp_path):
+    result = cli("magpie", "--llm", "openai:test", "--base-url", scripted_server.base_url, "--count", "2",
+                 "--out", str(tmp_path / "a.jsonl"), "--no-progress")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "pre_query" in result.stderr
+    assert scripted_server.stats.requests == 0
