@@ -102,3 +102,23 @@ def test_magpie_command_without_a_template_for_openai_is_a_config_error(scripted
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "pre_query" in result.stderr
     assert scripted_server.stats.requests == 0
+
+
+def test_magpie_stage_on_a_local_model_counts_and_caches(tiny_model_dir, tmp_path):
+    from datagen.context import StageContext
+    from datagen.llm import ResponseCache
+    from datagen.stages.magpie import run
+
+    config = MagpieConfig(count=4, query_max_tokens=6, answer_max_tokens=6, min_words=0, languages=[],
+                          max_repeated_ratio=1.0, system_prompts={"You are a chef.": 1})
+    spec = f"local:{tiny_model_dir}"
+    ctx = StageContext(llm_spec=spec, cache=ResponseCache(tmp_path / "c.sqlite"), progress=False)
+    first = run([], ctx, config)
+    assert len(first.kept) + len(first.dropped) == 4
+    assert all(r.meta.source == "magpie" and r.meta.system_prompt == "You are a chef." for r in first.kept + first.dropped)
+    usage = ctx.usage()[spec]
+    assert usage["calls"] == 4 + len(first.kept) and usage["completion_tokens"] > 0
+    again = StageContext(llm_spec=spec, cache=ResponseCache(tmp_path / "c.sqlite"), progress=False)
+    second = run([], again, config)
+    assert again.usage()[spec]["calls"] == 0
+    assert [r.model_dump() for r in second.kept] == [r.model_dump() for r in first.kept]
