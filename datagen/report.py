@@ -16,6 +16,7 @@ from rich import box
 from rich.table import Table
 
 from datagen.jsonl import read_jsonl
+from datagen.report_mix import language_section, tokens_section
 from datagen.report_quality import heuristic_drops_section, record_scores, scores_section
 from datagen.svg import svg_bars, svg_histogram, svg_intervals, svg_lines
 from datagen.unicode_text import html_text
@@ -87,6 +88,7 @@ def build_report(run_dir: Path) -> str:
     per_stage = {} if record_scores(final) else {
         s["label"]: record_scores(read_jsonl(run_dir / s["label"] / "kept.jsonl")) for s in stages[:-1]}
     sections.append(scores_section(final, per_stage, judge_scales(stages)))
+    sections.append(language_section(final) + tokens_section(stages, len(final)))
     sections.append(heuristic_drops_section(run_dir, stages))
     sections.append("<h2>Similarity to nearest kept neighbour (dedup)</h2>")
     sections.append(svg_histogram(similarity, "cosine similarity", x_label="cosine similarity to nearest kept record"))
