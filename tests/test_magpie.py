@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from datagen.jsonl import read_jsonl
 from datagen.stages.magpie import MagpieConfig, pre_query_from_template, query_problem, resolve_pre_query
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +72,8 @@ def magpie(server, out: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_magpie_command_over_the_completions_endpoint(scripted_server, tmp_path):
     result = magpie(scripted_server, tmp_path / "a.jsonl")
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
-    dropped = [json.loads(line) for line in (tmp_path / "a.dropped.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / "a.jsonl")
+    dropped = read_jsonl(tmp_path / "a.dropped.jsonl")
     assert len(rows) + len(dropped) == 12
     assert rows and all(r["meta"]["source"] == "magpie" and r["output"].startswith("Here is") for r in rows)
     assert {r["meta"]["system_prompt"] for r in rows} <= {"You are a helpful assistant.", "You answer in Chinese."}
@@ -122,3 +123,36 @@ def test_magpie_stage_on_a_local_model_counts_and_caches(tiny_model_dir, tmp_pat
     second = run([], again, config)
     assert again.usage()[spec]["calls"] == 0
     assert [r.model_dump() for r in second.kept] == [r.model_dump() for r in first.kept]
+
+
+@pytest.mark.slow  # dedup loads the embedding model
+def test_magpie_beside_self_instruct_in_a_pipeline(scripted_server, tmp_path):
+    import yaml
+
+    config = {
+        "name": "mp", "llm": "openai:test", "seed": 3,
+        "llm_options": {"openai": {"base_url": scripted_server.base_url, "backoff_initial": 0.01}},
+        "input": {"path": str(ROOT / "seeds" / "seed_tasks.jsonl"), "limit": 30},
+        "stages": [
+            {"self_instruct": {"num_instructions": 3, "request_batch_size": 1, "new_per_request": 4}},
+            {"magpie": {"keep_input": True, "count": 10, "pre_query": CHATML.replace("{system}", "Be brief."),
+                        "stop": ["<|im_end|>"]}},
+            {"dedup": {"threshold": 0.95}},
+            {"quality": {"min_judge_score": 2}},
+        ],
+        "export": {"formats": ["records"]},
+    }
+    path = tmp_path / "mp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = cli("run", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("finished: ")
+    exported = read_jsonl(tmp_path / "run" / "export" / "records.jsonl")
+    sources = {r["meta"]["source"] for r in exported}
+    assert {"magpie", "self_instruct"} <= sources
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    magpie_stage = next(s for s in manifest["stages"] if s["label"] == "magpie")
+    answered = [r for r in read_jsonl(tmp_path / "run" / "magpie" / "kept.jsonl") if r["meta"]["source"] == "magpie"]
+    assert magpie_stage["llm_usage"]["openai:test"]["calls"] == 10 + len(answered)
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "Languages (final records" in report and "Tokens per exported record" in report

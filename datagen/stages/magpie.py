@@ -141,7 +141,7 @@ def resolve_pre_query(spec: str, config: MagpieConfig) -> PreQuery:
     try:
         tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir() if source == "embedded" else source)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"magpie: template_from {source}: cannot load its tokenizer ({str(exc).splitlines()[0][:160]}); "
+        raise ValueError(f"magpie: template_from {source}: cannot load its tokenizer ({str(exc).split(chr(10), 1)[0][:160]}); "
                          "give pre_query instead") from None
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"magpie: {source} has no chat template: give pre_query")
