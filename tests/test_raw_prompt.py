@@ -95,3 +95,33 @@ def test_local_backend_continues_a_raw_prompt(tiny_model_dir):
     # The raw prompt is tokenized as is; the chat one gets the template around it (longer).
     assert done.prompt_tokens < as_chat.prompt_tokens
     assert done.prompt_tokens == 3  # <|im_start|> user \n
+
+
+def test_vllm_engine_sends_raw_prompts_to_generate_and_chats_to_chat(monkeypatch):
+    """Routing only (a stand-in engine): the real engine path runs in tests/test_vllm_backend.py."""
+    from types import SimpleNamespace
+
+    from datagen.llm.vllm_engine import VLLMEngine
+
+    calls: dict[str, list] = {"generate": [], "chat": []}
+
+    def output(text: str) -> SimpleNamespace:
+        return SimpleNamespace(outputs=[SimpleNamespace(index=0, text=text, finish_reason="stop", token_ids=[1, 2])],
+                               prompt_token_ids=[1])
+
+    class Engine:
+        def generate(self, prompts, sampling_params, use_tqdm):
+            calls["generate"].append(prompts)
+            return [output(f"raw:{p}") for p in prompts]
+
+        def chat(self, conversations, sampling_params, use_tqdm):
+            calls["chat"].append(conversations)
+            return [output(f"chat:{c[-1]['content']}") for c in conversations]
+
+    engine = VLLMEngine("m")
+    monkeypatch.setattr(engine, "_load", Engine)
+    monkeypatch.setattr(engine, "sampling_params", lambda req: req.sampling)
+    requests = [PromptRequest.raw("a"), ChatRequest.chat("b"), PromptRequest.raw("c")]
+    results = generate_sync(engine, requests)
+    assert [r.text for r in results] == ["raw:a", "chat:b", "raw:c"]
+    assert calls == {"generate": [["a", "c"]], "chat": [[[{"role": "user", "content": "b"}]]]}
