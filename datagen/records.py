@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 
 class Instance(BaseModel):
@@ -92,6 +92,20 @@ class RecordMeta(BaseModel):
     # drops
     drop_reason: str | None = None
     drop_detail: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_new_keys(self, handler: Any) -> dict[str, Any]:
+        """Keys added after 0.1.0 are written only when set: a record that does not use them
+        serializes byte for byte as before, so earlier run directories keep their stage hashes
+        (tests/test_legacy_resume.py)."""
+        data = handler(self)
+        for key in OMIT_WHEN_NONE:
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
+
+
+OMIT_WHEN_NONE = ("system_prompt",)
 
 
 class Record(BaseModel):
