@@ -60,11 +60,15 @@ def _run_cli(args: argparse.Namespace) -> int:
 
         print_plan(pipeline)
         return 0
+    import time
+
+    started = time.monotonic()
     try:
         result = pipeline.run(run_dir=args.run_dir, progress=not args.no_progress, wait=args.wait)
     except BudgetExceeded as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_BUDGET
-    print(f"finished: {len(result.records)} records in {result.run_dir / 'export'}", file=sys.stderr)
+    print(f"finished: {len(result.records)} records in {time.monotonic() - started:.0f} s wall "
+          f"({result.run_dir / 'export'})", file=sys.stderr)
     return 0
 

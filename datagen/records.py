@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 
 class Instance(BaseModel):
@@ -71,6 +71,7 @@ class RecordMeta(BaseModel):
     evol_depth: int = Field(0, description="how many evolutions separate it from its root")
     round: int = Field(0, description="Self-Instruct / Evol-Instruct round that made it")
     model: str | None = Field(None, description="backend spec that wrote the answer")
+    system_prompt: str | None = Field(None, description="magpie: the system prompt the query was written under")
     is_classification: bool | None = None
     classification_guessed: bool | None = Field(None, description="self_instruct: the model never said yes/no")
     task_id: str | None = Field(None, description="self_instruct: the task a record is an instance of")
@@ -107,6 +108,20 @@ class RecordMeta(BaseModel):
     # drops
     drop_reason: str | None = None
     drop_detail: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_new_keys(self, handler: Any) -> dict[str, Any]:
+        """Keys added after 0.1.0 are written only when set: a record that does not use them
+        serializes byte for byte as before, so earlier run directories keep their stage hashes
+        (tests/test_legacy_resume.py)."""
+        data = handler(self)
+        for key in OMIT_WHEN_NONE:
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
+
+
+OMIT_WHEN_NONE = ("system_prompt",)
 
 
 class Record(BaseModel):

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from datagen.jsonl import read_jsonl
 from datagen.report_dpo import dpo_section
+from datagen.report_mix import language_section, tokens_section
 from datagen.report_quality import heuristic_drops_section, record_scores, scores_section
 from datagen.svg import svg_bars, svg_histogram, svg_intervals, svg_lines
 from datagen.unicode_text import html_text, visible_text
@@ -65,7 +66,7 @@ def build_report(run_dir: Path) -> str:
         samples.append((r.get("instruction", ""), r.get("input", ""), r.get("output", ""),
                         f"{meta.get('source', '')} {meta.get('evol_op') or ''}".strip(), scores))
     sft = manifest.get("finetune") and manifest["finetune"].get("objective", "sft") == "sft"
-    sections = [profile_section(run_dir, stages), decontamination_section(run_dir, stages),
+    sections = [language_section(final) + tokens_section(stages, len(final)), profile_section(run_dir, stages), decontamination_section(run_dir, stages),
                 finetune_section(run_dir, manifest["finetune"]) if sft else "", dpo_section(manifest),
                 study_section(run_dir), evaluation_section(run_dir)]
     safe = Markup  # built by datagen.svg and the section functions below, which escape every value

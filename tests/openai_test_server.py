@@ -96,6 +96,7 @@ class ServerConfig:
     batch_delay: float = 0.5
     batch_fail_rate: float = 0.0
     batch_expire_rate: float = 0.0
+    completions: bool = True  # serve /v1/completions (raw prompts); False: 404 there, like a chat-only server
 
     def __post_init__(self) -> None:
         if self.fail_kind not in FAULT_KINDS:
@@ -314,6 +315,7 @@ class OpenAITestServer:
         self._barrier_open = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/files", self._upload_file)
         app.router.add_get("/v1/files/{file_id}/content", self._file_content)
@@ -384,8 +386,6 @@ class OpenAITestServer:
         return None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        start = time.monotonic()
-        auth = request.headers.get("Authorization", "")
         try:
             body = await request.json()
             messages = body["messages"]
@@ -393,9 +393,30 @@ class OpenAITestServer:
             return _error(400, "request body must be JSON with `messages`", "invalid_request_error")
         users = [m.get("content", "") for m in messages if m.get("role") == "user"]
         prompt = str(users[-1] if users else (messages[-1].get("content", "") if messages else ""))
+        words = sum(_words(str(m.get("content", ""))) for m in messages)
+        return await self._serve(request, body, prompt, words, self._reply)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        """`/v1/completions` (raw prompt in, `choices[i].text` out) with the same latency, faults,
+        limits and counters as chat; `completions=False` makes it 404 like a chat-only server."""
+        if not self.config.completions:
+            return web.Response(status=404, text="404: Not Found")
+        try:
+            body = await request.json()
+            prompt = body["prompt"]
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "request body must be JSON with `prompt`", "invalid_request_error")
+        if not isinstance(prompt, str):
+            return _error(400, "`prompt` must be one string", "invalid_request_error")
+        return await self._serve(request, body, prompt, _words(prompt), self._text_reply)
+
+    async def _serve(self, request: web.Request, body: dict[str, Any], prompt: str, prompt_words: int,
+                     reply_with: Any) -> web.StreamResponse:
+        start = time.monotonic()
+        auth = request.headers.get("Authorization", "")
         n = int(body.get("n") or 1)
         seed = body.get("seed")
-        cost = sum(_words(str(m.get("content", ""))) for m in messages) + int(body.get("max_tokens") or 0) * n
+        cost = prompt_words + int(body.get("max_tokens") or 0) * n
         with self._lock:
             config = self.config
             stats = self._stats
@@ -450,7 +471,7 @@ class OpenAITestServer:
                 return _error(429, "rate limit reached for requests", "rate_limit_exceeded", wait_headers)
             if fault is not None:
                 return self._fault_response(fault, config)
-            reply = self._reply(body, prompt, n, seed, config)
+            reply = reply_with(body, prompt, n, seed, config)
             if config.tpm_limit > 0:  # charged prompt + max_tokens on arrival: refund what was unused
                 unused = int(body.get("max_tokens") or 0) * n - reply["usage"]["completion_tokens"]
                 with self._lock:
@@ -688,6 +709,19 @@ class OpenAITestServer:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+
+    def _text_reply(
+        self, body: dict[str, Any], prompt: str, n: int, seed: Any, config: ServerConfig
+    ) -> dict[str, Any]:
+        """A text_completion: the chat reply's choices (responder, stops, max_tokens alike) as `text`.
+        The responder sees the raw prompt as one user message."""
+        chat = self._reply({**body, "messages": [{"role": "user", "content": prompt}]}, prompt, n, seed, config)
+        chat["id"] = chat["id"].replace("chatcmpl-", "cmpl-")
+        chat["object"] = "text_completion"
+        chat["choices"] = [{"index": c["index"], "text": c["message"]["content"], "finish_reason": c["finish_reason"],
+                            "logprobs": None} for c in chat["choices"]]
+        return chat
 
 
 def _raw_json(value: Any) -> str:

@@ -31,6 +31,11 @@ def _words(seed: str, count: int) -> list[str]:
 def reply(messages: list[dict[str, str]], choice: int, seed: int | None) -> str:
     prompt = messages[-1]["content"] if messages else ""
     key = f"{prompt}|{choice}|{seed}"
+    if prompt.endswith("<|im_start|>user\n"):  # Magpie's pre-query prompt: write a user query
+        w = _words(key, 7)
+        if "Chinese" in prompt:
+            return "请解释为什么" + "".join("天地人山水火木"[ord(c) % 7] for c in w[0]) + "会影响气候？"
+        return f"How does the {w[0]} {w[1]} shape the {w[2]} {w[3]} of a {w[4]} {w[5]} {w[6]}?"
     if "Now invent" in prompt:
         wanted = re.search(r"invent (\d+)", prompt)
         count = int(wanted.group(1)) if wanted else 8

@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datagen.llm.base import LLM, ChatRequest, Completion, SamplingParams, UsageStats, generate_sync
+from datagen.llm.base import (
+    LLM,
+    ChatRequest,
+    Completion,
+    PromptRequest,
+    Request,
+    SamplingParams,
+    UsageStats,
+    generate_sync,
+)
 from datagen.llm.cache import CachedLLM, ResponseCache
 
 __all__ = [
@@ -14,6 +23,8 @@ __all__ = [
     "CachedLLM",
     "ChatRequest",
     "Completion",
+    "PromptRequest",
+    "Request",
     "ResponseCache",
     "SamplingParams",
     "UsageStats",

@@ -108,6 +108,11 @@ class ChatRequest:
         body["response_format"] = self.response_format
         return json.dumps(body, sort_keys=True, ensure_ascii=False)
 
+    @property
+    def estimate_parts(self) -> tuple[tuple[str, str], ...]:
+        """The text a token estimate counts (budget reservations, token-rate buckets)."""
+        return self.messages
+
     @staticmethod
     def from_canonical(text: str) -> ChatRequest:
         """The request back from `canonical()` (e.g. a row shipped to a Ray worker)."""
@@ -122,6 +127,64 @@ class ChatRequest:
         parts = [backend, model, identity, self.canonical()] if identity else [backend, model, self.canonical()]
         payload = json.dumps(parts, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    """A raw prompt string plus the same `SamplingParams`: text the model continues as is, with
+    no chat template around it (Magpie's pre-query prompt). It travels through the cache, the
+    usage counters, the rate limiter and the budget exactly as a `ChatRequest` does; backends
+    send it as a completion (`/v1/completions`, `LLM.generate`, raw token ids)."""
+
+    prompt: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    response_format: None = None  # never sent: kept so code that reads a request's format needs no branch
+
+    @staticmethod
+    def raw(prompt: str, *, n: int = 1, temperature: float = 0.7, top_p: float = 1.0, max_tokens: int = 512,
+            stop: Sequence[str] = (), seed: int | None = None) -> PromptRequest:
+        return PromptRequest(prompt=prompt, sampling=SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop), seed=seed))
+
+    n = property(lambda self: self.sampling.n)
+    temperature = property(lambda self: self.sampling.temperature)
+    top_p = property(lambda self: self.sampling.top_p)
+    max_tokens = property(lambda self: self.sampling.max_tokens)
+    stop = property(lambda self: self.sampling.stop)
+    seed = property(lambda self: self.sampling.seed)
+
+    @property
+    def estimate_parts(self) -> tuple[tuple[str, str], ...]:
+        return (("", self.prompt),)
+
+    def with_sampling(self, **changes: Any) -> PromptRequest:
+        return replace(self, sampling=replace(self.sampling, **changes))
+
+    def response_format_dict(self) -> None:
+        return None
+
+    def canonical(self) -> str:
+        """Sampling settings plus `prompt` and no `messages`: a raw prompt's cache key can never
+        equal a chat request's, and chat keys are left exactly as they were."""
+        body: dict[str, Any] = {name: getattr(self.sampling, name) for name in _SAMPLING_FIELDS}
+        body["prompt"] = self.prompt
+        return json.dumps(body, sort_keys=True, ensure_ascii=False)
+
+    def cache_key(self, backend: str, model: str, identity: str = "") -> str:
+        payload = json.dumps([backend, model, identity, "prompt", self.canonical()], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+Request = ChatRequest | PromptRequest
+
+
+def request_from_canonical(text: str) -> Request:
+    """Either kind back from its `canonical()` text (a raw prompt has `prompt`, a chat `messages`)."""
+    data = json.loads(text)
+    if "prompt" in data:
+        sampling = SamplingParams(**{name: data[name] for name in _SAMPLING_FIELDS})
+        return PromptRequest(prompt=data["prompt"], sampling=replace(sampling, stop=tuple(sampling.stop)))
+    return ChatRequest.from_canonical(text)
 
 
 @dataclass
@@ -183,9 +246,10 @@ class LLM(Protocol):
         ...
 
     async def generate(
-        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+        self, requests: Sequence[Request], on_result: ResultCallback | None = None
     ) -> list[Completion]:
-        """Answer every request; results in request order. `on_result(i, c)` fires as each lands."""
+        """Answer every request (chat or raw prompt); results in request order. `on_result(i, c)`
+        fires as each lands. A backend that cannot continue raw prompts raises `FatalLLMError`."""
         ...
 
     def close(self) -> None: ...
@@ -238,6 +302,6 @@ def run_sync(coro: Any) -> Any:
 
 
 def generate_sync(
-    llm: LLM, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+    llm: LLM, requests: Sequence[Request], on_result: ResultCallback | None = None
 ) -> list[Completion]:
     return run_sync(llm.generate(list(requests), on_result))

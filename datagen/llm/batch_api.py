@@ -153,7 +153,7 @@ class BatchRunner:
         for chunk in split_lines(lines, self.max_requests, self.max_bytes):
             if budget is not None and rate is not None:
                 try:
-                    held = {keys[i]: budget.reserve(rate, requests[i].messages, requests[i].max_tokens,
+                    held = {keys[i]: budget.reserve(rate, requests[i].estimate_parts, requests[i].max_tokens,
                                                     requests[i].n, batch=True) for i in chunk}
                 except BudgetExceeded:
                     break  # what was created still finishes; run() raises at the end

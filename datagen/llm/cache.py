@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from datagen import faults
-from datagen.llm.base import LLM, ChatRequest, Completion, ResultCallback, UsageStats
+from datagen.errors import FatalLLMError
+from datagen.llm.base import LLM, Completion, PromptRequest, Request, ResultCallback, UsageStats
 
 
 class ResponseCache:
@@ -51,7 +52,7 @@ class ResponseCache:
                     found[key] = Completion.from_json(response)
         return found
 
-    def put(self, key: str, backend: str, model: str, request: ChatRequest, completion: Completion) -> None:
+    def put(self, key: str, backend: str, model: str, request: Request, completion: Completion) -> None:
         with self._lock:
             self._conn.execute(
                 "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?, ?)",
@@ -95,15 +96,16 @@ class CachedLLM:
     def cache_identity(self) -> dict[str, Any]:
         return json.loads(self.identity)
 
-    def key(self, request: ChatRequest) -> str:
+    def key(self, request: Request) -> str:
         """The cache key of `request` as this backend will really send it: a response_format
-        the backend cannot honour is not sent, so it must not split the cache either."""
+        the backend cannot honour is not sent, so it must not split the cache either. A raw
+        prompt's key is built apart from every chat key (`PromptRequest.cache_key`)."""
         if request.response_format and not self.supports_json_schema:
             request = dataclasses.replace(request, response_format=None)
         return request.cache_key(self.backend, self.model, self.identity)
 
     async def generate(
-        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+        self, requests: Sequence[Request], on_result: ResultCallback | None = None
     ) -> list[Completion]:
         requests = list(requests)
         keys = [self.key(r) for r in requests]
@@ -159,6 +161,9 @@ class CachedLLM:
                     on_result(dup, copy)
 
         if to_send and getattr(self.inner, "batch", False):
+            if any(isinstance(requests[i], PromptRequest) for i in to_send):
+                raise FatalLLMError(f"{self.name}: the Batch API route sends chat requests only; raw prompts "
+                                    "(magpie) need the live endpoint: set batch: false for this stage's backend")
             # Batch API (openai `batch: true`): custom_id = cache key; batch ids are kept
             # next to the cache (in a pipeline: the run directory) so a rerun re-attaches.
             state_dir = self.cache.path.parent if self.cache is not None else None

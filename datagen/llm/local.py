@@ -1,7 +1,8 @@
 """The `local` backend: generation with transformers on the CPU (or a GPU), for the embedded
 default (`datagen.embedded`: SmolLM2-135M, nothing to configure) or any HF folder given as
 `local:PATH`. Every request of a call shares one continuously refilled batch
-(`datagen.llm.local_engine`), whatever its sampling settings.
+(`datagen.llm.local_engine`), whatever its sampling settings or kind: a chat request is
+rendered with the model's chat template, a raw prompt (`PromptRequest`) is tokenized as is.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from datagen.embedded import GGUF_NAME, embedded_model_dir, gguf_package_dir
-from datagen.llm.base import ChatRequest, Completion, ResultCallback
+from datagen.llm.base import Completion, PromptRequest, Request, ResultCallback
 from datagen.paths import folder_fingerprint
 
 
@@ -68,7 +69,7 @@ class LocalLLM:
             use_grouped_decode_attention(self._model)
 
     async def generate(
-        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+        self, requests: Sequence[Request], on_result: ResultCallback | None = None
     ) -> list[Completion]:
         """All requests go to one continuous batcher on a worker thread; each completion is
         handed to `on_result` on this event loop (the cache commits it there) the moment its
@@ -109,14 +110,17 @@ class LocalLLM:
                     on_result(index, results[index])
         return [r for r in results if r is not None]
 
-    def _decode(self, requests: Sequence[ChatRequest], deliver: ResultCallback) -> None:
+    def _decode(self, requests: Sequence[Request], deliver: ResultCallback) -> None:
         from datagen.llm.local_engine import ContinuousBatcher, Finished, Job
 
         self._load()
         tok = self._tokenizer
         jobs = []
         for index, req in enumerate(requests):
-            prompt = tok.apply_chat_template(req.message_dicts(), tokenize=False, add_generation_prompt=True)
+            if isinstance(req, PromptRequest):  # raw text: continued as is, no template around it
+                prompt = req.prompt
+            else:
+                prompt = tok.apply_chat_template(req.message_dicts(), tokenize=False, add_generation_prompt=True)
             jobs.append(Job(
                 index=index,
                 prompt_ids=tok(prompt, add_special_tokens=False)["input_ids"],
@@ -139,7 +143,7 @@ class LocalLLM:
 
         ContinuousBatcher(self._model, tok, max_batch=self.batch_size).run(jobs, sequence_done)
 
-    def _completion(self, req: ChatRequest, job: Any, samples: dict[int, Any]) -> Completion:
+    def _completion(self, req: Request, job: Any, samples: dict[int, Any]) -> Completion:
         texts, reasons, used = [], [], 0
         for k in range(req.n):
             finished = samples[k if job.samples > 1 else 0]

@@ -16,7 +16,9 @@ Why aiohttp and not the `openai` SDK: the SDK spends 1.4-3.7 ms of CPU per reque
 request transformation, response models and (with httpx) a connection pool that scans every
 connection on each request. At 256 requests in flight against a 200 ms server that is the
 bottleneck (1280 req/s needs < 0.8 ms per request); a plain aiohttp POST costs ~0.2 ms.
-The wire format is just the documented `POST {base_url}/chat/completions`.
+The wire format is just the documented `POST {base_url}/chat/completions`, and for raw
+prompts (`PromptRequest`, Magpie) `POST {base_url}/completions`; a chat-only server that
+answers 404 there while it serves the model stops the run with one line saying so.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from tenacity import (
 )
 
 from datagen.errors import FatalLLMError, classify_bad_request
-from datagen.llm.base import ChatRequest, Completion, ResultCallback
+from datagen.llm.base import Completion, PromptRequest, Request, ResultCallback
 from datagen.llm.budget import Budget, BudgetExceeded, Rate
 from datagen.llm.endpoint_options import EndpointOptions
 from datagen.llm.ratelimit import RequestLimiter, estimate_prompt_tokens
@@ -51,6 +53,7 @@ from datagen.llm.wire import (
     _ServerAwareWait,
     is_retryable,
     parse_chat_completion,
+    parse_text_completion,
     retry_after_seconds,
 )
 
@@ -152,7 +155,7 @@ class OpenAICompatLLM:
         )
 
     async def generate(
-        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+        self, requests: Sequence[Request], on_result: ResultCallback | None = None
     ) -> list[Completion]:
         if self._fatal is not None:
             raise self._fatal
@@ -162,7 +165,7 @@ class OpenAICompatLLM:
         results: list[Completion] = [Completion()] * len(requests)
         stopped: list[BudgetExceeded] = []
 
-        async def one(i: int, req: ChatRequest) -> None:
+        async def one(i: int, req: Request) -> None:
             try:
                 completion = await self._complete(session, req)
             except BudgetExceeded as exc:  # the rest still finish: they are paid for
@@ -191,7 +194,7 @@ class OpenAICompatLLM:
         return results
 
     async def generate_batch(
-        self, requests: Sequence[ChatRequest], keys: Sequence[str], state_dir: Any,
+        self, requests: Sequence[Request], keys: Sequence[str], state_dir: Any,
         on_result: ResultCallback | None = None,
     ) -> list[Completion]:
         """The same answers through `/v1/files` + `/v1/batches` (see datagen/llm/batch_api.py)."""
@@ -200,7 +203,7 @@ class OpenAICompatLLM:
         runner = BatchRunner(self, state_dir, **dict(self.options.batch.settings))
         return await runner.run(list(requests), list(keys), on_result)
 
-    async def _complete(self, session: aiohttp.ClientSession, req: ChatRequest) -> Completion:
+    async def _complete(self, session: aiohttp.ClientSession, req: Request) -> Completion:
         if req.n > 1 and (self.n_mode == "fanout" or (self.n_mode == "auto" and self._server_ignores_n)):
             return await self._fan_out(session, req, req.n)
         try:
@@ -219,7 +222,7 @@ class OpenAICompatLLM:
             return _merge([completion, extra])
         return completion
 
-    async def _fan_out(self, session: aiohttp.ClientSession, req: ChatRequest, count: int) -> Completion:
+    async def _fan_out(self, session: aiohttp.ClientSession, req: Request, count: int) -> Completion:
         """`count` samples as n=1 calls. Sample k (k >= 1) gets seed+1000+k so the samples
         differ on servers that honour seeds; sample 0 keeps the request's own seed, so auto
         mode gives the same texts whether it found out about the server before or after."""
@@ -238,14 +241,17 @@ class OpenAICompatLLM:
         parts = await asyncio.gather(*(single(k) for k in range(first, req.n)))
         return _merge(parts)
 
-    def _payload(self, req: ChatRequest, n: int) -> bytes:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": req.message_dicts(),
+    def _payload(self, req: Request, n: int) -> bytes:
+        body: dict[str, Any] = {"model": self.model}
+        if isinstance(req, PromptRequest):
+            body["prompt"] = req.prompt
+        else:
+            body["messages"] = req.message_dicts()
+        body.update({
             "temperature": req.temperature,
             "top_p": req.top_p,
             "max_tokens": req.max_tokens,
-        }
+        })
         if n > 1:
             body["n"] = n
         if req.stop:
@@ -256,9 +262,9 @@ class OpenAICompatLLM:
             body["response_format"] = req.response_format_dict()
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
-    async def _call(self, session: aiohttp.ClientSession, req: ChatRequest, n: int) -> Completion:
+    async def _call(self, session: aiohttp.ClientSession, req: Request, n: int) -> Completion:
         payload = self._payload(req, n)
-        url = f"{self.base_url}/chat/completions"
+        url = f"{self.base_url}/{_route(req)}"
         retry = self.options.retry
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_retryable),
@@ -284,7 +290,7 @@ class OpenAICompatLLM:
                 # Stop everyone else first; the message may need one more round trip (/models).
                 if self._fatal is None:
                     self._fatal = FatalLLMError(f"{self.base_url}: {exc.status} {exc.message[:200]}")
-                    self._fatal_detail = asyncio.ensure_future(self._fatal_message(session, exc))
+                    self._fatal_detail = asyncio.ensure_future(self._fatal_message(session, exc, _route(req)))
                     self._fatal = FatalLLMError(await asyncio.shield(self._fatal_detail))
                 raise self._fatal from None
             raise
@@ -300,15 +306,15 @@ class OpenAICompatLLM:
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _attempt(
-        self, session: aiohttp.ClientSession, url: str, payload: bytes, req: ChatRequest, n: int, number: int
+        self, session: aiohttp.ClientSession, url: str, payload: bytes, req: Request, n: int, number: int
     ) -> Completion:
         """One HTTP attempt between the budget/limiter's admission and its settlement."""
         reservation = None
         if self.budget is not None and self.price is not None:
-            reservation = await self.budget.reserve_when_settled(self.price, req.messages, req.max_tokens, n)
+            reservation = await self.budget.reserve_when_settled(self.price, req.estimate_parts, req.max_tokens, n)
         tokens = 0
         if self.limiter.tokens is not None:
-            tokens = estimate_prompt_tokens(req.messages) + req.max_tokens * n
+            tokens = estimate_prompt_tokens(req.estimate_parts) + req.max_tokens * n
         try:
             ticket = await self.limiter.acquire(tokens, priority=number - 1)  # retries go first
         except BaseException:
@@ -328,7 +334,7 @@ class OpenAICompatLLM:
                 status, headers = response.status, response.headers
             if status >= 400:
                 raise HTTPStatusError(status, _error_message(body), headers)
-            completion = parse_chat_completion(body)
+            completion = parse_text_completion(body) if isinstance(req, PromptRequest) else parse_chat_completion(body)
             return completion
         except BaseException as exc:
             error = exc
@@ -367,8 +373,9 @@ class OpenAICompatLLM:
             self._fatal = FatalLLMError(message)
         raise self._fatal
 
-    async def _fatal_message(self, session: aiohttp.ClientSession, exc: HTTPStatusError) -> str:
-        where = f"{self.base_url}/chat/completions"
+    async def _fatal_message(self, session: aiohttp.ClientSession, exc: HTTPStatusError,
+                             route: str = "chat/completions") -> str:
+        where = f"{self.base_url}/{route}"
         said = exc.message[:200]
         if exc.status == 401:
             return f"{where} answered 401 Unauthorized: {said}; check OPENAI_API_KEY"
@@ -378,6 +385,10 @@ class OpenAICompatLLM:
         if served is None:
             return (f"{where} answered 404: {said}; model '{self.model}' or the URL is wrong "
                     "(check --base-url / OPENAI_BASE_URL, which usually ends in /v1)")
+        if self.model in served and route == "completions":
+            return (f"{where} answered 404: {said}; the server lists model '{self.model}' but does not serve raw "
+                    "completions (a chat-only endpoint): magpie needs /v1/completions (vLLM, llama.cpp, TGI serve "
+                    "it) or a local/vllm backend")
         if self.model in served:
             return f"{where} answered 404: {said}; the server lists model '{self.model}', so check the base URL"
         listed = ", ".join(served[:20]) + (" ..." if len(served) > 20 else "")
@@ -396,3 +407,7 @@ class OpenAICompatLLM:
 
     def close(self) -> None:
         pass
+
+
+def _route(req: Request) -> str:
+    return "completions" if isinstance(req, PromptRequest) else "chat/completions"

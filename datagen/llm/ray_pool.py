@@ -32,7 +32,15 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from datagen.llm.base import ChatRequest, Completion, ResultCallback, run_sync
+from datagen.llm.base import (
+    ChatRequest,
+    Completion,
+    PromptRequest,
+    Request,
+    ResultCallback,
+    request_from_canonical,
+    run_sync,
+)
 from datagen.llm.budget import BudgetExceeded
 from datagen.llm.ray_gate import ClusterGate, driver_local_actor
 from datagen.ray_cluster import RayConfig, connect
@@ -40,13 +48,13 @@ from datagen.ray_cluster import RayConfig, connect
 SINK_POLL_SECONDS = 0.2
 
 
-def request_to_row(request: ChatRequest) -> str:
+def request_to_row(request: Request) -> str:
     """A request as the JSON text a Ray Dataset row carries (the cache key's own canonical form)."""
     return request.canonical()
 
 
-def request_from_row(text: str) -> ChatRequest:
-    return ChatRequest.from_canonical(text)
+def request_from_row(text: str) -> Request:
+    return request_from_canonical(text)
 
 
 def split_concurrency(total: int, actors: int) -> int:
@@ -315,7 +323,7 @@ def _is_datagen_error(exc: BaseException) -> bool:
 # --------------------------------------------------------------------------- vLLM on Ray
 
 
-def vllm_rows(requests: Sequence[ChatRequest]) -> list[dict[str, Any]]:
+def vllm_rows(requests: Sequence[Request]) -> list[dict[str, Any]]:
     """One row per sample: `ray.data.llm` returns one output per row, so `n` fans out here.
     Sample k > 0 gets seed + 1000 + k, as the OpenAI client's fan-out does."""
     rows = []
@@ -335,7 +343,8 @@ def vllm_rows(requests: Sequence[ChatRequest]) -> list[dict[str, Any]]:
             rows.append({
                 "index": index,
                 "sample": k,
-                "messages": request.message_dicts(),
+                **({"prompt": request.prompt} if isinstance(request, PromptRequest)
+                   else {"messages": request.message_dicts()}),
                 "sampling_params": {key: value for key, value in params.items() if value is not None},
             })
     return rows

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from datagen.errors import FatalLLMError, classify_bad_request
-from datagen.llm.base import ChatRequest, Completion, ResultCallback
+from datagen.llm.base import Completion, PromptRequest, Request, ResultCallback
 from datagen.paths import folder_fingerprint
 
 # Engine options that change how fast answers come, never what they say: kept out of the
@@ -62,7 +62,7 @@ class VLLMEngine:
                 raise FatalLLMError(f"vLLM could not load model '{self.model}': {first_line[:300]}") from None
         return self._llm
 
-    def sampling_params(self, req: ChatRequest) -> Any:
+    def sampling_params(self, req: Request) -> Any:
         from vllm import SamplingParams
 
         kwargs: dict[str, Any] = {
@@ -87,11 +87,11 @@ class VLLMEngine:
         return SamplingParams(**kwargs)
 
     async def generate(
-        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+        self, requests: Sequence[Request], on_result: ResultCallback | None = None
     ) -> list[Completion]:
         return await asyncio.to_thread(self._generate_all, list(requests), on_result)
 
-    def _generate_all(self, requests: list[ChatRequest], on_result: ResultCallback | None) -> list[Completion]:
+    def _generate_all(self, requests: list[Request], on_result: ResultCallback | None) -> list[Completion]:
         llm = self._load()
         results: list[Completion | None] = [None] * len(requests)
 
@@ -101,13 +101,22 @@ class VLLMEngine:
                 on_result(i, completion)
 
         params = [self.sampling_params(r) for r in requests]
-        messages = [r.message_dicts() for r in requests]
+        raw = [i for i, r in enumerate(requests) if isinstance(r, PromptRequest)]
+        chats = [i for i, r in enumerate(requests) if not isinstance(r, PromptRequest)]
         try:
-            if hasattr(llm, "enqueue_chat"):
-                self._stream(llm, messages, params, land)
-            else:  # older vLLM: results only at the end of the batch
-                for i, output in enumerate(llm.chat(messages, sampling_params=params, use_tqdm=True)):
+            if raw:  # raw prompts: `LLM.generate` continues each string as is (no chat template)
+                prompts = [requests[i].prompt for i in raw]  # type: ignore[union-attr]
+                outputs = llm.generate(prompts, sampling_params=[params[i] for i in raw], use_tqdm=True)
+                for i, output in zip(raw, outputs, strict=True):
                     land(i, _completion(output))
+            messages = [requests[i].message_dicts() for i in chats]  # type: ignore[union-attr]
+            if chats and hasattr(llm, "enqueue_chat"):
+                self._stream(llm, messages, [params[i] for i in chats],
+                             lambda j, completion: land(chats[j], completion))
+            elif chats:  # older vLLM: results only at the end of the batch
+                chat_params = [params[i] for i in chats]
+                for j, output in enumerate(llm.chat(messages, sampling_params=chat_params, use_tqdm=True)):
+                    land(chats[j], _completion(output))
         except Exception as exc:  # noqa: BLE001 - the unfinished rest fail as counted errors
             for i, result in enumerate(results):
                 if result is None:
@@ -155,7 +164,7 @@ def _completion(output: Any) -> Completion:
     )
 
 
-def _json_schema(req: ChatRequest) -> dict[str, Any] | None:
+def _json_schema(req: Request) -> dict[str, Any] | None:
     fmt = req.response_format_dict()
     if not fmt or fmt.get("type") != "json_schema":
         return None

@@ -143,6 +143,29 @@ def parse_chat_completion(body: bytes) -> Completion:
     )
 
 
+def parse_text_completion(body: bytes) -> Completion:
+    """A text_completion reply (`/v1/completions`: `choices[i].text`); raises like the chat parser."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise BadBodyError(f"reply is not JSON: {body[:80]!r}") from exc
+    if not isinstance(data, dict):
+        raise BadBodyError(f"reply is not a JSON object: {body[:80]!r}")
+    choices = data.get("choices")
+    if not choices or not isinstance(choices, list):
+        raise EmptyChoicesError("reply had no choices")
+    if any(not isinstance(c, dict) or not isinstance(c.get("text"), str) for c in choices):
+        raise EmptyChoicesError("reply had a choice without text")
+    choices = sorted(choices, key=lambda c: c.get("index") or 0)
+    usage = data.get("usage") or {}
+    return Completion(
+        texts=[c["text"] for c in choices],
+        finish_reasons=[c.get("finish_reason") or "stop" for c in choices],
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+    )
+
+
 def normalize_base_url(url: str) -> str:
     """One spelling per endpoint, so `HTTP://Host:80/v1/` and `http://host/v1` share a cache."""
     from urllib.parse import urlsplit, urlunsplit
