@@ -22,6 +22,7 @@ ALLOWED_SPLITLINES = {
     ("bench/filter_checkset.py", "plant"): "an answer's prose: one of its lines is repeated to plant a repetition",
     ("datagen/llm/vllm_engine.py", "_load"): "the first line of an exception message",
     ("datagen/io.py", "_table_rows"): "the first line of pyarrow's error message",
+    ("datagen/commands_push.py", "_call"): "the first line of the Hub's error message",
     ("datagen/bundled.py", "first_comment_line"): "a YAML file's first comment, for a listing",
     ("finetune/distributed.py", "launch"): "a worker's stderr, searched for its one-line reason",
 }
