@@ -13,7 +13,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
 from tenacity import RetryCallState, wait_random_exponential
@@ -122,29 +122,19 @@ def _error_message(body: bytes) -> str:
 
 def parse_chat_completion(body: bytes) -> Completion:
     """The parts of a chat.completion reply we use; raises (retryably) on anything else."""
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise BadBodyError(f"reply is not JSON: {body[:80]!r}") from exc
-    if not isinstance(data, dict):
-        raise BadBodyError(f"reply is not a JSON object: {body[:80]!r}")
-    choices = data.get("choices")
-    if not choices or not isinstance(choices, list):
-        raise EmptyChoicesError("reply had no choices")
-    if any(not isinstance(c, dict) or not isinstance(c.get("message"), dict) for c in choices):
-        raise EmptyChoicesError("reply had a choice without a message")
-    choices = sorted(choices, key=lambda c: c.get("index") or 0)
-    usage = data.get("usage") or {}
-    return Completion(
-        texts=[c["message"].get("content") or "" for c in choices],
-        finish_reasons=[c.get("finish_reason") or "stop" for c in choices],
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-    )
+    return _parse_choices(body, lambda c: isinstance(c.get("message"), dict), lambda c: c["message"].get("content"),
+                          "reply had a choice without a message")
 
 
 def parse_text_completion(body: bytes) -> Completion:
     """A text_completion reply (`/v1/completions`: `choices[i].text`); raises like the chat parser."""
+    return _parse_choices(body, lambda c: isinstance(c.get("text"), str), lambda c: c["text"],
+                          "reply had a choice without text")
+
+
+def _parse_choices(body: bytes, has_answer: Callable[[dict], bool], answer_of: Callable[[dict], str | None],
+                   missing: str) -> Completion:
+    """Both reply kinds: a JSON object whose `choices` each hold an answer, in index order, with usage."""
     try:
         data = json.loads(body)
     except ValueError as exc:
@@ -154,12 +144,12 @@ def parse_text_completion(body: bytes) -> Completion:
     choices = data.get("choices")
     if not choices or not isinstance(choices, list):
         raise EmptyChoicesError("reply had no choices")
-    if any(not isinstance(c, dict) or not isinstance(c.get("text"), str) for c in choices):
-        raise EmptyChoicesError("reply had a choice without text")
+    if any(not isinstance(c, dict) or not has_answer(c) for c in choices):
+        raise EmptyChoicesError(missing)
     choices = sorted(choices, key=lambda c: c.get("index") or 0)
     usage = data.get("usage") or {}
     return Completion(
-        texts=[c["text"] for c in choices],
+        texts=[answer_of(c) or "" for c in choices],
         finish_reasons=[c.get("finish_reason") or "stop" for c in choices],
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
