@@ -88,6 +88,28 @@ def test_magpie_command_over_the_completions_endpoint(scripted_server, tmp_path)
     assert again.returncode == 0 and (tmp_path / "b.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()
 
 
+def test_an_answer_system_prompt_steers_the_answers_only(scripted_server, tmp_path):
+    """`answer_system_prompt` reaches every answer request in place of the query's system prompt,
+    never a query, and stays out of the records."""
+    from pipeline_responder import reply
+
+    systems: list[str] = []
+
+    def watching(messages, choice, seed):  # noqa: ANN001
+        systems.append(messages[0]["content"] if messages[0]["role"] == "system" else "")
+        return reply(messages, choice, seed)
+
+    scripted_server.responder = watching
+    guide = "Answer in at most three sentences."
+    result = magpie(scripted_server, tmp_path / "a.jsonl", "--answer-system-prompt", guide)
+    assert result.returncode == 0, result.stderr
+    rows = read_jsonl(tmp_path / "a.jsonl")
+    # 12 raw query prompts (no system turn), then one answer per kept query, each under the guide
+    assert rows and systems.count(guide) == len(rows) and systems.count("") == 12 and set(systems) == {guide, ""}
+    assert not any(guide in e.prompt for e in scripted_server.stats.log if e.prompt.endswith("<|im_start|>user\n"))
+    assert guide not in (tmp_path / "a.jsonl").read_text()
+
+
 def test_magpie_command_fails_in_one_line_on_a_chat_only_endpoint(scripted_server, tmp_path):
     scripted_server.configure(completions=False)
     result = magpie(scripted_server, tmp_path / "a.jsonl")

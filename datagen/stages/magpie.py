@@ -56,6 +56,9 @@ class MagpieConfig(BaseModel):
     answer_temperature: float = Field(0.7, ge=0, description="answer sampling temperature")
     answer_max_tokens: int = Field(512, ge=1, description="token limit of an answer")
     answer_with_system: bool = Field(True, description="the answer sees the system prompt the query was written under")
+    answer_system_prompt: str | None = Field(
+        None, description="a system prompt for the answers alone (e.g. a length guide), in place of the query's; "
+        "it steers the answering model only and is not written into the records")
     stop: list[str] = Field(default_factory=list, description="extra stop sequences for queries "
                             "(the template's end-of-turn marker is always one)")
     min_words: int = Field(3, ge=0, description="drop a query with fewer words (a CJK character counts 1/1.5)")
@@ -214,10 +217,11 @@ def query_problem(query: str, finish_reason: str, config: MagpieConfig) -> str |
 
 
 def answer_queries(queries: list[Record], llm: Any, ctx: Any, config: MagpieConfig) -> tuple[list[Record], list[Record]]:
-    """One chat request per query, under the query's system prompt when `answer_with_system`."""
+    """One chat request per query, under `answer_system_prompt`, else the query's system prompt when
+    `answer_with_system`."""
     requests = []
     for k, record in enumerate(queries):
-        system = record.meta.system_prompt if config.answer_with_system else None
+        system = config.answer_system_prompt or (record.meta.system_prompt if config.answer_with_system else None)
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": record.instruction}]
         requests.append(ChatRequest.chat(messages, temperature=config.answer_temperature,
