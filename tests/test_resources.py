@@ -45,7 +45,7 @@ def test_bundled_pipelines_name_shipped_files_from_any_folder(tmp_path, monkeypa
     assert shipped_path("seeds/nothing.jsonl") is None and shipped_path("elsewhere/a.jsonl") is None
     quickstart = Pipeline.from_yaml("quickstart")
     assert len(quickstart.load_input()[0]) == 175
-    assert quickstart._resolve("pipelines/data/heldout.jsonl") == shipped_path("pipelines/data/heldout.jsonl")
+    assert quickstart.resolve_path("pipelines/data/heldout.jsonl") == shipped_path("pipelines/data/heldout.jsonl")
     items, sets = load_held_out(["pipelines/data/heldout.jsonl"])
     assert items and sets[0]["path"] == "pipelines/data/heldout.jsonl"
 
