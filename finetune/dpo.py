@@ -24,7 +24,7 @@ from datagen.preference_io import PreferencePair, checked_record_pairs, read_pai
 from datagen.records import Record
 from finetune.config import FinetuneConfig
 from finetune.data import eval_count, load_records
-from finetune.trainer_setup import build_peft_config, on_cpu, resolve_base_model
+from finetune.trainer_setup import build_peft_config, on_cpu, resolve_base_model, shared_training_args
 
 Row = dict[str, Any]
 
@@ -70,38 +70,18 @@ def split_pairs(rows: list[Row], eval_fraction: float, seed: int) -> tuple[list[
 
 def build_dpo_config(config: FinetuneConfig, output_dir: str | Path, has_eval: bool, progress: bool) -> Any:
     """The `trl.DPOConfig` for `config` (pure: no model, no data)."""
-    import torch
     from trl import DPOConfig
 
-    cpu = on_cpu(config)
     return DPOConfig(
-        output_dir=str(output_dir),
+        **shared_training_args(config, output_dir, progress),
         beta=config.beta,
         loss_type=[config.loss_type] if isinstance(config.loss_type, str) else list(config.loss_type),
         precompute_ref_log_probs=config.precompute_ref_log_probs,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps if config.max_steps is not None else -1,
-        warmup_steps=config.warmup_ratio,
-        lr_scheduler_type=config.lr_scheduler,
-        weight_decay=config.weight_decay,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         max_length=config.max_length,
-        use_cpu=cpu,
-        bf16=(not cpu) and torch.cuda.is_bf16_supported(),
-        fp16=False,
-        gradient_checkpointing=config.gradient_checkpointing and not cpu,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
         eval_strategy="no",  # held-out pairs are measured before and after, by us
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
     )
 
 

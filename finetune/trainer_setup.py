@@ -22,11 +22,9 @@ def on_cpu(config: FinetuneConfig) -> bool:
 
 def build_sft_config(config: FinetuneConfig, output_dir: str | Path, has_eval: bool, progress: bool = True) -> Any:
     """The `trl.SFTConfig` for `config` (pure: no model, no data; tested directly)."""
-    import torch
     from trl import SFTConfig
 
     cpu = on_cpu(config)
-    bf16 = (not cpu) and torch.cuda.is_bf16_supported()
     # TRL's padding-free collator concatenates the packed rows of a batch into ONE sequence. With
     # FlashAttention (varlen) that is free, but CPU attention (sdpa) is dense over the whole
     # sequence, so its cost grows with (rows * max_length)^2 although only the per-example blocks
@@ -47,13 +45,7 @@ def build_sft_config(config: FinetuneConfig, output_dir: str | Path, has_eval: b
     distributed = {"ddp_backend": "gloo" if cpu else None, "ddp_find_unused_parameters": False} if launched else {}
     return SFTConfig(
         **distributed,
-        output_dir=str(output_dir),
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps if config.max_steps is not None else -1,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps (transformers 5)
-        lr_scheduler_type=config.lr_scheduler,
-        weight_decay=config.weight_decay,
+        **shared_training_args(config, output_dir, progress),
         per_device_train_batch_size=rows_per_pass,
         per_device_eval_batch_size=rows_per_pass,
         gradient_accumulation_steps=accumulate,
@@ -64,21 +56,38 @@ def build_sft_config(config: FinetuneConfig, output_dir: str | Path, has_eval: b
         assistant_only_loss=config.assistant_only_loss,
         completion_only_loss=None,  # conversational data: assistant_only_loss decides the mask
         neftune_noise_alpha=config.neftune_noise_alpha,
-        use_cpu=cpu,
-        bf16=bf16,
-        fp16=False,
-        gradient_checkpointing=config.gradient_checkpointing and not cpu,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
         eval_strategy="epoch" if has_eval and config.max_steps is None else "no",
-        save_strategy="no",  # the final model is saved by us, atomically
-        report_to="none",
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
         remove_unused_columns=True,
     )
+
+
+def shared_training_args(config: FinetuneConfig, output_dir: str | Path, progress: bool) -> dict[str, Any]:
+    """The `transformers` training arguments SFT and DPO share, so both steps of a run train with
+    the same schedule, precision and seeds, and the model is always saved by us, atomically."""
+    import torch
+
+    cpu = on_cpu(config)
+    return {
+        "output_dir": str(output_dir),
+        "learning_rate": config.learning_rate,
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps if config.max_steps is not None else -1,
+        "warmup_steps": config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps (transformers 5)
+        "lr_scheduler_type": config.lr_scheduler,
+        "weight_decay": config.weight_decay,
+        "use_cpu": cpu,
+        "bf16": (not cpu) and torch.cuda.is_bf16_supported(),
+        "fp16": False,
+        "gradient_checkpointing": config.gradient_checkpointing and not cpu,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "logging_steps": config.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": not progress,
+        "dataloader_num_workers": 0,
+    }
 
 
 def build_peft_config(config: FinetuneConfig) -> Any:
