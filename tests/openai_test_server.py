@@ -726,8 +726,15 @@ class OpenAITestServer:
 
 def _raw_json(value: Any) -> str:
     """JSON with non-ASCII text raw, as servers built on orjson (vLLM) send it: U+2028 and
-    U+0085 arrive unescaped, which is what a client's line splitting must survive."""
-    return json.dumps(value, ensure_ascii=False)
+    U+0085 arrive unescaped, which is what a client's line splitting must survive. Half of a
+    UTF-16 pair cannot be raw UTF-8, so a reply holding one is escaped whole (`\\ud83d`), as
+    a server that cut a model's output mid-emoji sends it."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value)
+    return text
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> web.Response:

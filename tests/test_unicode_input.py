@@ -133,3 +133,19 @@ def test_report_failure_after_export_says_the_data_is_safe(tmp_path: Path, opena
 def test_report_cells_show_controls_and_isolate_direction() -> None:
     assert html_text("a\x00b\x1c\x85<&>\u202eevil", 100) == "<bdi>a␀b␜&lt;U+0085&gt;&lt;&amp;&gt;\u202eevil</bdi>"
     assert html_text("&" * 5, 3) == "<bdi>&amp;&amp;&amp;…</bdi>"
+
+
+def test_reply_with_half_an_emoji_is_written_as_fffd(tmp_path: Path, openai_server, capsys, request) -> None:
+    """A model cut off mid-emoji: the server escapes half a UTF-16 pair in its JSON reply. The run
+    must not crash on its first write; the half becomes U+FFFD, cached that way, so a rerun agrees."""
+    openai_server.responder = lambda messages, index, seed: "smile \ud83d then more"
+    request.addfinalizer(lambda: setattr(openai_server, "responder", None))
+    data = _write(tmp_path / "in.jsonl", '{"instruction": "Say hi", "output": "hello"}')
+    run_dir = tmp_path / "run"
+    pipeline = _pipeline(tmp_path, openai_server.base_url, data, stages=[{"distill": {"n": 1, "ranker": "none"}}])
+    assert main(["run", str(pipeline), "--run-dir", str(run_dir), "--no-progress"]) == 0, capsys.readouterr().err
+    exported = (run_dir / "export" / "records.jsonl").read_text(encoding="utf-8")
+    assert "smile \ufffd then more" in json.loads(exported.splitlines()[0])["output"]
+    sent = openai_server.stats.requests
+    assert main(["run", str(pipeline), "--run-dir", str(run_dir), "--no-progress"]) == 0
+    assert openai_server.stats.requests == sent  # served from the cache, not asked again

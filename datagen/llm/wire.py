@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -19,8 +20,13 @@ import aiohttp
 from tenacity import RetryCallState, wait_random_exponential
 
 from datagen.llm.base import Completion
+from datagen.unicode_text import LONE_SURROGATE, REPLACEMENT
+
+log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 425, 429}
+
+
 class HTTPStatusError(Exception):
     """A non-2xx reply. Keeps the headers for Retry-After; never holds request headers (the key)."""
 
@@ -149,11 +155,21 @@ def _parse_choices(body: bytes, has_answer: Callable[[dict], bool], answer_of: C
     choices = sorted(choices, key=lambda c: c.get("index") or 0)
     usage = data.get("usage") or {}
     return Completion(
-        texts=[answer_of(c) or "" for c in choices],
+        texts=[_writable(answer_of(c) or "") for c in choices],
         finish_reasons=[c.get("finish_reason") or "stop" for c in choices],
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
     )
+
+
+def _writable(text: str) -> str:
+    """A reply may escape half of a UTF-16 pair (`"\\ud83d"`: a model cut off mid-emoji); Python
+    reads it as a lone surrogate that no UTF-8 file can hold, so the record's first write would
+    crash the stage far from the cause. It becomes U+FFFD here, once, before the cache stores it."""
+    repaired, count = LONE_SURROGATE.subn(REPLACEMENT, text)
+    if count:
+        log.warning("a reply held %d lone surrogate(s) (half an emoji?); replaced with U+FFFD", count)
+    return repaired
 
 
 def normalize_base_url(url: str) -> str:
