@@ -99,8 +99,8 @@ def test_personas_condition_the_query_prompt_not_the_answer(tmp_path):
     raw = [r for r in llm.requests if not isinstance(r, ChatRequest)]
     for record, request in zip(result.kept, raw, strict=True):
         assert record.meta.persona in PERSONAS and record.meta.system_prompt == SYSTEM
-        assert request.prompt.startswith(f"<|im_start|>system\n{SYSTEM}\n\nYou are talking with this person: "
-                                         f"{record.meta.persona}\n")
+        assert request.prompt == f"<|im_start|>system\n{SYSTEM} The user is {record.meta.persona}.<|im_end|>\n" \
+                                 "<|im_start|>user\n"
     answers = [r for r in llm.requests if isinstance(r, ChatRequest)]
     assert answers and all(r.messages[0] == ("system", SYSTEM) for r in answers)
     assert not any(p in json.dumps([r.messages for r in answers]) for p in PERSONAS)

@@ -288,7 +288,8 @@ def run(records: list[Record], ctx: Any, config: MagpieConfig) -> StageResult:
 
 def query_system(system: str | None, persona: str | None, prompts_dir: str | None) -> str | None:
     """The system text a query is written under: the drawn system prompt, and with a persona the
-    `magpie_persona` paragraph that makes the next user message that person's."""
+    `magpie_persona` sentence naming who the user is (kept short: on the embedded model a longer
+    paragraph left more queries unfinished)."""
     if persona is None:
         return system
     return render("magpie_persona", prompts_dir, system=system or "", persona=persona)
