@@ -139,3 +139,17 @@ def test_evolve_command_each_turn_over_the_loopback_server(scripted_server, tmp_
         assert row["instruction"] == row["messages"][0]["content"] and row["meta"]["source"] == "evol_instruct"
     # per dialogue: 2 rewrites, 2 equality checks, 2 answers
     assert scripted_server.stats.requests == 2 * 6
+
+
+def test_dry_run_bound_covers_every_turn_under_each():
+    from datagen.plan import Records
+    from datagen.stages.evol_instruct import plan
+
+    flow = Records(count=2, instruction_tokens=20, output_tokens=40, turns=3)
+    first = plan(flow, EvolConfig(rounds=1), "local", None)
+    each = plan(flow, EvolConfig(rounds=1, turns="each"), "local", None)
+    assert sum(c.requests for c in first.calls) == 2 * 3  # rewrite, equality check, answer
+    assert sum(c.requests for c in each.calls) == 2 * 3 * 3
+    parents = [dialogue("Explain tides", "Why twice a day", "Draw a diagram", rid=f"d{k}") for k in range(2)]
+    result, _ = evolve(parents, "each")
+    assert result.stats["requests"] <= sum(c.requests for c in each.calls)

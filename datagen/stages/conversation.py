@@ -290,7 +290,7 @@ def plan(flow: Records, config: ConversationConfig, default_llm: str, prompts_di
     assistant.add(flow.count * config.turns, full, config.max_tokens)
     user.add(flow.count * max(config.turns - 1, 0), full + template_tokens("conversation_user", prompts_dir) + 64,
              config.user_max_tokens)
-    out = Records(flow.count, flow.instruction_tokens, config.turns * turn_tokens)
+    out = Records(flow.count, flow.instruction_tokens, config.turns * turn_tokens, turns=max(config.turns, flow.turns))
     return finish(StagePlan("", flow.count, flow.count, merge_same_spec([assistant, user])), out)
 
 

@@ -435,21 +435,26 @@ def parse_ops(spec: str) -> dict[str, float]:
 
 
 def plan(flow: Records, config: EvolConfig, default_llm: str, prompts_dir: str | None) -> StagePlan:
-    """Upper bound: every record rewritten each round (plus its equality check and answer)."""
+    """Upper bound: every record rewritten each round (plus its equality check and answer); under
+    `turns: each` every user turn, each answer seeing the dialogue before it."""
     calls = Calls(config.llm or default_llm)
+    turns = flow.turns if config.turns == "each" else 1
     ops = [op for op, weight in config.ops.items() if weight > 0] or ["deepen"]
     rewrite_template = max(template_tokens(f"evol_{op}", prompts_dir) for op in ops)
     instruction = flow.instruction_tokens
     for _ in range(config.rounds):  # each round rewrites the last round's (longer) rewrites
-        calls.add(flow.count, rewrite_template + instruction, config.max_tokens)
+        calls.add(flow.count * turns, rewrite_template + instruction, config.max_tokens)
         if config.equality_check:
-            calls.add(flow.count, template_tokens("evol_equality_check", prompts_dir) + instruction + config.max_tokens,
+            calls.add(flow.count * turns,
+                      template_tokens("evol_equality_check", prompts_dir) + instruction + config.max_tokens,
                       config.equality_max_tokens)
         if config.answer:
-            calls.add(flow.count, config.max_tokens + 8, config.answer_max_tokens)
+            calls.add(flow.count * turns, turns * (config.max_tokens + 8) + (turns - 1) * config.answer_max_tokens,
+                      config.answer_max_tokens)
         instruction = max(instruction, config.max_tokens)
     out_count = flow.count * max(1, config.rounds) if config.keep_all_rounds else flow.count
-    out = Records(out_count, instruction, max(flow.output_tokens, config.answer_max_tokens if config.answer else 0))
+    out = Records(out_count, instruction, max(flow.output_tokens, config.answer_max_tokens * turns if config.answer else 0),
+                  turns=flow.turns)
     return finish(StagePlan("", flow.count, out_count, [calls], iterative=True), out)
 
 

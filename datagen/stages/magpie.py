@@ -422,7 +422,8 @@ def plan(flow: Records, config: MagpieConfig, default_llm: str, prompts_dir: str
     count = config.count + (flow.count if config.keep_input else 0)
     out = Records(count, max(config.query_max_tokens, flow.instruction_tokens if config.keep_input else 0),
                   max(config.answer_max_tokens * config.n_turns if config.answer else 0,
-                      flow.output_tokens if config.keep_input else 0))
+                      flow.output_tokens if config.keep_input else 0),
+                  turns=max(config.n_turns, flow.turns if config.keep_input else 1))
     return finish(StagePlan("", flow.count, count, merge_same_spec([calls])), out)
 
 
