@@ -28,6 +28,7 @@ def plan(pipeline: Any) -> list[StagePlan]:
         count=len(records),
         instruction_tokens=max((text_tokens(r.instruction + "\n" + (r.input or "")) for r in records), default=0),
         output_tokens=max((text_tokens(r.output or "") for r in records), default=0),
+        turns=max((sum(m.role == "user" for m in r.messages or []) for r in records), default=1) or 1,
     )
     plans = []
     for spec in cfg.stage_specs():

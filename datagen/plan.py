@@ -21,6 +21,7 @@ class Records:
     count: int
     instruction_tokens: int
     output_tokens: int
+    turns: int = 1  # user turns per record (dialogues); a stage that rewrites every turn needs it
 
 
 @dataclass

@@ -70,9 +70,10 @@ class ConversationConfig(BaseModel):
 class Dialogue:
     """One record being extended: its turns so far and why it stopped, if it has."""
 
-    def __init__(self, record: Record, persona: str | None) -> None:
+    def __init__(self, record: Record, persona: str | None, system: str | None = None) -> None:
         self.record = record
         self.persona = persona
+        self.system = system  # a system message for the assistant's requests only (never stored)
         self.messages: list[dict[str, str]] = start_messages(record)
         self.stop: str | None = None
         self.trimmed = 0  # user turns cut at the token limit and kept up to their last sentence
@@ -136,7 +137,7 @@ def run(records: list[Record], ctx: Any, config: ConversationConfig) -> StageRes
     dialogues: list[Dialogue] = []
     for record in records:
         persona = record.meta.persona or pick_persona(personas, ctx.seed, record.id)
-        dialogue = Dialogue(record, persona)
+        dialogue = Dialogue(record, persona, config.system_prompt)
         if not any(m["role"] == "user" and m["content"].strip() for m in dialogue.messages):
             out_dropped.append(dropped(record, "empty_instruction"))
             continue
@@ -147,7 +148,8 @@ def run(records: list[Record], ctx: Any, config: ConversationConfig) -> StageRes
         answer_now = [d for d in dialogues if d.stop is None and d.messages[-1]["role"] == "user"]
         if answer_now:
             assistant_calls += len(answer_now)
-            _assistant_round(answer_now, assistant, ctx, config, step)
+            answer_round(answer_now, assistant, ctx, temperature=config.temperature, top_p=config.top_p,
+                         max_tokens=config.max_tokens, key="conversation", step=step)
         for d in dialogues:
             if d.stop is None and d.user_turns() >= config.turns:
                 d.stop = "turns"
@@ -159,45 +161,29 @@ def run(records: list[Record], ctx: Any, config: ConversationConfig) -> StageRes
         user_calls += len(ask_now)
         _user_round(ask_now, user_model, ctx, config, step)
 
-    kept: list[Record] = []
-    stops: dict[str, int] = {}
-    truncated: dict[str, int] = {}
-    for d in dialogues:
-        messages = d.messages
-        stop = d.stop or "turns"
-        if d.failure is not None:
-            reason, detail = d.failure
-            if config.on_failed_turn == "drop":
-                out_dropped.append(_finished(d, messages, f"failed:{reason}", drop=(reason, detail)))
-                continue
-            messages = complete_exchanges(messages)
-            truncated[reason] = truncated.get(reason, 0) + 1
-            stop = f"truncated:{reason}"
-        exchanges = sum(m["role"] == "assistant" for m in messages)
-        if exchanges < config.min_turns or not messages:
-            out_dropped.append(_finished(d, d.messages, stop, drop=("too_few_turns", {"turns": exchanges})))
-            continue
-        stops[stop.split(":")[0]] = stops.get(stop.split(":")[0], 0) + 1
-        kept.append(_finished(d, messages, stop))
+    kept, settled_drops, stops, truncated = settle_dialogues(dialogues, config.on_failed_turn, config.min_turns)
+    out_dropped.extend(settled_drops)
     stats.update(user_requests=user_calls, assistant_requests=assistant_calls, stops=stops, truncated=truncated,
                  user_turns_trimmed=sum(d.trimmed for d in dialogues))
-    lengths = [sum(m.role == "user" for m in r.messages or []) for r in kept]
-    stats["turns_per_dialogue"] = {str(k): lengths.count(k) for k in sorted(set(lengths))}
+    stats["turns_per_dialogue"] = turns_per_dialogue(kept)
     return StageResult(kept=kept, dropped=out_dropped, stats=stats)
 
 
-def _assistant_round(todo: list[Dialogue], llm: Any, ctx: Any, config: ConversationConfig, step: int) -> None:
-    """One generate call: every dialogue whose last turn is the user's gets its answer."""
+def answer_round(todo: list[Dialogue], llm: Any, ctx: Any, *, temperature: float, top_p: float, max_tokens: int,
+                 key: str, step: int) -> None:
+    """One generate call: every dialogue whose last turn is the user's gets its answer (a failed or
+    cut-off answer fails the dialogue). `key` names the stage in seeds and the progress bar: the
+    `magpie` stage answers its later turns here too."""
     requests = []
     for d in todo:
         messages = list(d.messages)
-        if config.system_prompt and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": config.system_prompt})
+        if d.system and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": d.system})
         requests.append(ChatRequest.chat(
-            messages, temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
-            seed=ctx.rng(f"conversation:assistant:{d.record.id}:{d.user_turns()}").randrange(2**31),
+            messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+            seed=ctx.rng(f"{key}:assistant:{d.record.id}:{d.user_turns()}").randrange(2**31),
         ))
-    with ctx.bar(len(requests), f"conversation: assistant turns (round {step + 1})", unit="turn") as bar:
+    with ctx.bar(len(requests), f"{key}: assistant turns (round {step + 1})", unit="turn") as bar:
         completions = generate_sync(llm, requests, lambda i, c: bar.update(1))
     for d, completion in zip(todo, completions, strict=True):
         turn = d.user_turns()
@@ -205,7 +191,7 @@ def _assistant_round(todo: list[Dialogue], llm: Any, ctx: Any, config: Conversat
         if kind is not None:
             d.fail("assistant_turn_failed", turn=turn, error=completion.error or kind)
         elif (completion.finish_reasons or ["stop"])[0] == "length":
-            d.fail("assistant_turn_cut_off", turn=turn, max_tokens=config.max_tokens)
+            d.fail("assistant_turn_cut_off", turn=turn, max_tokens=max_tokens)
         else:
             d.messages.append({"role": "assistant", "content": completion.text.strip()})
             if turn == 1:
@@ -247,6 +233,40 @@ def _user_round(todo: list[Dialogue], llm: Any, ctx: Any, config: ConversationCo
             d.messages.append({"role": "user", "content": text})
 
 
+def settle_dialogues(dialogues: list[Dialogue], on_failed_turn: str, min_turns: int
+                     ) -> tuple[list[Record], list[Record], dict[str, int], dict[str, int]]:
+    """Finished dialogues as records: kept, dropped, why each kept one stopped, and what was
+    truncated. A failed turn drops the dialogue (`drop`) or cuts it back to its last complete
+    exchange (`truncate`); fewer than `min_turns` exchanges is `too_few_turns`."""
+    kept: list[Record] = []
+    out_dropped: list[Record] = []
+    stops: dict[str, int] = {}
+    truncated: dict[str, int] = {}
+    for d in dialogues:
+        messages = d.messages
+        stop = d.stop or "turns"
+        if d.failure is not None:
+            reason, detail = d.failure
+            if on_failed_turn == "drop":
+                out_dropped.append(_finished(d, messages, f"failed:{reason}", drop=(reason, detail)))
+                continue
+            messages = complete_exchanges(messages)
+            truncated[reason] = truncated.get(reason, 0) + 1
+            stop = f"truncated:{reason}"
+        exchanges = sum(m["role"] == "assistant" for m in messages)
+        if exchanges < min_turns or not messages:
+            out_dropped.append(_finished(d, d.messages, stop, drop=("too_few_turns", {"turns": exchanges})))
+            continue
+        stops[stop.split(":")[0]] = stops.get(stop.split(":")[0], 0) + 1
+        kept.append(_finished(d, messages, stop))
+    return kept, out_dropped, stops, truncated
+
+
+def turns_per_dialogue(records: list[Record]) -> dict[str, int]:
+    lengths = [sum(m.role == "user" for m in r.messages or []) for r in records]
+    return {str(k): lengths.count(k) for k in sorted(set(lengths))}
+
+
 def _finished(d: Dialogue, messages: list[dict[str, str]], stop: str,
               drop: tuple[str, dict[str, Any]] | None = None) -> Record:
     out = d.record.model_copy(deep=True)
@@ -270,7 +290,7 @@ def plan(flow: Records, config: ConversationConfig, default_llm: str, prompts_di
     assistant.add(flow.count * config.turns, full, config.max_tokens)
     user.add(flow.count * max(config.turns - 1, 0), full + template_tokens("conversation_user", prompts_dir) + 64,
              config.user_max_tokens)
-    out = Records(flow.count, flow.instruction_tokens, config.turns * turn_tokens)
+    out = Records(flow.count, flow.instruction_tokens, config.turns * turn_tokens, turns=max(config.turns, flow.turns))
     return finish(StagePlan("", flow.count, flow.count, merge_same_spec([assistant, user])), out)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 IN_DEPTH_OPS = ("add_constraints", "deepen", "concretize", "reasoning_steps", "complicate_input")
 OPS = (*IN_DEPTH_OPS, "breadth")
@@ -83,7 +85,20 @@ class EvolConfig(BaseModel):
     refusal_max_words: int = Field(
         80, ge=0, description="answers with at least this many words are never refusals"
     )
+    turns: Literal["first", "each", "keep"] = Field(
+        "first", exclude_if=lambda v: v == "first",  # at its default: the config (and its hash) as before
+        description="multi-turn records: 'first' evolves the first user turn into a single-turn task, 'each' "
+        "evolves every user turn and re-answers every assistant turn (needs answer), 'keep' passes them "
+        "through unevolved",
+    )
     llm: str | None = Field(None, description="backend spec for this stage (default: the pipeline's)")
+
+    @model_validator(mode="after")
+    def _each_needs_answers(self) -> EvolConfig:
+        if self.turns == "each" and not self.answer:
+            raise ValueError("turns: each needs answer: true (every assistant turn answered a question that "
+                             "was rewritten, so the stage answers each again)")
+        return self
 
     @field_validator("ops")
     @classmethod
