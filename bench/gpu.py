@@ -113,7 +113,7 @@ def settings(smoke: bool) -> dict[str, Any]:
                 "trl_batch": 2, "records": 24, "warmup": 1, "steps": 2, "prompts": 4, "max_new_tokens": 8,
                 "decode_batch": 4, "decode_runs": 1, "timeout": 300}
     return {"shapes": SHAPES, "sft_rows": 8, "max_length": 2048, "dpo_pairs": 16, "dpo_max_length": 1024,
-            "trl_batch": None, "records": 600, "warmup": 2, "steps": 5, "prompts": 64, "max_new_tokens": 128, "decode_batch": 64,
+            "trl_batch": None, "records": 400, "warmup": 2, "steps": 5, "prompts": 64, "max_new_tokens": 128, "decode_batch": 64,
             "decode_runs": 3, "timeout": 240}
 
 
@@ -123,18 +123,15 @@ def settings(smoke: bool) -> dict[str, Any]:
 def build_model(shape: dict[str, Any], device: str, dtype: Any, attn: str | None = None) -> Any:
     """A Llama with `shape` and random weights, drawn directly on `device`."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     spec = dict(shape)
     theta = spec.pop("rope_theta")
     config = LlamaConfig(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta},
                          bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    if attn:
-        config._attn_implementation = attn
     torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
-    return model
+    with torch.device(device):  # as `model_load_kwargs` would load it, but drawn in place
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, **({"attn_implementation": attn} if attn else {}))
 
 
 def matmul_params(model: Any) -> int:
