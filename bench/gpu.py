@@ -476,7 +476,7 @@ def run_rows(rows: list[str], spec: dict[str, Any], timeout: float) -> dict[str,
         stdout, text, failure = proc.stdout, (proc.stderr or proc.stdout).strip(), None
     except subprocess.TimeoutExpired as exc:
         stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        text, failure = "", {"status": "timeout", "reason": f"over {timeout:.0f} s"}
+        text, failure = "", {"status": "timeout", "reason": f"over {timeout:g} s"}
     wall = round(time.perf_counter() - started, 1)
     results: dict[str, dict[str, Any]] = {}
     for line in stdout.splitlines():
@@ -550,11 +550,34 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
+    report: dict[str, Any] = {
+        "bench": "gpu", "date": datetime.now(UTC).isoformat(timespec="seconds"), "smoke": args.smoke, "card": card,
+        "card_memory_gib": round(total_gib, 1) if total_gib else None, "peak_bf16_tflops": peak,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "versions": _versions(), "settings": {k: v for k, v in cfg.items() if k != "shapes"}, "shapes": cfg["shapes"],
+        "mfu_goal": MFU_GOAL,
+    }
+
+    def write() -> float | None:
+        """The report so far, atomically: written after every row, so a run cut short by the
+        device's time limit still leaves every finished row."""
+        ours, trl = results.get("sft:1.7b:full:ours", {}), results.get("sft:1.7b:full:trl", {})
+        ratio = (ours["tokens_per_second"] / trl["tokens_per_second"]
+                 if ours.get("tokens_per_second") and trl.get("tokens_per_second") else None)
+        report.update(rows={row: results[row] for row in rows if row in results}, load_average=list(os.getloadavg()),
+                      ratio_full_sft_1_7b_ours_over_trl=round(ratio, 3) if ratio else None,
+                      wall_seconds=round(time.perf_counter() - started, 1), finished=len(results) == len(rows))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.with_name(out.name + ".tmp")
+        tmp_out.write_text(json.dumps(report, indent=2) + "\n")
+        tmp_out.replace(out)
+        return ratio
 
     def done(row: str, result: dict[str, Any]) -> None:
         if result.get("tokens_per_second") and peak and row.startswith(("sft", "dpo")):
             result["mfu"] = round(result["flops_per_token"] * result["tokens_per_second"] / (peak * 1e12), 4)
         results[row] = result
+        write()
         print(f"  {row:<26} {result['status']:<7} {cell(result.get('tokens_per_second'), '.1f'):>10} tok/s  "
               f"{result.get('reason', '')}", flush=True)
 
@@ -567,7 +590,6 @@ def main(argv: list[str] | None = None) -> int:
             smoke_rows = [r for r in rows if r not in SMOKE_SKIPS]
             for row, result in run_rows(smoke_rows, spec, timeout * len(smoke_rows)).items():
                 done(row, result)
-            results = {row: results[row] for row in rows}
         for row in rows if not args.smoke else ():
             need = estimated_gib(row, cfg["shapes"])
             if total_gib and need > 0.92 * total_gib and not args.force:
@@ -578,22 +600,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 left = args.budget - (time.perf_counter() - started)
                 done(row, run_rows([row], spec, min(timeout, left + 30))[row])
-
+    ratio = write()
+    results = report["rows"]
     headline = results.get("sft:1.7b:full:ours", {}), results.get("sft:1.7b:full:trl", {})
-    ratio = (headline[0]["tokens_per_second"] / headline[1]["tokens_per_second"]
-             if headline[0].get("tokens_per_second") and headline[1].get("tokens_per_second") else None)
-    report = {
-        "bench": "gpu", "date": datetime.now(UTC).isoformat(timespec="seconds"), "smoke": args.smoke, "card": card,
-        "card_memory_gib": round(total_gib, 1) if total_gib else None, "peak_bf16_tflops": peak,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "versions": _versions(), "load_average": list(os.getloadavg()), "settings": {k: v for k, v in cfg.items() if k != "shapes"},
-        "shapes": cfg["shapes"], "rows": results, "ratio_full_sft_1_7b_ours_over_trl": round(ratio, 3) if ratio else None,
-        "mfu_goal": MFU_GOAL, "wall_seconds": round(time.perf_counter() - started, 1),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-    tmp_out.replace(out)
 
     print(f"\n{'row':<26} {'status':<7} {'tok/s':>10} {'MFU':>6} {'peak GiB':>8} {'batch x accum':>13} {'ckpt':>4} {'attn':>14}")
     for row, r in results.items():
@@ -605,6 +614,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{cell(memory, '.1f'):>8} {shape:>13} {('on' if r.get('gradient_checkpointing') else 'off') if 'optim' in r else '-':>4} "
               f"{r.get('attn_implementation') or '-':>14}{extra}")
     print(f"wrote {out}; load average {report['load_average'][:3]}")
+    variants = [(r["tokens_per_second"], row) for row, r in results.items()
+                if row.startswith("sft:1.7b:full:ours") and r.get("tokens_per_second")]
+    if variants:
+        best = results[max(variants)[1]]
+        print(f"fastest of ours, full SFT 1.7B-shape: {max(variants)[1]} {best['tokens_per_second']:.1f} tok/s"
+              + (f", MFU {best['mfu']:.1%}" if best.get("mfu") is not None else ""))
     ours = headline[0]
     mfu = f", MFU ours {ours['mfu']:.1%} (goal >= {MFU_GOAL:.0%})" if ours.get("mfu") is not None else ""
     if ratio is None:

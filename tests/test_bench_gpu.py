@@ -74,3 +74,14 @@ def test_smoke_runs_every_row_end_to_end(tmp_path) -> None:
     assert rows["sft:1.7b:full:ours:rows1"]["per_device_batch"] == 1
     assert rows["decode:8b"]["generate_tokens_per_second"] > 0
     assert proc.stdout.strip().splitlines()[-1].startswith("ours / TRL SFTTrainer defaults, full SFT 1.7B-shape")
+
+
+def test_a_failing_or_hanging_row_costs_only_that_row(tmp_path) -> None:
+    """On the GPU each row has its own process: a crash is that row's `error` with its last
+    line, a hang is that row's `timeout`; the parent carries on."""
+    spec = {"smoke": True, "settings": gpu.settings(True), "tokenizer": str(tmp_path / "no-tokenizer"),
+            "tmp": str(tmp_path), "threads": 1}
+    failed = gpu.run_rows(["sft:1.7b:full:ours"], spec, timeout=600)["sft:1.7b:full:ours"]
+    assert failed["status"] == "error" and "no-tokenizer" in failed["stderr_tail"] and failed["reason"]
+    hung = gpu.run_rows(["decode:1.7b"], spec, timeout=0.5)["decode:1.7b"]
+    assert hung == {"status": "timeout", "reason": "over 0.5 s", "wall_seconds": hung["wall_seconds"]}
