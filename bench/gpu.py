@@ -16,7 +16,8 @@ priority order so that a short lease still gets the headline:
 - `sft:<shape>:<full|lora>:ours[:<knob>]`: our SFT stage's trainer exactly as a run builds it
   (`finetune.trainer_setup.make_trainer` from a `FinetuneConfig`: assistant-only loss, bfd
   packing without cross-example attention, bf16 autocast over float32 master weights, fused
-  AdamW, no gradient checkpointing), batch 8 packed rows of 2048 tokens. Knob rows change one
+  AdamW, no gradient checkpointing; on for the 8B shape, see `SHAPE_OPTIONS`), batch 8 packed
+  rows of 2048 tokens. Knob rows change one
   `FinetuneConfig` field: `rows1` = `rows_per_pass: 1` (sdpa attends over the concatenated
   rows of a pass, masked, so one row per pass wastes less), `flex` = `attn_implementation:
   flex_attention` (block-sparse over the packed examples);
@@ -24,7 +25,7 @@ priority order so that a short lease still gets the headline:
   AdamW, gradient checkpointing ON, no packing, padded batches of 8, max_length 1024, loss on
   every token) on the same model, conversations and LoRA settings;
 - `dpo:<shape>:<method>:ours`: `finetune.dpo.make_dpo_trainer` (TRL's `DPOTrainer` as our DPO
-  step configures it), 16 pairs per step, max_length 1024;
+  step configures it), 8 pairs (16 sequences) per step, max_length 1024;
 - `decode:<shape>`: the `local` backend's continuous batcher (`LocalLLM.generate`, the model
   put on the card) against `transformers`' `model.generate` over static batches of the same
   size, same prompts, greedy, repetition penalty 1.1, alternating, median of 3 runs each.
@@ -112,6 +113,10 @@ ROWS = (
     "sft:8b:full:ours", "sft:8b:full:trl",
 )
 KNOBS = {"rows1": {"rows_per_pass": 1}, "flex": {"attn_implementation": "flex_attention"}}
+# Per-shape settings of our rows, as a user training that size would set them: the 8B shape's
+# activations for 16k tokens in one pass (~100 GiB) do not fit beside its weights without
+# recomputation (TRL's default turns it on for every size).
+SHAPE_OPTIONS = {"8b": {"gradient_checkpointing": True}}
 SMOKE_SKIPS = {"sft:1.7b:full:ours:flex": "torch's FlexAttention has no backward on the CPU: GPU only"}
 
 
@@ -121,7 +126,7 @@ def settings(smoke: bool) -> dict[str, Any]:
         return {"shapes": SMOKE_SHAPES, "sft_rows": 2, "max_length": 128, "dpo_pairs": 2, "dpo_max_length": 128,
                 "trl_batch": 2, "records": 24, "warmup": 1, "steps": 2, "prompts": 4, "max_new_tokens": 8,
                 "decode_batch": 4, "decode_runs": 1, "timeout": 300}
-    return {"shapes": SHAPES, "sft_rows": 8, "max_length": 2048, "dpo_pairs": 16, "dpo_max_length": 1024,
+    return {"shapes": SHAPES, "sft_rows": 8, "max_length": 2048, "dpo_pairs": 8, "dpo_max_length": 1024,
             "trl_batch": None, "records": 400, "warmup": 2, "steps": 5, "prompts": 64, "max_new_tokens": 128, "decode_batch": 64,
             "decode_runs": 3, "timeout": 150}
 
@@ -276,7 +281,7 @@ def run_train_row(spec: dict[str, Any]) -> dict[str, Any]:
     tokenizer = load_tokenizer(spec["tokenizer"])
     steps = cfg["warmup"] + cfg["steps"]
     common = {"method": method, "max_steps": steps, "eval_fraction": 0, "logging_steps": 1000, "cpu": not cuda,
-              "sample_prompts": 0, "seed": 0}
+              "sample_prompts": 0, "seed": 0, **SHAPE_OPTIONS.get(shape_name, {})}
     if kind == "dpo":
         from finetune.config import FinetuneConfig
         from finetune.dpo import make_dpo_trainer
@@ -476,7 +481,7 @@ def run_rows(rows: list[str], spec: dict[str, Any], timeout: float) -> dict[str,
         stdout, text, failure = proc.stdout, (proc.stderr or proc.stdout).strip(), None
     except subprocess.TimeoutExpired as exc:
         stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        text, failure = "", {"status": "timeout", "reason": f"over {timeout:g} s"}
+        text, failure = "", {"status": "timeout", "reason": f"over {timeout:.4g} s"}
     wall = round(time.perf_counter() - started, 1)
     results: dict[str, dict[str, Any]] = {}
     for line in stdout.splitlines():
