@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,8 @@ def main() -> None:
     result = evaluate(load())
     print_table(result)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    result["load_average"] = list(os.getloadavg())  # irrelevant to these figures, recorded like every bench's
+    result["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -337,6 +338,8 @@ def main() -> int:
         ),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "load_average": list(os.getloadavg()),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

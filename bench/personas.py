@@ -7,22 +7,30 @@ makes it). Both arms go to the same backend in one batch each, with the same sam
 `datagen.profile.persona_diversity` compares the follow-ups: distinct leading verbs,
 distinct-2, mean pairwise cosine (lower = more spread) and leader clusters.
 
-    python bench/personas.py --n 24 --llm local
+    python bench/personas.py --n 24 --llm local      # writes bench/results/personas.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import time
+from pathlib import Path
 
-from datagen.context import StageContext
-from datagen.io import default_seeds_path, read_records
-from datagen.llm import ChatRequest, generate_sync
-from datagen.personas import load_personas, pick_persona
-from datagen.profile import persona_diversity
-from datagen.prompts import render
-from datagen.records import Record, RecordMeta
-from datagen.stages.conversation import clean_user_turn, start_messages
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from datagen.context import StageContext  # noqa: E402
+from datagen.io import default_seeds_path, read_records  # noqa: E402
+from datagen.llm import ChatRequest, generate_sync  # noqa: E402
+from datagen.personas import load_personas, pick_persona  # noqa: E402
+from datagen.profile import persona_diversity  # noqa: E402
+from datagen.prompts import render  # noqa: E402
+from datagen.records import Record, RecordMeta  # noqa: E402
+from datagen.stages.conversation import clean_user_turn, start_messages  # noqa: E402
 
 
 def main() -> None:
@@ -58,8 +66,13 @@ def main() -> None:
         print(f"{name}: with {figures['with_personas'][name]} / without {figures['without_personas'][name]}")
     w, wo = figures["with_personas"]["mean_pairwise_cosine"], figures["without_personas"]["mean_pairwise_cosine"]
     print(f"mean pairwise cosine (lower = more spread): with {w} / without {wo}")
-    print(f"ratio distinct leading verbs with/without personas: "
-          f"{figures['with_personas']['distinct_leading_verbs'] / max(figures['without_personas']['distinct_leading_verbs'], 1):.2f}")
+    ratio = figures["with_personas"]["distinct_leading_verbs"] / max(figures["without_personas"]["distinct_leading_verbs"], 1)
+    out = ROOT / "bench" / "results" / "personas.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "figures": figures, "ratio_distinct_leading_verbs": round(ratio, 3),
+                               "load_average": list(os.getloadavg()), "when": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                              indent=2) + "\n")
+    print(f"ratio distinct leading verbs with/without personas: {ratio:.2f}")
 
 
 if __name__ == "__main__":

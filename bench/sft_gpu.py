@@ -5,13 +5,16 @@ the architecture and tokenizer in FOLDER (config.json + tokenizer files) and ran
 so the numbers are throughput and the GPU code path (bf16, device placement, packing,
 assistant-only masking), not quality. With a real model folder use `--model FOLDER`.
 
-    python bench/sft_gpu.py --init-from .gpu/smol --out /tmp/sft_gpu
+    python bench/sft_gpu.py --init-from .gpu/smol --out /tmp/sft_gpu   # figures: bench/results/sft_gpu.json
+
+bench/gpu.py supersedes this for sizes users train (1.7B, 8B shapes; MFU; TRL baseline).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="a real causal-LM folder")
     parser.add_argument("--init-from", default=None, help="architecture + tokenizer folder for random weights")
-    parser.add_argument("--out", default="bench/results/sft_gpu")
+    parser.add_argument("--out", default="/tmp/sft_gpu", help="work folder (random-init model, trained outputs)")
     parser.add_argument("--max-steps", type=int, default=60)
     args = parser.parse_args()
 
@@ -73,7 +76,10 @@ def main() -> None:
     for row in rows:
         print(f"{row['method']:6s} {row['steps']:5d} {row['train_tokens']:8d} {row['tokens_per_second']:9.1f} "
               f"{row['eval_loss_before']:11.4f} {row['eval_loss_after']:10.4f} {row['peak_gpu_gib']:8.2f}")
-    (out / "sft_gpu.json").write_text(json.dumps({"device": name, "rows": rows}, indent=2))
+    results = ROOT / "bench" / "results" / "sft_gpu.json"
+    results.write_text(json.dumps({"device": name, "rows": rows, "torch": torch.__version__,
+                                   "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                   "load_average": list(os.getloadavg())}, indent=2) + "\n")
     lora, full = rows
     print(f"full / LoRA tokens/s: {full['tokens_per_second'] / lora['tokens_per_second']:.2f}")
 

@@ -98,6 +98,19 @@ class FinetuneConfig(BaseModel):
         False, description="recompute activations to save memory (GPU, large models); always off on CPU"
     )
     cpu: bool = Field(False, description="train on the CPU even when a GPU is available")
+    # Speed knobs for GPUs (bench/gpu.py measures them). Default None = unset: left out of the
+    # config's dump, so adding them changed no finished run's hash (pipeline.finetune_step).
+    attn_implementation: Literal["sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "eager"] | None = (
+        Field(None, exclude_if=lambda v: v is None,
+              description="attention kernel the model is loaded with (default: transformers' choice, sdpa). With "
+              "packing, flash_attention_2/3 (need the flash-attn package) and flex_attention skip the blocks "
+              "between examples; sdpa computes them masked")
+    )
+    rows_per_pass: int | None = Field(
+        None, ge=1, exclude_if=lambda v: v is None,
+        description="packed rows per forward pass, the rest of batch_size accumulated (same optimizer batch and "
+        "loss). Default: 1 on CPU; on a GPU all batch_size rows, which TRL concatenates into one sequence",
+    )
     save_merged: bool = Field(True, description="LoRA: also save the base model with the adapter merged in")
     merged_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="dtype of the saved model; auto = the base checkpoint's"
@@ -172,6 +185,8 @@ class FinetuneConfig(BaseModel):
                              f"(machines are numbered 0 to {self.num_machines - 1})")
         if self.objective == "dpo" and self.launcher != "none":
             raise ValueError("objective dpo trains in one process (launcher: none)")
+        if self.rows_per_pass is not None and self.batch_size % self.rows_per_pass:
+            raise ValueError(f"rows_per_pass {self.rows_per_pass} must divide batch_size {self.batch_size}")
         if self.num_processes % self.num_machines:
             raise ValueError(f"num_processes {self.num_processes} is the total over all machines and must split "
                              f"evenly over num_machines {self.num_machines}")

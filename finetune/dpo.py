@@ -24,7 +24,13 @@ from datagen.preference_io import PreferencePair, checked_record_pairs, read_pai
 from datagen.records import Record
 from finetune.config import FinetuneConfig
 from finetune.data import eval_count, load_records
-from finetune.trainer_setup import build_peft_config, on_cpu, resolve_base_model, shared_training_args
+from finetune.trainer_setup import (
+    build_peft_config,
+    model_load_kwargs,
+    on_cpu,
+    resolve_base_model,
+    shared_training_args,
+)
 
 Row = dict[str, Any]
 
@@ -85,31 +91,39 @@ def build_dpo_config(config: FinetuneConfig, output_dir: str | Path, has_eval: b
     )
 
 
-def dpo_into(folder: Path, train_rows: list[Row], eval_rows: list[Row], config: FinetuneConfig,
-             progress: bool) -> dict[str, Any]:
-    """Train with DPO and save into `folder` (adapter/ and merged model/, or model/); the metrics."""
-    import torch
+def make_dpo_trainer(model: Any, tokenizer: Any, train_rows: list[Row], eval_rows: list[Row],
+                     config: FinetuneConfig, output_dir: str | Path, progress: bool = False) -> Any:
+    """The `trl.DPOTrainer` a run uses, for a loaded model (apart so bench/gpu.py can time exactly it)."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    base = resolve_base_model(config)
-    tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     strip = [{k: v for k, v in r.items() if k != "id"} for r in train_rows]
     held = [{k: v for k, v in r.items() if k != "id"} for r in eval_rows]
-    trainer = DPOTrainer(
+    return DPOTrainer(
         model=model,
-        args=build_dpo_config(config, folder / "_trainer", bool(eval_rows), progress),
+        args=build_dpo_config(config, output_dir, bool(eval_rows), progress),
         train_dataset=Dataset.from_list(strip),
         eval_dataset=Dataset.from_list(held) if held else None,
         processing_class=tokenizer,
         peft_config=build_peft_config(config),
     )
+
+
+def dpo_into(folder: Path, train_rows: list[Row], eval_rows: list[Row], config: FinetuneConfig,
+             progress: bool) -> dict[str, Any]:
+    """Train with DPO and save into `folder` (adapter/ and merged model/, or model/); the metrics."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    base = resolve_base_model(config)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(config))
+    trainer = make_dpo_trainer(model, tokenizer, train_rows, eval_rows, config, folder / "_trainer", progress)
+    held = eval_rows
     metrics: dict[str, Any] = {
         "objective": "dpo", "method": config.method, "base_model": base, "reference": base,
         "beta": config.beta, "loss_type": config.loss_type, "learning_rate": config.learning_rate,

@@ -24,6 +24,7 @@ from finetune.data import (
 )
 from finetune.trainer_setup import (
     make_trainer,
+    model_load_kwargs,
     on_cpu,
     prepare_tokenizer,
     resolve_base_model,
@@ -49,7 +50,7 @@ def train_into(
     tokenizer = AutoTokenizer.from_pretrained(base)
     stock, template = prepare_tokenizer(tokenizer, config, [ex["messages"] for ex in (*train_ex, *eval_ex)])
     save_dtype = _save_dtype(config, AutoConfig.from_pretrained(base))
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, **model_load_kwargs(config))
     sample_ex = eval_ex[: config.sample_prompts]
     trainer = make_trainer(model, tokenizer, train_ex, eval_ex, config, folder / "_trainer", progress)
 

@@ -30,7 +30,11 @@ def build_sft_config(config: FinetuneConfig, output_dir: str | Path, has_eval: b
     # sequence, so its cost grows with (rows * max_length)^2 although only the per-example blocks
     # count. On CPU each packed row therefore gets its own forward pass and the rows are
     # accumulated: the same optimizer batch (the loss is normalised over all of it), far less work.
+    # `rows_per_pass` lets a GPU run choose the same (e.g. with sdpa, whose masked attention over
+    # the concatenated rows grows with their square; flash/flex attention skip the masked blocks).
     rows_per_pass = 1 if (config.packing and cpu) else config.batch_size
+    if config.packing and config.rows_per_pass is not None:
+        rows_per_pass = config.rows_per_pass
     accumulate = config.grad_accum * (config.batch_size // rows_per_pass)
     # With N processes each accumulates 1/N of the optimizer batch: same batch, same loss curve.
     processes = config.num_processes if config.launcher == "accelerate" else 1
@@ -79,6 +83,9 @@ def shared_training_args(config: FinetuneConfig, output_dir: str | Path, progres
         "bf16": (not cpu) and torch.cuda.is_bf16_supported(),
         "fp16": False,
         "gradient_checkpointing": config.gradient_checkpointing and not cpu,
+        # transformers' default since torch 2.8; spelled out so an older stack cannot fall back
+        # to the per-parameter loop (one kernel launch per tensor per step).
+        "optim": "adamw_torch_fused",
         "seed": config.seed,
         "data_seed": config.seed,
         "logging_steps": config.logging_steps,
@@ -88,6 +95,17 @@ def shared_training_args(config: FinetuneConfig, output_dir: str | Path, progres
         "disable_tqdm": not progress,
         "dataloader_num_workers": 0,
     }
+
+
+def model_load_kwargs(config: FinetuneConfig) -> dict[str, Any]:
+    """Keyword arguments for loading (or building) the model to train: float32 master weights
+    (the Trainer computes in bf16 autocast on GPUs) and the attention kernel when one is set."""
+    import torch
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if config.attn_implementation is not None:
+        kwargs["attn_implementation"] = config.attn_implementation
+    return kwargs
 
 
 def build_peft_config(config: FinetuneConfig) -> Any:

@@ -193,6 +193,42 @@ def test_sft_config_is_cpu_friendly_and_maps_the_schedule() -> None:
     assert (padded.per_device_train_batch_size, padded.gradient_accumulation_steps) == (4, 2)
 
 
+def test_gpu_speed_knobs_map_to_the_trainer_and_keep_the_optimizer_batch() -> None:
+    # rows_per_pass splits the same optimizer batch into more, shorter passes (packing only)
+    split = build_sft_config(FinetuneConfig(cpu=True, batch_size=8, grad_accum=2, rows_per_pass=4), "x", has_eval=False)
+    assert (split.per_device_train_batch_size, split.gradient_accumulation_steps) == (4, 4)
+    padded = FinetuneConfig(cpu=True, batch_size=8, packing=False, rows_per_pass=4)
+    assert build_sft_config(padded, "x", has_eval=False).per_device_train_batch_size == 8
+    with pytest.raises(ValidationError, match="rows_per_pass 3 must divide batch_size 8"):
+        FinetuneConfig(batch_size=8, rows_per_pass=3)
+    assert build_sft_config(FinetuneConfig(cpu=True), "x", has_eval=False).optim == "adamw_torch_fused"
+
+
+def test_unset_speed_knobs_leave_the_config_dump_and_so_finished_runs_alone() -> None:
+    dumped = FinetuneConfig().model_dump(mode="json")
+    assert "attn_implementation" not in dumped and "rows_per_pass" not in dumped
+    assert FinetuneConfig(rows_per_pass=2).model_dump(mode="json")["rows_per_pass"] == 2
+
+
+def test_attn_implementation_reaches_the_model_and_keeps_the_packed_loss(tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from finetune.trainer_setup import model_load_kwargs
+
+    reference = tiny_llama(len(smol_tokenizer()))
+    losses = {}
+    for kernel in ("eager", "sdpa"):
+        config = FinetuneConfig(method="full", max_length=256, eval_fraction=0, attn_implementation=kernel)
+        model = AutoModelForCausalLM.from_config(reference.config, **model_load_kwargs(config))
+        model.load_state_dict(reference.state_dict())
+        assert model.config._attn_implementation == kernel and model.dtype == torch.float32
+        trainer, _ = _trainer(tmp_path / kernel, config, model=model)
+        batch = trainer.data_collator([trainer.train_dataset[0]])
+        with torch.no_grad():
+            losses[kernel] = trainer.model.eval()(**batch).loss.item()
+    assert abs(losses["eager"] - losses["sdpa"]) < 1e-4
+
+
 # ----------------------------------------------------------------------------- validation, CLI, output
 
 
