@@ -215,7 +215,6 @@ class OpenAICompatLLM:
         async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=5),
                                          trust_env=any(os.environ.get(name) for name in _PROXY_VARS)) as session:
             while self._queue_metrics is not False:
-                await asyncio.sleep(QUEUE_POLL_SECONDS)
                 try:
                     async with session.get(f"{root}/metrics") as response:
                         text = await response.text() if response.status == 200 else ""
@@ -227,6 +226,7 @@ class OpenAICompatLLM:
                     return
                 self._queue_metrics = True
                 self.limiter.observe_queue(waiting)
+                await asyncio.sleep(QUEUE_POLL_SECONDS)
 
     async def generate_batch(
         self, requests: Sequence[Request], keys: Sequence[str], state_dir: Any,

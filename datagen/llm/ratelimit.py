@@ -120,6 +120,7 @@ class Ticket:
     admitted: float
     settled: bool = False
     load: int = 1  # requests in flight right after this one was admitted
+    serial: int = 0  # admissions before this one (tells replies to an old load from new ones)
 
 
 @dataclass
@@ -166,6 +167,7 @@ class RequestLimiter:
         self.lowest_limit = self.limit
         self._last_cut = -math.inf
         self._gradient = _Gradient(self)
+        self.admissions = 0
         self.queue_cuts = 0  # cuts because the server reported requests waiting in its queue
         self.history: list[tuple[float, float]] = [(clock(), self.limit)]  # (clock time, limit)
         now = time.monotonic()
@@ -284,7 +286,10 @@ class RequestLimiter:
         elif status is not None and status < 400:
             if evidence:
                 assert latency is not None
-                self._gradient.sample(ticket, latency / per_sequence, per_sequence)
+                # The load it ran under: at least what is in flight as it lands (the first
+                # wave is admitted one by one, at loads 1..n, yet all of it runs at n).
+                load = max(ticket.load, self.in_flight + 1)
+                self._gradient.sample(ticket, latency / per_sequence, per_sequence, load)
             else:  # no per-token evidence: AIMD's additive increase, about +1 per round trip
                 self._set_limit(self.limit + 1.0 / self.limit)
 
@@ -360,7 +365,8 @@ class RequestLimiter:
         if self.tokens is not None:
             self.tokens.take(tokens)
         self.in_flight += 1
-        return Ticket(tokens=tokens, admitted=now, load=self.in_flight)
+        self.admissions += 1
+        return Ticket(tokens=tokens, admitted=now, load=self.in_flight, serial=self.admissions)
 
     def _schedule(self, delay: float) -> None:
         try:
@@ -440,7 +446,7 @@ class _Gradient:
         self.samples: list[_Sample] = []
         self.pre_ratio = 1.0  # mean per-token time / baseline before the probe
         self.probe_baseline: dict[int, float] = {}
-        self.probe_at = -math.inf
+        self.probe_at = 0  # admissions before the probe started
         self.calibrated_at = -math.inf
         self.ratio = 1.0  # smoothed per-token time / baseline (steady phase)
         self.last_queue_cut = -math.inf
@@ -455,20 +461,20 @@ class _Gradient:
         """Samples per phase: about half a round trip at the current limit (4 to 16)."""
         return max(4, min(16, math.ceil(self.limiter.limit / 2)))
 
-    def sample(self, ticket: Ticket, per_token: float, per_sequence: float) -> None:
+    def sample(self, ticket: Ticket, per_token: float, per_sequence: float, load: int) -> None:
         limiter = self.limiter
         now = limiter.clock()
         if self.phase == "steady" and now - self.calibrated_at > BASELINE_SECONDS:
             self.phase, self.baseline, self.samples = "measure", {}, []
         bucket = int(math.log2(per_sequence))
-        seen = _Sample(per_token, bucket, ticket.load)
+        seen = _Sample(per_token, bucket, load)
         self.baseline[bucket] = min(self.baseline.get(bucket, math.inf), per_token)
         if self.phase == "measure":
             self.samples.append(seen)
             if len(self.samples) >= self._quota():
                 self._probe(now)
         elif self.phase == "probe":
-            if ticket.admitted < self.probe_at:
+            if ticket.serial <= self.probe_at:
                 return  # admitted before the probe: it describes the old load
             self.samples.append(seen)
             if len(self.samples) >= self._quota():
@@ -489,7 +495,7 @@ class _Gradient:
         self.pre_ratio = self._mean_ratio(self.baseline) or 1.0
         self.probe_baseline = dict(self.baseline)
         self.samples = []
-        self.phase, self.probe_at = "probe", now
+        self.phase, self.probe_at = "probe", limiter.admissions
         self.probes += 1
         limiter._set_limit(min(limiter.limit, load / 2))
 
