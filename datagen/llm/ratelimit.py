@@ -168,6 +168,7 @@ class RequestLimiter:
         self._last_cut = -math.inf
         self._gradient = _Gradient(self)
         self.admissions = 0
+        self.timeouts = 0  # attempts that timed out (retried or not), for the run report
         self.queue_cuts = 0  # cuts because the server reported requests waiting in its queue
         self.history: list[tuple[float, float]] = [(clock(), self.limit)]  # (clock time, limit)
         now = time.monotonic()
@@ -228,6 +229,7 @@ class RequestLimiter:
             self.in_flight -= 1
             if self.tokens is not None and tokens_used is not None and ticket.tokens > tokens_used:
                 self.tokens.give_back(ticket.tokens - tokens_used)
+            self.timeouts += timed_out
             if status == 429:
                 self._cool_down(now, retry_after if retry_after is not None else 1.0)
             if headers:
