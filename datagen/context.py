@@ -190,6 +190,8 @@ class StageContext:
             start = [limit for t, limit in history if t <= since][-1:]
             points = [[0.0, round(start[0], 1)]] if start else []
             points += [[round(t - since, 1), round(limit, 1)] for t, limit in history if t > since]
+            if points and points[-1][1] != round(limiter.limit, 1):  # the history keeps 1 point per 0.5 s
+                points.append([round(limiter.clock() - since, 1), round(limiter.limit, 1)])
             old = before.get(spec, {})
             counts = {key: value - old.get(key, 0) for key, value in self.concurrency_counters()[spec].items()}
             report[spec] = {"limit": points, **counts}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -136,19 +137,30 @@ def test_overload_answered_with_503s_cuts_the_limit():
     assert limiter.cuts >= 2 and limiter.lowest_limit <= 12
 
 
-def test_server_queue_shrinks_the_limit_at_most_once_a_second():
+def test_server_queue_caps_the_limit_at_what_the_server_runs():
     clock = FakeClock()
     limiter = RequestLimiter(32, clock=clock)
-    limiter.observe_queue(8)
+
+    async def admit(count: int) -> list:
+        return [await limiter.acquire() for _ in range(count)]
+
+    tickets = asyncio.run(admit(32))
+    limiter.observe_queue(8)  # 32 out, 8 of them waiting: the server runs 24 of ours
     assert limiter.limit == 24 and limiter.queue_cuts == 1
-    limiter.observe_queue(8)  # within the second: the same queue seen again
+    clock.now += 0.5
+    for ticket in tickets[:4]:
+        limiter.settle(ticket)
+    limiter.observe_queue(6)  # within the second: not judged again
     assert limiter.limit == 24
     clock.now += 1.0
-    limiter.observe_queue(100)  # at most a quarter at once
-    assert limiter.limit == 18
+    limiter.observe_queue(6)  # 28 out, 6 waiting: 22 run; the queue drains as we do, no cut to 1
+    assert limiter.limit == 22 and limiter.queue_cuts == 2
+    clock.now += 1.0
+    limiter.observe_queue(27)  # someone else's queue: at most half at once
+    assert limiter.limit == 11
     clock.now += 1.0
     limiter.observe_queue(0)  # an empty queue is no reason to grow
-    assert limiter.limit == 18
+    assert limiter.limit == 11
     fixed = RequestLimiter(32, adaptive=False)
     fixed.observe_queue(8)
     assert fixed.limit == 32
@@ -274,3 +286,30 @@ def test_no_metrics_endpoint_is_asked_once(openai_server):
     generate_sync(llm, [ChatRequest.chat(f"n{i}", max_tokens=512) for i in range(40)])
     assert llm.inner._queue_metrics is False
     assert json.dumps(openai_server.stats.as_dict()["outcomes"]) == '{"ok": 40}'
+
+
+def test_stage_report_records_the_in_flight_limit(openai_server, tmp_path, monkeypatch):
+    """done.json of a stage says how the limit moved (the bench and the report read it)."""
+    import yaml
+
+    from datagen.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    saturating(openai_server, knee=4, answer_min_tokens=20, answer_max_tokens=60)
+    seeds = Path(__file__).resolve().parent.parent / "seeds" / "seed_tasks.jsonl"
+    config = {
+        "name": "limit-report", "llm": "openai:test",
+        "llm_options": {"openai": {"base_url": openai_server.base_url, "max_concurrency": 16,
+                                   "backoff_initial": 0.01}},
+        "input": {"path": str(seeds), "limit": 40},
+        "stages": [{"distill": {"n": 1, "ranker": "none", "max_tokens": 100}}],
+        "export": {"formats": ["records"]},
+    }
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump(config))
+    assert main(["run", str(pipeline), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    done = json.loads((tmp_path / "run" / "distill" / "done.json").read_text())
+    report = done["concurrency"]["openai:test"]
+    assert report["limit"][0][1] == 16.0 and report["timeouts"] == 0 and report["cuts"] == 0
+    times = [t for t, _ in report["limit"]]
+    assert times == sorted(times) and all(1 <= limit <= 16 for _, limit in report["limit"])

@@ -31,8 +31,8 @@ What it enforces, and why each piece exists:
   halving stops paying. Hard signals cut it in half at once (once per round trip): a
   timeout, 429, 503/504/529, a reply slower than an explicit `latency_ceiling`, or a short
   answer (no per-token evidence) slower than `short_reply_ceiling`. A server that reports
-  its own queue (vLLM's `/metrics` `vllm:num_requests_waiting`, see `observe_queue`) shrinks
-  the limit by what waits there. A clean signal grows the limit by half per round trip.
+  its own queue (vLLM's `/metrics` `vllm:num_requests_waiting`, see `observe_queue`) caps
+  the limit at what the server runs of ours. A clean signal grows the limit by half per round trip.
 - Priority: retries are admitted before first attempts (higher `priority` first), so a
   request that timed out does not rejoin the back of the queue its own overload built.
 """
@@ -317,16 +317,19 @@ class RequestLimiter:
     def observe_queue(self, waiting: float) -> None:
         """The server's own queue (vLLM `/metrics` `vllm:num_requests_waiting`, polled by the
         client): requests waiting there are in flight for us but served by no one, so the
-        limit drops by that many (at most a quarter per second). An empty queue is no
-        evidence to grow on: a server may serve everything it admitted, slowly."""
+        limit drops to what the server runs of ours, `in_flight - waiting` (at most by half
+        per QUEUE_INTERVAL). Judged against what is in flight, not the limit, a queue that
+        persists while our earlier requests drain is not cut again and again. An empty queue
+        is no evidence to grow on: a server may serve everything it admitted, slowly."""
         if not self.adaptive or waiting <= 0:
             return
         with self._lock:
             now = self.clock()
-            if now - self._gradient.last_queue_cut < QUEUE_INTERVAL:
+            target = self.in_flight - waiting
+            if now - self._gradient.last_queue_cut < QUEUE_INTERVAL or target >= self.limit:
                 return
             self._gradient.last_queue_cut = now
-            self._set_limit(self.limit - min(waiting, self.limit / 4))
+            self._set_limit(max(self.limit / 2, target))
             self.queue_cuts += 1
 
     def _pump(self) -> None:
