@@ -811,7 +811,8 @@ class _Engine:
         self.task: asyncio.Task | None = None
 
     def requests(self) -> tuple[int, int]:
-        return len(self.running_requests), len(self.queue)
+        """(running, waiting) sequences: vLLM counts each of a request's n choices."""
+        return len(self.running), sum(len(lengths) for _, lengths, _ in self.queue)
 
     def speed(self, config: ServerConfig) -> float:
         """Tokens/s of each running sequence."""

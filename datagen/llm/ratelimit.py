@@ -168,6 +168,7 @@ class RequestLimiter:
         self._last_cut = -math.inf
         self._gradient = _Gradient(self)
         self.admissions = 0
+        self.sequences = 1.0  # mean choices per request: a server counts its queue in sequences
         self.timeouts = 0  # attempts that timed out (retried or not), for the run report
         self.queue_cuts = 0  # cuts because the server reported requests waiting in its queue
         self.history: list[tuple[float, float]] = [(clock(), self.limit)]  # (clock time, limit)
@@ -230,6 +231,7 @@ class RequestLimiter:
             if self.tokens is not None and tokens_used is not None and ticket.tokens > tokens_used:
                 self.tokens.give_back(ticket.tokens - tokens_used)
             self.timeouts += timed_out
+            self.sequences += (max(1, sequences) - self.sequences) / 16  # choices per request, smoothed
             if status == 429:
                 self._cool_down(now, retry_after if retry_after is not None else 1.0)
             if headers:
@@ -317,7 +319,8 @@ class RequestLimiter:
     def observe_queue(self, waiting: float) -> None:
         """The server's own queue (vLLM `/metrics` `vllm:num_requests_waiting`, polled by the
         client): requests waiting there are in flight for us but served by no one, so the
-        limit drops to what the server runs of ours, `in_flight - waiting` (at most by half
+        limit drops to what the server runs of ours, `in_flight - waiting` (vLLM counts each of
+        a request's n choices: `waiting` is divided by our mean n) (at most by half
         per QUEUE_INTERVAL). Judged against what is in flight, not the limit, a queue that
         persists while our earlier requests drain is not cut again and again. An empty queue
         is no evidence to grow on: a server may serve everything it admitted, slowly."""
@@ -325,7 +328,7 @@ class RequestLimiter:
             return
         with self._lock:
             now = self.clock()
-            target = self.in_flight - waiting
+            target = self.in_flight - waiting / self.sequences  # vLLM queues each of n choices
             if now - self._gradient.last_queue_cut < QUEUE_INTERVAL or target >= self.limit:
                 return
             self._gradient.last_queue_cut = now
