@@ -313,3 +313,22 @@ def test_stage_report_records_the_in_flight_limit(openai_server, tmp_path, monke
     assert report["limit"][0][1] == 16.0 and report["timeouts"] == 0 and report["cuts"] == 0
     times = [t for t, _ in report["limit"]]
     assert times == sorted(times) and all(1 <= limit <= 16 for _, limit in report["limit"])
+
+
+def test_server_queue_in_sequences_is_read_in_requests():
+    """vLLM counts each of n choices in its queue: 16 waiting sequences of n=4 requests are 4 of ours."""
+    clock = FakeClock()
+    limiter = RequestLimiter(32, clock=clock)
+
+    async def scenario() -> None:
+        for _ in range(64):  # replies of n=4 teach the limiter its mean n
+            ticket = await limiter.acquire()
+            limiter.settle(ticket, latency=0.1, status=200, output_tokens=4, sequences=4)
+        limiter.limit = 32.0
+        for _ in range(32):
+            await limiter.acquire()
+
+    asyncio.run(scenario())
+    assert limiter.sequences == pytest.approx(4, abs=0.1)
+    limiter.observe_queue(16)
+    assert 27.5 <= limiter.limit <= 28.5
