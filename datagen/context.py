@@ -166,6 +166,37 @@ class StageContext:
     def usage(self) -> dict[str, dict[str, Any]]:
         return {spec: llm.usage.as_dict() for spec, llm in self._llms.items()}
 
+    def _limiters(self) -> dict[str, Any]:
+        """The concurrency limiters of this run's OpenAI-compatible backends (none under Ray)."""
+        found = {}
+        for spec, llm in self._llms.items():
+            limiter = getattr(getattr(llm, "inner", llm), "limiter", None)
+            if getattr(limiter, "history", None):
+                found[spec] = limiter
+        return found
+
+    def concurrency_counters(self) -> dict[str, dict[str, int]]:
+        """Each backend's cumulative limit cuts and timed-out attempts (a stage reports its delta)."""
+        return {spec: {"cuts": lim.cuts, "queue_cuts": lim.queue_cuts, "timeouts": lim.timeouts}
+                for spec, lim in self._limiters().items()}
+
+    def concurrency_report(self, since: float, before: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
+        """For the run report: each OpenAI-compatible backend's in-flight limit since `since`
+        (time.monotonic()) as compact [seconds into the stage, limit] pairs (one pair when it
+        is fixed), and the stage's cuts, queue cuts and timed-out attempts."""
+        report = {}
+        for spec, limiter in self._limiters().items():
+            history = limiter.history
+            start = [limit for t, limit in history if t <= since][-1:]
+            points = [[0.0, round(start[0], 1)]] if start else []
+            points += [[round(t - since, 1), round(limit, 1)] for t, limit in history if t > since]
+            if points and points[-1][1] != round(limiter.limit, 1):  # the history keeps 1 point per 0.5 s
+                points.append([round(limiter.clock() - since, 1), round(limiter.limit, 1)])
+            old = before.get(spec, {})
+            counts = {key: value - old.get(key, 0) for key, value in self.concurrency_counters()[spec].items()}
+            report[spec] = {"limit": points, **counts}
+        return report
+
     def close(self) -> None:
         for llm in self._llms.values():
             llm.close()

@@ -234,6 +234,7 @@ def run_stage(state: RunState, number: int, spec: StageSpec) -> None:
     cfg, stage_dir, records = state.config, state.run_dir / spec.label, state.records
     state.say.stage(number, len(cfg.stages), spec.label, f"{len(records)} records in")
     usage_before = state.ctx.usage()
+    since, concurrency_before = time.monotonic(), state.ctx.concurrency_counters()  # the limit's clock
     started = time.perf_counter()
     result = registry.resolve(spec.name).run(records, state.ctx, spec.config)
     seconds = time.perf_counter() - started
@@ -260,6 +261,7 @@ def run_stage(state: RunState, number: int, spec: StageSpec) -> None:
         "drop_reasons": result.drop_counts(),
         "stats": result.stats,
         "llm_usage": usage,
+        **({"concurrency": report} if (report := state.ctx.concurrency_report(since, concurrency_before)) else {}),
         "cost_usd": cost_usd(usage, cfg.prices, batch=bool(cfg.llm_options.get("openai", {}).get("batch"))),
         "seconds": round(seconds, 3),
         "config": spec.config.model_dump(mode="json"),

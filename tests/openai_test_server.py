@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import threading
 import time
@@ -97,8 +98,25 @@ class ServerConfig:
     batch_fail_rate: float = 0.0
     batch_expire_rate: float = 0.0
     completions: bool = True  # serve /v1/completions (raw prompts); False: 404 there, like a chat-only server
+    # Saturating server (an LLM engine batching its sequences), on when token_rate > 0: every
+    # choice of a reply is a sequence decoded at token_rate / knee tokens/s while at most `knee`
+    # run; past the knee the server's total stays token_rate, minus `overload_slowdown` of it
+    # per extra knee's worth of sequences, shared by all, so each token gets slower with the
+    # load while a reply's time also grows with its length. Echo answers are padded to a
+    # length drawn per (seed, prompt, choice) in [answer_min_tokens, answer_max_tokens] (capped
+    # by max_tokens); `max_running` sequences at most run (0: no cap), later requests wait in
+    # a FIFO queue that GET /metrics reports as vLLM does (when `metrics` is true).
+    token_rate: float = 0.0
+    knee: int = 16
+    overload_slowdown: float = 0.0
+    answer_min_tokens: int = 16
+    answer_max_tokens: int = 256
+    max_running: int = 0
+    metrics: bool = False
 
     def __post_init__(self) -> None:
+        if self.knee < 1 or self.answer_min_tokens < 1 or self.answer_max_tokens < self.answer_min_tokens:
+            raise ValueError("knee and answer_min_tokens must be >= 1, answer_max_tokens >= answer_min_tokens")
         if self.fail_kind not in FAULT_KINDS:
             raise ValueError(f"fail_kind must be one of {FAULT_KINDS}, not {self.fail_kind!r}")
 
@@ -115,6 +133,7 @@ class RequestLog:
     n: int = 1
     seed: int | None = None
     client_port: int = 0  # the client's TCP port: tells which process sent it (see ray_cluster_helpers)
+    tokens: int = 0  # completion tokens of the reply sent (0 for faults and hang-ups)
 
 
 @dataclass
@@ -130,6 +149,17 @@ class ServerStats:
     files_uploaded: int = 0
     batches_created: int = 0
     batch_requests: int = 0  # request lines in all created batches
+    # Saturating mode: tokens of every reply sent, when the first sequence started and the
+    # last finished (monotonic), the most sequences decoding at once.
+    tokens_served: int = 0
+    first_decode: float = 0.0
+    last_decode: float = 0.0
+    max_sequences: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        span = self.last_decode - self.first_decode
+        return self.tokens_served / span if span > 0 else 0.0
 
     def __repr__(self) -> str:  # short: pytest prints it on every failed assertion
         return (
@@ -153,6 +183,11 @@ class ServerStats:
             "files_uploaded": self.files_uploaded,
             "batches_created": self.batches_created,
             "batch_requests": self.batch_requests,
+            "tokens_served": self.tokens_served,
+            "first_decode": self.first_decode,
+            "last_decode": self.last_decode,
+            "max_sequences": self.max_sequences,
+            "tokens_per_second": self.tokens_per_second,
         }
 
 
@@ -217,6 +252,7 @@ class OpenAITestServer:
         self._files: dict[str, bytes] = {}
         self._batches: dict[str, dict[str, Any]] = {}
         self._batch_attempts: Counter = Counter()  # custom_id -> batches that carried it
+        self._engine: _Engine | None = None  # the saturating mode's decoder (made on the server's loop)
 
     # ---- control from the test -------------------------------------------------------
     @property
@@ -273,6 +309,10 @@ class OpenAITestServer:
                 files_uploaded=s.files_uploaded,
                 batches_created=s.batches_created,
                 batch_requests=s.batch_requests,
+                tokens_served=s.tokens_served,
+                first_decode=s.first_decode,
+                last_decode=s.last_decode,
+                max_sequences=s.max_sequences,
             )
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -317,6 +357,7 @@ class OpenAITestServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/files", self._upload_file)
         app.router.add_get("/v1/files/{file_id}/content", self._file_content)
         app.router.add_post("/v1/batches", self._create_batch)
@@ -346,6 +387,16 @@ class OpenAITestServer:
         return web.json_response(
             {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "test"} for name in served]}
         )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """vLLM's queue gauges in Prometheus text (only with `metrics`: other servers 404)."""
+        if not self.config.metrics:
+            return web.Response(status=404, text="404: Not Found")
+        running, waiting = self._engine.requests() if self._engine is not None else (0, 0)
+        labels = '{engine="0",model_name="test"}'
+        text = (f"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{labels} {float(running)}\n"
+                f"# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{labels} {float(waiting)}\n")
+        return web.Response(text=text, content_type="text/plain")
 
     async def _control_configure(self, request: web.Request) -> web.Response:
         try:
@@ -472,6 +523,13 @@ class OpenAITestServer:
             if fault is not None:
                 return self._fault_response(fault, config)
             reply = reply_with(body, prompt, n, seed, config)
+            if config.token_rate > 0:
+                if self._engine is None:
+                    self._engine = _Engine(self)
+                await self._engine.decode([_words(_choice_text(c)) for c in reply["choices"]], config)
+            entry.tokens = reply["usage"]["completion_tokens"]
+            with self._lock:
+                stats.tokens_served += entry.tokens
             if config.tpm_limit > 0:  # charged prompt + max_tokens on arrival: refund what was unused
                 unused = int(body.get("max_tokens") or 0) * n - reply["usage"]["completion_tokens"]
                 with self._lock:
@@ -681,6 +739,10 @@ class OpenAITestServer:
             elif response_format.get("type") == "json_object":
                 text = json.dumps({"echo": text})
             else:
+                if config.token_rate > 0:  # a long answer of this prompt's own length
+                    span = config.answer_max_tokens - config.answer_min_tokens + 1
+                    length = config.answer_min_tokens + int(_unit_hash(config.seed, "length", prompt, k) * span)
+                    text = " ".join([text, *(f"w{i}" for i in range(max(0, length - _words(text))))])
                 for stop in stops:
                     cut = text.find(stop)
                     if cut >= 0:
@@ -724,6 +786,123 @@ class OpenAITestServer:
         return chat
 
 
+def _choice_text(choice: dict[str, Any]) -> str:
+    return str(choice.get("text") if "text" in choice else (choice.get("message") or {}).get("content", ""))
+
+
+class _Engine:
+    """The saturating mode's decoder: processor sharing with equal per-sequence speed, as a
+    batching engine steps every running sequence once per step. Exact, not ticked: `progress`
+    is the tokens each running sequence has decoded since the start, so a sequence admitted at
+    progress P with L tokens finishes when progress reaches P + L; one task sleeps until the
+    next finish at the current speed and wakes early when the set of sequences changes.
+    Requests are admitted whole (as vLLM admits a request's n sequences), FIFO past `max_running`."""
+
+    def __init__(self, server: OpenAITestServer) -> None:
+        self.server = server
+        self.progress = 0.0
+        self.stamp = time.monotonic()
+        self.running: dict[int, tuple[float, asyncio.Future]] = {}  # id -> (finish progress, done)
+        self.running_requests: Counter = Counter()  # request id -> its sequences running
+        self.owner: dict[int, int] = {}  # sequence id -> request id
+        self.queue: list[tuple[int, list[int], asyncio.Future]] = []  # waiting requests
+        self.ids = itertools.count()
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    def requests(self) -> tuple[int, int]:
+        """(running, waiting) sequences: vLLM counts each of a request's n choices."""
+        return len(self.running), sum(len(lengths) for _, lengths, _ in self.queue)
+
+    def speed(self, config: ServerConfig) -> float:
+        """Tokens/s of each running sequence."""
+        count = len(self.running)
+        if count <= config.knee:
+            return config.token_rate / config.knee
+        total = config.token_rate * max(0.1, 1 - config.overload_slowdown * (count - config.knee) / config.knee)
+        return total / count
+
+    def advance(self, config: ServerConfig) -> None:
+        now = time.monotonic()
+        if self.running:
+            self.progress += (now - self.stamp) * self.speed(config)
+        self.stamp = now
+
+    async def decode(self, lengths: list[int], config: ServerConfig) -> None:
+        """Wait until every sequence of one reply (its choices' token counts) is decoded."""
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._run())
+        request = next(self.ids)
+        admitted: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.queue.append((request, [max(1, n) for n in lengths], admitted))
+        self._admit(config)
+        sequences: list[int] = []
+        try:
+            sequences = await admitted
+            await asyncio.gather(*(self.running[s][1] for s in sequences if s in self.running))
+        finally:  # done, or the client hung up: its sequences stop taking turns
+            self.queue = [q for q in self.queue if q[0] != request]
+            self.advance(self.server.config)
+            for seq in sequences:
+                self.running.pop(seq, None)
+                self.owner.pop(seq, None)
+            self.running_requests.pop(request, None)
+            self._admit(self.server.config)
+            self.changed.set()
+
+    def _admit(self, config: ServerConfig) -> None:
+        self.advance(config)
+        while self.queue:
+            request, lengths, admitted = self.queue[0]
+            if config.max_running and self.running and len(self.running) + len(lengths) > config.max_running:
+                break
+            self.queue.pop(0)
+            ids = []
+            for length in lengths:
+                seq = next(self.ids)
+                self.running[seq] = (self.progress + length, asyncio.get_running_loop().create_future())
+                self.owner[seq] = request
+                ids.append(seq)
+            self.running_requests[request] = len(ids)
+            if not admitted.done():
+                admitted.set_result(ids)
+            with self.server._lock:
+                stats = self.server._stats
+                stats.max_sequences = max(stats.max_sequences, len(self.running))
+                if not stats.first_decode:
+                    stats.first_decode = time.monotonic()
+        self.changed.set()
+
+    async def _run(self) -> None:
+        while True:
+            config = self.server.config
+            self.advance(config)
+            finished = [seq for seq, (end, done) in self.running.items() if end <= self.progress + 1e-9]
+            for seq in finished:
+                end, done = self.running.pop(seq)
+                request = self.owner.pop(seq)
+                self.running_requests[request] -= 1
+                if not done.done():
+                    done.set_result(None)
+                with self.server._lock:
+                    stats = self.server._stats
+                    stats.last_decode = time.monotonic()
+            if finished:
+                for request in [r for r, left in self.running_requests.items() if left <= 0]:
+                    del self.running_requests[request]
+                self._admit(config)
+            self.changed.clear()
+            if not self.running:
+                await self.changed.wait()
+                continue
+            next_end = min(end for end, _ in self.running.values())
+            delay = max(0.0, (next_end - self.progress) / self.speed(config))
+            try:
+                await asyncio.wait_for(self.changed.wait(), delay)
+            except TimeoutError:
+                pass
+
+
 def _raw_json(value: Any) -> str:
     """JSON with non-ASCII text raw, as servers built on orjson (vLLM) send it: U+2028 and
     U+0085 arrive unescaped, which is what a client's line splitting must survive. Half of a
@@ -762,6 +941,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tpm-limit", type=int, default=0, help="enforced tokens per minute (429 past it)")
     parser.add_argument("--capacity", type=int, default=0, help="slots: latency grows with in-flight / capacity")
     parser.add_argument("--batch-delay", type=float, default=0.5, help="seconds until a batch completes")
+    parser.add_argument("--token-rate", type=float, default=0.0,
+                        help="saturating server: total tokens/s past the knee (0: off)")
+    parser.add_argument("--knee", type=int, default=16, help="sequences decoded at full per-sequence speed")
+    parser.add_argument("--overload-slowdown", type=float, default=0.0,
+                        help="share of throughput lost per extra knee's worth of sequences")
+    parser.add_argument("--answer-min-tokens", type=int, default=16, help="shortest drawn answer (words)")
+    parser.add_argument("--answer-max-tokens", type=int, default=256, help="longest drawn answer (words)")
+    parser.add_argument("--max-running", type=int, default=0, help="sequences run at once; later requests queue")
+    parser.add_argument("--metrics", action="store_true", help="serve GET /metrics with vLLM's queue gauges")
     args = parser.parse_args(argv)
     server = OpenAITestServer(
         host=args.host,
@@ -785,6 +973,13 @@ def main(argv: list[str] | None = None) -> None:
         tpm_limit=args.tpm_limit,
         capacity=args.capacity,
         batch_delay=args.batch_delay,
+        token_rate=args.token_rate,
+        knee=args.knee,
+        overload_slowdown=args.overload_slowdown,
+        answer_min_tokens=args.answer_min_tokens,
+        answer_max_tokens=args.answer_max_tokens,
+        max_running=args.max_running,
+        metrics=args.metrics,
     )
     try:
         server.serve_forever()

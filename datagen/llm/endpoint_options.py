@@ -27,7 +27,7 @@ DEFAULT_MAX_CONCURRENCY = 64
 class Transport:
     base_url: str | None = None  # None: $OPENAI_BASE_URL, else the OpenAI API
     timeout: float = 120.0  # seconds per request
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # requests in flight (an upper bound under AIMD)
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # requests in flight (an upper bound when adaptive)
 
     @property
     def url(self) -> str:
@@ -47,7 +47,12 @@ class Limits:
     max_requests_per_minute: float | None = None
     max_tokens_per_minute: float | None = None
     adaptive_concurrency: bool = True
-    latency_ceiling: float | None = None  # None: half the timeout
+    # Set: any reply slower than this halves the in-flight limit. None: only a reply too short
+    # to judge per output token does, past half the timeout (long answers are judged per token).
+    latency_ceiling: float | None = None
+    # Poll the server's own queue (`GET /metrics`: vLLM, SGLang, TGI) at most once a second
+    # while requests are out; an endpoint that does not serve it is asked once, then never.
+    queue_metrics: bool = True
     rate_period: float = 60.0
 
 
@@ -103,13 +108,14 @@ class EndpointOptions:
                 "n_mode": self.n_mode}
 
     def limiter(self) -> RequestLimiter:
-        """This client's own limiter: request/token buckets, 429 cool-down, AIMD in-flight bound
-        (a reply slower than half the timeout counts as congestion unless a ceiling is set)."""
+        """This client's own limiter: request/token buckets, 429 cool-down, the adaptive in-flight
+        bound (per-token gradient; a short reply slower than half the timeout, or any reply
+        slower than an explicit `latency_ceiling`, counts as congestion)."""
         limits = self.limits
-        ceiling = limits.latency_ceiling if limits.latency_ceiling is not None else self.transport.timeout / 2
         return RequestLimiter(self.transport.max_concurrency, requests_per_minute=limits.max_requests_per_minute,
                               tokens_per_minute=limits.max_tokens_per_minute, adaptive=limits.adaptive_concurrency,
-                              latency_ceiling=ceiling, period=limits.rate_period)
+                              latency_ceiling=limits.latency_ceiling, short_reply_ceiling=self.transport.timeout / 2,
+                              period=limits.rate_period)
 
 
 _GROUP_OF = {name: group for group, kind in (("transport", Transport), ("retry", RetryPolicy), ("limits", Limits))

@@ -67,6 +67,9 @@ REPEATED_BAD_REQUEST_LIMIT = 3
 REPEATED_PER_RECORD_LIMIT = 8
 # This many requests in a row failing to connect at all (after their retries): the endpoint is gone.
 UNREACHABLE_LIMIT = 16
+# The server's queue, as inference servers export it on `GET /metrics` (Prometheus text).
+QUEUE_METRICS = ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size")
+QUEUE_POLL_SECONDS = 1.0
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
@@ -99,6 +102,8 @@ class OpenAICompatLLM:
         self._bad_request_counts: dict[str, int] = {}
         self._unreachable_in_a_row = 0
         self._answered = 0
+        # None: not asked yet; False: the endpoint serves no queue metric (never asked again).
+        self._queue_metrics: bool | None = None if self.options.limits.queue_metrics else False
         # One limiter per backend instance, shared by every batch (datagen/llm/ratelimit.py).
         self.limiter = limiter if limiter is not None else self.options.limiter()
         self.budget = budget
@@ -176,6 +181,7 @@ class OpenAICompatLLM:
                 on_result(i, completion)
 
         tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(requests)]
+        watcher = asyncio.ensure_future(self._watch_queue()) if self._should_watch_queue() else None
         try:
             await asyncio.gather(*tasks)
         except FatalLLMError as exc:
@@ -188,10 +194,39 @@ class OpenAICompatLLM:
                 self._fatal = FatalLLMError(await self._fatal_detail)
             raise (self._fatal or exc) from None
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             await session.close()
         if stopped and self.budget is not None:
             raise BudgetExceeded(self.budget.spent, self.budget.cap)
         return results
+
+    def _should_watch_queue(self) -> bool:
+        return (self._queue_metrics is not False and hasattr(self.limiter, "observe_queue")
+                and bool(getattr(getattr(self.limiter, "local", self.limiter), "adaptive", False)))
+
+    async def _watch_queue(self) -> None:
+        """Feed the server's queue length to the limiter about once a second, over a connection
+        of its own (the request pool's are all taken at full load). Never fatal: an endpoint
+        without the metric, or one that fails to answer it, is not asked again."""
+        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        headers = {"Authorization": f"Bearer {self._api_key}", "User-Agent": "datagen"}
+        async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=5),
+                                         trust_env=any(os.environ.get(name) for name in _PROXY_VARS)) as session:
+            while self._queue_metrics is not False:
+                try:
+                    async with session.get(f"{root}/metrics") as response:
+                        text = await response.text() if response.status == 200 else ""
+                except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
+                    text = ""
+                waiting = parse_queue_metric(text)
+                if waiting is None:
+                    self._queue_metrics = False
+                    return
+                self._queue_metrics = True
+                self.limiter.observe_queue(waiting)
+                await asyncio.sleep(QUEUE_POLL_SECONDS)
 
     async def generate_batch(
         self, requests: Sequence[Request], keys: Sequence[str], state_dir: Any,
@@ -345,6 +380,7 @@ class OpenAICompatLLM:
                 ticket, latency=time.monotonic() - started, status=status, headers=headers, tokens_used=used,
                 timed_out=isinstance(error, (asyncio.TimeoutError, TimeoutError)),
                 retry_after=retry_after_seconds(error) if status == 429 else None,
+                output_tokens=completion.completion_tokens if completion else None, sequences=n,
             )
             if reservation is not None and self.budget is not None:
                 self.budget.settle(reservation, self.price, completion.prompt_tokens if completion else 0,
@@ -407,6 +443,21 @@ class OpenAICompatLLM:
 
     def close(self) -> None:
         pass
+
+
+def parse_queue_metric(text: str) -> float | None:
+    """Requests waiting in the server's queue, summed over its engines and models, from
+    Prometheus text; None when no known queue metric is there."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        for name in QUEUE_METRICS:
+            if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+                try:
+                    total += float(line.rsplit(None, 1)[1])
+                    found = True
+                except (ValueError, IndexError):
+                    pass
+    return total if found else None
 
 
 def _route(req: Request) -> str:

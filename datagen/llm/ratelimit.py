@@ -21,10 +21,18 @@ What it enforces, and why each piece exists:
   admission until its reset.
 - One shared cool-down: a 429 pauses admission of *every* request for its Retry-After
   (not just the one that got it), and empties the request bucket so traffic restarts gently.
-- Adaptive concurrency (AIMD, as TCP): the in-flight limit starts at `max_concurrency`; a
-  timeout, a 503 or a reply slower than `latency_ceiling` halves it (once per round trip),
-  every good reply grows it by 1/limit (about +1 per round trip). A slow server is then
-  used at the concurrency it can serve instead of being overrun into timeouts.
+- Adaptive concurrency: the in-flight limit starts at `max_concurrency` and follows the
+  server's *per-output-token* latency, not whole-request latency (which grows with the
+  answer's length and `n`, not only with queueing: a healthy CPU server writing a 256-token
+  answer takes a minute). See `_Gradient` below: the limit tracks
+  `limit x min(1, TOLERANCE x baseline / per_token) + sqrt(limit)` (Netflix
+  concurrency-limits' gradient, TCP Vegas' base RTT), where the baseline is the lowest
+  per-token latency seen for answers of similar length, learned by halving the load until
+  halving stops paying. Hard signals cut it in half at once (once per round trip): a
+  timeout, 429, 503/504/529, a reply slower than an explicit `latency_ceiling`, or a short
+  answer (no per-token evidence) slower than `short_reply_ceiling`. A server that reports
+  its own queue (vLLM's `/metrics` `vllm:num_requests_waiting`, see `observe_queue`) caps
+  the limit at what the server runs of ours. A clean signal grows the limit by half per round trip.
 - Priority: retries are admitted before first attempts (higher `priority` first), so a
   request that timed out does not rejoin the back of the queue its own overload built.
 """
@@ -38,12 +46,24 @@ import math
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 # Share of a per-minute limit our bucket may spend at once: half a second's worth.
 BURST_SHARE = 1 / 120
 SLOW_STATUSES = {503, 504, 529}  # "overloaded": back off concurrency like a timeout
+HARD_STATUSES = SLOW_STATUSES | {429}  # halve the in-flight limit (429 also starts the cool-down)
+
+# The per-token gradient (`_Gradient`): why each number is what it is.
+TOLERANCE = 1.5  # per-token latency up to 1.5x the baseline is batching, not queueing
+MIN_GRADIENT = 0.5  # the gradient never cuts more per round trip than a hard signal does
+GROWTH = 0.5  # clean signal: the limit grows by half per round trip (multiplicative recovery)
+MIN_SAMPLE_TOKENS = 8  # shorter answers carry no per-token evidence (overhead dominates)
+PROBE_GAIN = 1.3  # halving the load made tokens this much faster: the server was past its knee
+BASELINE_SECONDS = 600.0  # the baseline is re-learned this often (the server may have changed)
+QUEUE_INTERVAL = 1.0  # at most one queue-driven cut per second (metrics are polled ~1/s)
+HISTORY_SECONDS = 0.5  # the (time, limit) series keeps at most one point per half second
+HISTORY_MAX = 2048  # ... and is thinned to half when it reaches this many points
 
 
 @dataclass
@@ -99,6 +119,8 @@ class Ticket:
     tokens: int
     admitted: float
     settled: bool = False
+    load: int = 1  # requests in flight right after this one was admitted
+    serial: int = 0  # admissions before this one (tells replies to an old load from new ones)
 
 
 @dataclass
@@ -124,19 +146,32 @@ class RequestLimiter:
         latency_ceiling: float | None = None,
         min_concurrency: int = 1,
         period: float = 60.0,
+        short_reply_ceiling: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """`latency_ceiling`: any reply slower than this is congestion (set explicitly);
+        `short_reply_ceiling`: only a reply too short to judge per token is (the default
+        timeout/2 of `EndpointOptions.limiter`); `clock`: the gradient's time (tests)."""
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.max_concurrency = max_concurrency
         self.min_concurrency = max(1, min(min_concurrency, max_concurrency))
         self.adaptive = adaptive
         self.latency_ceiling = latency_ceiling
+        self.short_reply_ceiling = short_reply_ceiling
+        self.clock = clock
         self.limit = float(max_concurrency)  # the adaptive in-flight limit
         self.in_flight = 0
         self.resume_at = 0.0  # shared cool-down: nothing is admitted before this
-        self.cuts = 0  # how often AIMD halved the limit (for tests and the progress line)
+        self.cuts = 0  # how often a hard signal halved the limit (tests, the bench)
         self.lowest_limit = self.limit
         self._last_cut = -math.inf
+        self._gradient = _Gradient(self)
+        self.admissions = 0
+        self.sequences = 1.0  # mean choices per request: a server counts its queue in sequences
+        self.timeouts = 0  # attempts that timed out (retried or not), for the run report
+        self.queue_cuts = 0  # cuts because the server reported requests waiting in its queue
+        self.history: list[tuple[float, float]] = [(clock(), self.limit)]  # (clock time, limit)
         now = time.monotonic()
         self.period = period
         self.requests = self._bucket(requests_per_minute, period, now)
@@ -181,9 +216,12 @@ class RequestLimiter:
         headers: Mapping[str, str] | None = None,
         tokens_used: int | None = None,
         retry_after: float | None = None,
+        output_tokens: int | None = None,
+        sequences: int = 1,
     ) -> None:
         """Report how the attempt went; frees its slot and adjusts limits. Safe to call once
-        per ticket from `finally`; later calls are ignored."""
+        per ticket from `finally`; later calls are ignored. `output_tokens` (the reply's
+        completion tokens over its `sequences` choices) is what the gradient divides by."""
         now = time.monotonic()
         with self._lock:
             if ticket.settled:
@@ -192,12 +230,14 @@ class RequestLimiter:
             self.in_flight -= 1
             if self.tokens is not None and tokens_used is not None and ticket.tokens > tokens_used:
                 self.tokens.give_back(ticket.tokens - tokens_used)
+            self.timeouts += timed_out
+            self.sequences += (max(1, sequences) - self.sequences) / 16  # choices per request, smoothed
             if status == 429:
                 self._cool_down(now, retry_after if retry_after is not None else 1.0)
             if headers:
                 self._apply_headers(now, headers)
             if self.adaptive:
-                self._adapt(ticket, now, latency, status, timed_out)
+                self._adapt(ticket, now, latency, status, timed_out, output_tokens, sequences)
             queued = bool(self._waiters)
         if queued:
             self._pump()
@@ -235,20 +275,65 @@ class RequestLimiter:
                 if reset:
                     self.resume_at = max(self.resume_at, now + reset)
 
-    def _adapt(self, ticket: Ticket, now: float, latency: float | None, status: int | None, timed_out: bool) -> None:
-        congested = timed_out or status in SLOW_STATUSES or (
-            self.latency_ceiling is not None and latency is not None and latency > self.latency_ceiling
+    def _adapt(self, ticket: Ticket, now: float, latency: float | None, status: int | None, timed_out: bool,
+               output_tokens: int | None, sequences: int) -> None:
+        per_sequence = output_tokens / max(1, sequences) if output_tokens is not None else 0.0
+        evidence = latency is not None and per_sequence >= MIN_SAMPLE_TOKENS
+        congested = timed_out or status in HARD_STATUSES or (
+            latency is not None and self.latency_ceiling is not None and latency > self.latency_ceiling
+        ) or (
+            not evidence and latency is not None and self.short_reply_ceiling is not None
+            and latency > self.short_reply_ceiling
         )
         if congested:
-            # One cut per round trip: replies to requests admitted before the last cut
-            # describe the old load and must not cut again.
-            if ticket.admitted >= self._last_cut:
-                self.limit = max(float(self.min_concurrency), self.limit / 2)
-                self._last_cut = now
-                self.cuts += 1
-                self.lowest_limit = min(self.lowest_limit, self.limit)
+            self._cut(ticket, now)
         elif status is not None and status < 400:
-            self.limit = min(float(self.max_concurrency), self.limit + 1.0 / self.limit)
+            if evidence:
+                assert latency is not None
+                # The load it ran under: at least what is in flight as it lands (the first
+                # wave is admitted one by one, at loads 1..n, yet all of it runs at n).
+                load = max(ticket.load, self.in_flight + 1)
+                self._gradient.sample(ticket, latency / per_sequence, per_sequence, load)
+            else:  # no per-token evidence: AIMD's additive increase, about +1 per round trip
+                self._set_limit(self.limit + 1.0 / self.limit)
+
+    def _cut(self, ticket: Ticket, now: float) -> None:
+        # One cut per round trip: replies to requests admitted before the last cut
+        # describe the old load and must not cut again.
+        if ticket.admitted >= self._last_cut:
+            self._set_limit(self.limit / 2)
+            self._last_cut = now
+            self.cuts += 1
+            self._gradient.interrupted()
+
+    def _set_limit(self, value: float) -> None:
+        self.limit = max(float(self.min_concurrency), min(float(self.max_concurrency), value))
+        self.lowest_limit = min(self.lowest_limit, self.limit)
+        now = self.clock()
+        last_t, last_limit = self.history[-1]
+        if now - last_t >= HISTORY_SECONDS and abs(self.limit - last_limit) >= 0.5:
+            self.history.append((now, self.limit))
+            if len(self.history) >= HISTORY_MAX:
+                self.history = self.history[::2]
+
+    def observe_queue(self, waiting: float) -> None:
+        """The server's own queue (vLLM `/metrics` `vllm:num_requests_waiting`, polled by the
+        client): requests waiting there are in flight for us but served by no one, so the
+        limit drops to what the server runs of ours, `in_flight - waiting` (vLLM counts each of
+        a request's n choices: `waiting` is divided by our mean n) (at most by half
+        per QUEUE_INTERVAL). Judged against what is in flight, not the limit, a queue that
+        persists while our earlier requests drain is not cut again and again. An empty queue
+        is no evidence to grow on: a server may serve everything it admitted, slowly."""
+        if not self.adaptive or waiting <= 0:
+            return
+        with self._lock:
+            now = self.clock()
+            target = self.in_flight - waiting / self.sequences  # vLLM queues each of n choices
+            if now - self._gradient.last_queue_cut < QUEUE_INTERVAL or target >= self.limit:
+                return
+            self._gradient.last_queue_cut = now
+            self._set_limit(max(self.limit / 2, target))
+            self.queue_cuts += 1
 
     def _pump(self) -> None:
         """Admit waiters, best first, while a slot is free and the buckets allow."""
@@ -288,7 +373,8 @@ class RequestLimiter:
         if self.tokens is not None:
             self.tokens.take(tokens)
         self.in_flight += 1
-        return Ticket(tokens=tokens, admitted=now)
+        self.admissions += 1
+        return Ticket(tokens=tokens, admitted=now, load=self.in_flight, serial=self.admissions)
 
     def _schedule(self, delay: float) -> None:
         try:
@@ -332,6 +418,113 @@ class RequestLimiter:
             waiter.loop.call_soon_threadsafe(set_result)
         else:
             self.settle(ticket)
+
+
+@dataclass
+class _Sample:
+    per_token: float  # seconds per output token of one sequence
+    bucket: int  # answers of similar length share a baseline (log2 of their tokens)
+    load: int  # requests in flight when it was admitted
+
+
+class _Gradient:
+    """The in-flight limit from latency per output token, under the limiter's lock.
+
+    Why per token: an LLM server's whole-request latency grows with the answer's length and
+    `n`; the time per output token grows only with the load (a batch step serves every
+    running sequence, so more sequences make each step, and each token, slower). Why per
+    length bucket: a short answer's per-token time carries the fixed prefill/HTTP cost, so
+    it is compared with other short answers, never with long ones.
+
+    The baseline (lowest per-token time) must be seen at a load the server handles without
+    slowing down, and a run starts at `max_concurrency`, maybe far past that. So the
+    controller *calibrates* first: `measure` a round trip at the current load, then `probe`
+    at half the load. Were tokens >= PROBE_GAIN x faster there, the server was past its knee:
+    probe again from there. Otherwise the baseline holds and `steady` control begins:
+    limit -> limit x min(1, TOLERANCE x baseline / smoothed per-token time) + sqrt(limit)
+    (a queue allowance, as Netflix's gradient limiter), or x(1 + GROWTH) per round trip while
+    clean, moved 1/limit of the way per reply (one full step per round trip). Calibration is
+    repeated every BASELINE_SECONDS; a hard cut restarts the current phase's sampling.
+    """
+
+    def __init__(self, limiter: RequestLimiter) -> None:
+        self.limiter = limiter
+        self.phase = "measure"
+        self.baseline: dict[int, float] = {}
+        self.samples: list[_Sample] = []
+        self.pre_ratio = 1.0  # mean per-token time / baseline before the probe
+        self.probe_baseline: dict[int, float] = {}
+        self.probe_at = 0  # admissions before the probe started
+        self.calibrated_at = -math.inf
+        self.ratio = 1.0  # smoothed per-token time / baseline (steady phase)
+        self.last_queue_cut = -math.inf
+        self.probes = 0  # how many halvings calibration made (tests, the bench's summary)
+
+    def interrupted(self) -> None:
+        self.samples.clear()
+        if self.phase == "probe":
+            self.phase = "measure"
+
+    def _quota(self) -> int:
+        """Samples per phase: about half a round trip at the current limit (4 to 16)."""
+        return max(4, min(16, math.ceil(self.limiter.limit / 2)))
+
+    def sample(self, ticket: Ticket, per_token: float, per_sequence: float, load: int) -> None:
+        limiter = self.limiter
+        now = limiter.clock()
+        if self.phase == "steady" and now - self.calibrated_at > BASELINE_SECONDS:
+            self.phase, self.baseline, self.samples = "measure", {}, []
+        bucket = int(math.log2(per_sequence))
+        seen = _Sample(per_token, bucket, load)
+        self.baseline[bucket] = min(self.baseline.get(bucket, math.inf), per_token)
+        if self.phase == "measure":
+            self.samples.append(seen)
+            if len(self.samples) >= self._quota():
+                self._probe(now)
+        elif self.phase == "probe":
+            if ticket.serial <= self.probe_at:
+                return  # admitted before the probe: it describes the old load
+            self.samples.append(seen)
+            if len(self.samples) >= self._quota():
+                self._judge(now)
+        else:
+            self._steady(per_token / self.baseline[bucket])
+
+    def _mean_ratio(self, baseline: dict[int, float]) -> float | None:
+        ratios = [s.per_token / baseline[s.bucket] for s in self.samples if s.bucket in baseline]
+        return sum(ratios) / len(ratios) if ratios else None
+
+    def _probe(self, now: float) -> None:
+        """Halve the load (from what was really in flight, not the limit) to see what it buys."""
+        limiter = self.limiter
+        load = max(s.load for s in self.samples)
+        if load < 2 * limiter.min_concurrency:
+            return self._settle_baseline(now)
+        self.pre_ratio = self._mean_ratio(self.baseline) or 1.0
+        self.probe_baseline = dict(self.baseline)
+        self.samples = []
+        self.phase, self.probe_at = "probe", limiter.admissions
+        self.probes += 1
+        limiter._set_limit(min(limiter.limit, load / 2))
+
+    def _judge(self, now: float) -> None:
+        post = self._mean_ratio(self.probe_baseline)
+        if post is not None and self.pre_ratio / post >= PROBE_GAIN:
+            self._probe(now)  # still past the knee: these samples measured this load
+        else:
+            self._settle_baseline(now)
+
+    def _settle_baseline(self, now: float) -> None:
+        self.phase, self.samples, self.calibrated_at, self.ratio = "steady", [], now, 1.0
+
+    def _steady(self, ratio: float) -> None:
+        limiter = self.limiter
+        limit = limiter.limit
+        self.ratio += (ratio - self.ratio) / max(1.0, limit)
+        gradient = max(MIN_GRADIENT, min(1.0, TOLERANCE / self.ratio))
+        target = limit * (1 + GROWTH) if gradient >= 1.0 else limit * gradient + math.sqrt(limit)
+        limiter._set_limit(limit + (target - limit) / max(1.0, limit))
+
 
 
 def estimate_prompt_tokens(messages: tuple[tuple[str, str], ...]) -> int:

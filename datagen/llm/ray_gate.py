@@ -14,7 +14,7 @@ the run). Each worker's client is handed two stand-ins with the surfaces it alre
 - settling is fire-and-forget (the reply is already in hand; nothing waits on the gate),
   flushed before a batch counts as done so the driver's view of the spend is complete.
 
-What stays per actor: concurrency and its AIMD adaptation (the actor's share of
+What stays per actor: concurrency and its adaptation (the actor's share of
 `max_concurrency`, as before): congestion is felt per connection pool, and a shared
 in-flight counter would cost a second round trip per attempt.
 
@@ -188,7 +188,7 @@ class GatedBudget:
 
 class GatedLimiter:
     """`RequestLimiter` as `OpenAICompatLLM` uses it: this actor's own limiter for concurrency
-    (AIMD), the gate for rates, cool-downs and (with the budget stand-in) money."""
+    (adaptive), the gate for rates, cool-downs and (with the budget stand-in) money."""
 
     # Non-None: the client always estimates an attempt's tokens, since the gate may hold a
     # token limit (configured, or adopted from the server's headers) this actor cannot see.
@@ -230,12 +230,17 @@ class GatedLimiter:
 
     def settle(self, ticket: SharedTicket, *, latency: float | None = None, status: int | None = None,
                timed_out: bool = False, headers: Any = None, tokens_used: int | None = None,
-               retry_after: float | None = None) -> None:
-        # This actor reacts at once (slot, AIMD, its own pause); the gate tells everyone else.
+               retry_after: float | None = None, output_tokens: int | None = None, sequences: int = 1) -> None:
+        # This actor reacts at once (slot, adaptive limit, its own pause); the gate tells everyone else.
         self.local.settle(ticket.local, latency=latency, status=status, timed_out=timed_out,
-                          tokens_used=tokens_used, retry_after=retry_after)
+                          tokens_used=tokens_used, retry_after=retry_after, output_tokens=output_tokens,
+                          sequences=sequences)
         self.pending.append(self.gate.release.remote(ticket.permit, status, _limit_headers(headers),
                                                      tokens_used, retry_after))
+
+    def observe_queue(self, waiting: float) -> None:
+        """The server's queue length, for this actor's own concurrency (see RequestLimiter)."""
+        self.local.observe_queue(waiting)
 
     def flush(self) -> None:
         """Wait until the gate has every settlement this actor sent (end of a batch)."""

@@ -20,7 +20,7 @@ it before each attempt and reports after, so they hold for the cluster as they d
 cap is never crossed by all actors together, a 429 seen by one actor pauses all of them, and
 when the budget stops every actor stops sending, the replies in flight still land in the cache
 and the driver raises the same `BudgetExceeded` (exit 75) with the cluster's spend. Only the
-in-flight bound (and its AIMD adaptation) is split across the actors (`actor_options`). The
+in-flight bound (and its adaptation) is split across the actors (`actor_options`). The
 Batch API (`batch: true`) is not spread at all: the provider runs the batch, so
 `StageContext.llm` sends it from the driver, as the local executor does.
 """

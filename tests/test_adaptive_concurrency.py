@@ -1,0 +1,334 @@
+"""Adaptive concurrency that tells a saturated LLM server from a long answer (issue 25).
+
+Two kinds of tests. The limiter alone, driven by a model of a batching server on a fake
+clock: every reply's latency is computed (tokens x per-token time at the load it was
+admitted under), so the assertions are about the limit's path, never about how long
+anything took. And the client against the saturating test server over real sockets,
+asserting on the limiter's state and on what the server saw (its sequences in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from datagen.llm import ChatRequest, generate_sync, make_llm
+from datagen.llm.openai_compat import parse_queue_metric
+from datagen.llm.ratelimit import RequestLimiter
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def drive(limiter: RequestLimiter, per_token, replies: int, lengths=(16, 256), clock: FakeClock | None = None,
+          status=lambda load: 200) -> list[float]:
+    """Keep the limiter full, settle the oldest request first with the latency a server of
+    `per_token(load)` seconds per token gives an answer of a length drawn from `lengths`.
+    Returns the limit after each reply."""
+    seen: list[float] = []
+
+    async def run() -> None:
+        out: list = []
+        for i in range(replies):
+            while limiter.in_flight < max(1, int(limiter.limit)):
+                out.append(await limiter.acquire())
+            ticket = out.pop(0)
+            tokens = lengths[0] + (i * 7919) % (lengths[1] - lengths[0] + 1)
+            latency = tokens * per_token(len(out) + 1)  # the load it ran under
+            if clock is not None:
+                clock.now += latency / max(1, len(out) + 1)  # replies land spread over the round trip
+            code = status(ticket.load)
+            limiter.settle(ticket, latency=latency, status=code, output_tokens=tokens if code == 200 else None)
+            seen.append(limiter.limit)
+
+    asyncio.run(run())
+    return seen
+
+
+def knee_server(knee: int, speed: float = 10.0):
+    """Per-token seconds of a server that decodes `speed` tok/s per sequence up to `knee`
+    sequences and `knee x speed` in total beyond (each token slower as the load grows)."""
+    return lambda load: max(1.0, load / knee) / speed
+
+
+def test_long_answers_from_a_slow_healthy_server_are_not_congestion():
+    """The issue's case: ~3.5 tok/s per sequence, answers up to 256 tokens take over a minute
+    (past the old timeout/2 = 60 s ceiling), but the server is not saturated: the per-token
+    time does not grow with the load. No cut, the limit stays at max_concurrency."""
+    clock = FakeClock()
+    limiter = RequestLimiter(64, short_reply_ceiling=60.0, clock=clock)
+    limits = drive(limiter, lambda load: 1 / 3.5, 600, clock=clock)
+    assert limiter.cuts == 0
+    assert limits[-1] == 64  # calibration probed at half the load, saw no gain, came back
+    assert limiter._gradient.phase == "steady" and limiter._gradient.probes == 1
+
+
+def test_the_old_whole_request_ceiling_collapses_the_same_server():
+    """What the issue measured, kept reachable: an explicit latency_ceiling is a hard signal
+    for every reply, so long answers keep halving the limit down to a few."""
+    limiter = RequestLimiter(64, latency_ceiling=60.0)
+    drive(limiter, lambda load: 1 / 3.5, 600)
+    assert limiter.lowest_limit <= 6 and limiter.cuts >= 10
+
+
+@pytest.mark.parametrize("knee", [8, 16, 32])
+def test_gradient_settles_past_the_knee_of_a_saturating_server(knee):
+    """Above the knee every extra sequence only slows the others: the limit is calibrated
+    down from 64 (halving while halving makes tokens faster) and then settles in the knee
+    region (the server's full throughput) instead of at 1-3 or pinned at 64."""
+    clock = FakeClock()
+    limiter = RequestLimiter(64, short_reply_ceiling=60.0, clock=clock)
+    limits = drive(limiter, knee_server(knee), 1500, clock=clock)
+    assert limiter.cuts == 0
+    assert limiter.lowest_limit >= knee / 2 - 1  # the probe's floor: half the knee, never 1-3
+    tail = sorted(limits[-500:])  # (calibration is repeated every BASELINE_SECONDS: a dip)
+    assert knee <= tail[len(tail) // 2] <= 2.5 * knee + 4, (knee, tail[len(tail) // 2])
+
+
+def test_short_answers_carry_no_per_token_evidence():
+    """Below MIN_SAMPLE_TOKENS the fixed overhead dominates: such replies grow the limit by
+    AIMD's +1/limit and only a short reply slower than half the timeout cuts."""
+    limiter = RequestLimiter(8, short_reply_ceiling=1.0)
+    limiter.limit = 4.0
+
+    async def one(latency: float, tokens: int) -> None:
+        ticket = await limiter.acquire()
+        limiter.settle(ticket, latency=latency, status=200, output_tokens=tokens)
+
+    asyncio.run(one(0.5, 3))
+    assert limiter.limit == pytest.approx(4.25) and limiter.cuts == 0
+    asyncio.run(one(5.0, 3))  # short and slow: queueing, not length
+    assert limiter.limit == pytest.approx(2.125) and limiter.cuts == 1
+    asyncio.run(one(5.0, 400))  # long and slow: judged per token (first sample: a baseline)
+    assert limiter.cuts == 1
+
+
+@pytest.mark.parametrize("signal", ["timeout", 503, 429, 504])
+def test_hard_signals_still_halve_once_per_round_trip(signal):
+    limiter = RequestLimiter(32, short_reply_ceiling=60.0)
+
+    async def scenario() -> None:
+        tickets = [await limiter.acquire() for _ in range(8)]
+        for ticket in tickets:
+            if signal == "timeout":
+                limiter.settle(ticket, latency=60.0, timed_out=True)
+            else:
+                limiter.settle(ticket, latency=0.1, status=signal, retry_after=0.0)
+
+    asyncio.run(scenario())
+    assert limiter.limit == 16 and limiter.cuts == 1
+
+
+def test_overload_answered_with_503s_cuts_the_limit():
+    """A server that sheds load above 12 in flight with 503s: the limit ends below the
+    point where the 503s start, however clean the per-token signal of the answered ones."""
+    clock = FakeClock()
+    limiter = RequestLimiter(64, short_reply_ceiling=60.0, clock=clock)
+    drive(limiter, lambda load: 0.05, 800, clock=clock, status=lambda load: 503 if load > 12 else 200)
+    assert limiter.cuts >= 2 and limiter.lowest_limit <= 12
+
+
+def test_server_queue_caps_the_limit_at_what_the_server_runs():
+    clock = FakeClock()
+    limiter = RequestLimiter(32, clock=clock)
+
+    async def admit(count: int) -> list:
+        return [await limiter.acquire() for _ in range(count)]
+
+    tickets = asyncio.run(admit(32))
+    limiter.observe_queue(8)  # 32 out, 8 of them waiting: the server runs 24 of ours
+    assert limiter.limit == 24 and limiter.queue_cuts == 1
+    clock.now += 0.5
+    for ticket in tickets[:4]:
+        limiter.settle(ticket)
+    limiter.observe_queue(6)  # within the second: not judged again
+    assert limiter.limit == 24
+    clock.now += 1.0
+    limiter.observe_queue(6)  # 28 out, 6 waiting: 22 run; the queue drains as we do, no cut to 1
+    assert limiter.limit == 22 and limiter.queue_cuts == 2
+    clock.now += 1.0
+    limiter.observe_queue(27)  # someone else's queue: at most half at once
+    assert limiter.limit == 11
+    clock.now += 1.0
+    limiter.observe_queue(0)  # an empty queue is no reason to grow
+    assert limiter.limit == 11
+    fixed = RequestLimiter(32, adaptive=False)
+    fixed.observe_queue(8)
+    assert fixed.limit == 32
+
+
+def test_the_limit_over_time_is_recorded():
+    clock = FakeClock()
+    limiter = RequestLimiter(64, short_reply_ceiling=60.0, clock=clock)
+    drive(limiter, knee_server(16), 600, clock=clock)
+    times = [t for t, _ in limiter.history]
+    assert times == sorted(times) and len(limiter.history) >= 4
+    assert limiter.history[0] == (1000.0, 64.0)
+    assert min(limit for _, limit in limiter.history) == limiter.lowest_limit
+
+
+def test_parse_queue_metric():
+    vllm = (
+        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        'vllm:num_requests_waiting{engine="0",model_name="m"} 3.0\n'
+        'vllm:num_requests_waiting{engine="1",model_name="m"} 2.0\n'
+        'vllm:num_requests_waiting_by_reason{reason="x"} 9.0\n'
+        'vllm:num_requests_running{engine="0",model_name="m"} 7.0\n'
+    )
+    assert parse_queue_metric(vllm) == 5.0
+    assert parse_queue_metric("tgi_queue_size 4\n") == 4.0
+    assert parse_queue_metric("# nothing here\nother_metric 1\n") is None
+    assert parse_queue_metric("") is None
+
+
+# ---- against the saturating test server, over real sockets --------------------------------
+
+
+def saturating(server, knee: int = 16, **config) -> None:
+    config.setdefault("answer_min_tokens", 16)
+    config.setdefault("answer_max_tokens", 128)
+    server.configure(token_rate=200.0 * knee, knee=knee, **config)
+
+
+def make(server, **options):
+    options.setdefault("backoff_initial", 0.01)
+    options.setdefault("backoff_max", 0.05)
+    return make_llm("openai:test", cache=None, base_url=server.base_url, api_key="k", **options)
+
+
+def test_saturating_server_answers_vary_in_length_and_are_reproducible(openai_server):
+    saturating(openai_server, answer_min_tokens=4, answer_max_tokens=40)
+    llm = make(openai_server, max_concurrency=8)
+    first = generate_sync(llm, [ChatRequest.chat(f"s{i}", max_tokens=512) for i in range(24)])
+    again = generate_sync(llm, [ChatRequest.chat(f"s{i}", max_tokens=512) for i in range(24)])
+    lengths = [r.completion_tokens for r in first]
+    assert [r.text for r in first] == [r.text for r in again]
+    assert min(lengths) >= 4 and max(lengths) <= 40 and len(set(lengths)) > 8
+    capped = generate_sync(llm, [ChatRequest.chat(f"s{i}", max_tokens=6) for i in range(24)])
+    assert all(r.completion_tokens <= 6 for r in capped)
+    stats = openai_server.stats
+    assert stats.tokens_served == sum(lengths) * 2 + sum(r.completion_tokens for r in capped)
+    assert 1 <= stats.max_sequences <= 8 and stats.last_decode > stats.first_decode
+
+
+def test_saturating_server_queues_past_max_running_and_reports_it(openai_server):
+    saturating(openai_server, knee=4, max_running=4, metrics=True, answer_min_tokens=100, answer_max_tokens=100)
+    llm = make(openai_server, max_concurrency=12, adaptive_concurrency=False)
+    seen: list[str] = []
+
+    def scrape(i, completion) -> None:
+        if not seen:  # the first reply: 12 were sent, 4 run, the rest wait
+            with urllib.request.urlopen(openai_server.base_url[:-3] + "/metrics") as response:
+                seen.append(response.read().decode())
+
+    generate_sync(llm, [ChatRequest.chat(f"m{i}", max_tokens=512) for i in range(12)], on_result=scrape)
+    assert openai_server.stats.max_sequences == 4
+    assert parse_queue_metric(seen[0]) is not None and parse_queue_metric(seen[0]) > 0
+
+
+def test_metrics_404_unless_enabled(openai_server):
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(openai_server.base_url[:-3] + "/metrics")
+    assert caught.value.code == 404
+
+
+def test_client_keeps_a_saturating_server_in_its_knee_region(openai_server):
+    """Knee 16, answers of 16-128 tokens, max_concurrency 64: the client calibrates down and
+    settles in the knee region; the old whole-request rule would have cut to 1-3 here."""
+    saturating(openai_server, knee=16, overload_slowdown=0.05)
+    llm = make(openai_server, max_concurrency=64, timeout=60)
+    results = generate_sync(llm, [ChatRequest.chat(f"k{i}", max_tokens=512) for i in range(360)])
+    assert all(r.ok for r in results)
+    limiter = llm.inner.limiter
+    assert limiter.cuts == 0 and limiter._gradient.probes >= 2
+    assert limiter.lowest_limit >= 4  # the calibration's floor is half the knee, not 1-3
+    assert limiter.limit >= 16, limiter.history
+    assert openai_server.stats.max_sequences <= 64
+
+
+def test_client_cuts_when_the_saturated_server_makes_it_time_out(openai_server):
+    """Past the knee each sequence slows down until long answers outlast the client's timeout:
+    timeouts are a hard signal, the limit is cut and every request still completes."""
+    saturating(openai_server, knee=4, answer_min_tokens=100, answer_max_tokens=100)
+    # 200 tok/s per sequence up to 4: a 100-token answer takes 0.5 s; at 32 in flight 4 s.
+    llm = make(openai_server, max_concurrency=32, timeout=1.5, max_attempts=8)
+    results = generate_sync(llm, [ChatRequest.chat(f"t{i}", max_tokens=512) for i in range(48)])
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:2]
+    limiter = llm.inner.limiter
+    assert limiter.cuts >= 1 and limiter.limit < 32
+    assert openai_server.stats.outcomes["cancelled"] > 0
+
+
+def test_client_reads_the_server_queue(openai_server):
+    """A server that runs 4 sequences and queues the rest, exporting vLLM's gauge: the
+    client polls /metrics and cuts its limit for what waits there."""
+    saturating(openai_server, knee=4, max_running=4, metrics=True, answer_min_tokens=40, answer_max_tokens=40)
+    llm = make(openai_server, max_concurrency=32, timeout=60)
+    results = generate_sync(llm, [ChatRequest.chat(f"w{i}", max_tokens=512) for i in range(96)])
+    assert all(r.ok for r in results)
+    limiter = llm.inner.limiter
+    assert llm.inner._queue_metrics is True and limiter.queue_cuts >= 1 and limiter.lowest_limit < 32
+
+
+def test_no_metrics_endpoint_is_asked_once(openai_server):
+    saturating(openai_server, knee=4, answer_min_tokens=40, answer_max_tokens=40)
+    llm = make(openai_server, max_concurrency=8, timeout=60)
+    generate_sync(llm, [ChatRequest.chat(f"n{i}", max_tokens=512) for i in range(40)])
+    assert llm.inner._queue_metrics is False
+    assert json.dumps(openai_server.stats.as_dict()["outcomes"]) == '{"ok": 40}'
+
+
+def test_stage_report_records_the_in_flight_limit(openai_server, tmp_path, monkeypatch):
+    """done.json of a stage says how the limit moved (the bench and the report read it)."""
+    import yaml
+
+    from datagen.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    saturating(openai_server, knee=4, answer_min_tokens=20, answer_max_tokens=60)
+    seeds = Path(__file__).resolve().parent.parent / "seeds" / "seed_tasks.jsonl"
+    config = {
+        "name": "limit-report", "llm": "openai:test",
+        "llm_options": {"openai": {"base_url": openai_server.base_url, "max_concurrency": 16,
+                                   "backoff_initial": 0.01}},
+        "input": {"path": str(seeds), "limit": 40},
+        "stages": [{"distill": {"n": 1, "ranker": "none", "max_tokens": 100}}],
+        "export": {"formats": ["records"]},
+    }
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump(config))
+    assert main(["run", str(pipeline), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    done = json.loads((tmp_path / "run" / "distill" / "done.json").read_text())
+    report = done["concurrency"]["openai:test"]
+    assert report["limit"][0][1] == 16.0 and report["timeouts"] == 0 and report["cuts"] == 0
+    times = [t for t, _ in report["limit"]]
+    assert times == sorted(times) and all(1 <= limit <= 16 for _, limit in report["limit"])
+
+
+def test_server_queue_in_sequences_is_read_in_requests():
+    """vLLM counts each of n choices in its queue: 16 waiting sequences of n=4 requests are 4 of ours."""
+    clock = FakeClock()
+    limiter = RequestLimiter(32, clock=clock)
+
+    async def scenario() -> None:
+        for _ in range(64):  # replies of n=4 teach the limiter its mean n
+            ticket = await limiter.acquire()
+            limiter.settle(ticket, latency=0.1, status=200, output_tokens=4, sequences=4)
+        limiter.limit = 32.0
+        for _ in range(32):
+            await limiter.acquire()
+
+    asyncio.run(scenario())
+    assert limiter.sequences == pytest.approx(4, abs=0.1)
+    limiter.observe_queue(16)
+    assert 27.5 <= limiter.limit <= 28.5
