@@ -34,7 +34,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", "--input", dest="data", default=None,
                         help="held-out prompts (reference answers optional); --data, --pairs or both")
     parser.add_argument("--pairs", default=None, help=pair_help["pairs"].description)
-    parser.add_argument("--reference", default=None, help=pair_help["reference"].description)
+    parser.add_argument("--reference", "--reference-model", dest="reference", default=None,
+                        help=f"--pairs: {pair_help['reference'].description}")
     parser.add_argument("--beta", type=float, default=defaults.beta,
                         help=f"{pair_help['beta'].description} (default {defaults.beta})")
     parser.add_argument("--judge", default=None, help="judge backend spec (default: $DATAGEN_LLM or local)")
