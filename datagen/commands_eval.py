@@ -1,4 +1,5 @@
-"""`datagen eval`: the command in front of `datagen.eval` (pairwise judging on held-out prompts)."""
+"""`datagen eval`: the command in front of `datagen.eval` (pairwise judging on held-out prompts,
+held-out pair accuracy of local models)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datagen.llm.endpoint_options import DEFAULT_MAX_CONCURRENCY
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     defaults = EvalConfig(data="-")
+    pair_help = EvalConfig.model_fields
     parser = subparsers.add_parser(
         "eval",
         help="compare models on held-out prompts: pairwise judge both ways, win-rates with CIs, loss",
@@ -20,13 +22,22 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
             "Every model answers every prompt of --data (cached); a judge compares the answers pairwise in both\n"
             "orders (a verdict that flips with the order is a tie). Prints win-rates with bootstrap 95% intervals,\n"
             "mean answer lengths and a length-controlled win-rate; local models also get the teacher-forced loss\n"
-            "on the reference answers. Writes OUT/eval.json.\n"
-            "Example: datagen eval --models local local:runs/quickstart/model --data heldout.jsonl --judge local"
+            "on the reference answers. With --pairs (preference pairs), every local model but the reference also\n"
+            "gets its held-out pair accuracy by implicit reward (no judge, no generation). Writes OUT/eval.json.\n"
+            "Example: datagen eval --models local local:runs/quickstart/model --data heldout.jsonl --judge local\n"
+            "         datagen eval --models local local:runs/pref/model local:runs/pref/model_dpo \\\n"
+            "             --pairs runs/pref/model_dpo/held_out_pairs.jsonl"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", nargs="+", required=True, help="model specs, baseline first")
-    parser.add_argument("--data", "--input", dest="data", required=True, help="held-out prompts (reference answers optional)")
+    parser.add_argument("--data", "--input", dest="data", default=None,
+                        help="held-out prompts (reference answers optional); --data, --pairs or both")
+    parser.add_argument("--pairs", default=None, help=pair_help["pairs"].description)
+    parser.add_argument("--reference", "--reference-model", dest="reference", default=None,
+                        help=f"--pairs: {pair_help['reference'].description}")
+    parser.add_argument("--beta", type=float, default=defaults.beta,
+                        help=f"{pair_help['beta'].description} (default {defaults.beta})")
     parser.add_argument("--judge", default=None, help="judge backend spec (default: $DATAGEN_LLM or local)")
     parser.add_argument("--out", default="runs/eval", help="folder for eval.json (default runs/eval)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
@@ -48,8 +59,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 def _eval_cli(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    if args.data is None and args.pairs is None:
+        raise ValueError("eval: give --data (held-out prompts), --pairs (held-out preference pairs), or both")
     config = EvalConfig(
-        data=args.data, models=args.models, judge=args.judge, limit=args.limit, max_tokens=args.max_tokens,
+        data=args.data, pairs=args.pairs, reference=args.reference, beta=args.beta, models=args.models, judge=args.judge, limit=args.limit, max_tokens=args.max_tokens,
         loss=not args.no_loss, compare_reference=not args.no_reference,
         require_decontaminated=args.require_decontaminated, seed=args.seed,
     )

@@ -13,6 +13,14 @@ teacher-forced loss on the reference answers, computed exactly like the training
 The first model listed is the baseline: every later model is compared against every earlier
 one ("later vs earlier": a win-rate above 0.5 means the later model is better), and every
 model against the reference answers when the data has them.
+
+With preference pairs (`pairs`: a `dpo` export, a DPO step's `held_out_pairs.jsonl` or
+preference records), every local model but the reference (the first local model unless
+`reference` names one) also gets its held-out pair accuracy: the share of pairs whose implicit
+reward beta * (log p_model - log p_reference) is higher for the chosen answer, and the mean
+margin. That is the number a DPO step reports on its own held-out pairs, now for base vs SFT vs
+SFT+DPO in one table; it needs no judge and no generation, only two forward passes per answer,
+measured by TRL's `DPOTrainer` (the `finetune` plugin's `implicit_reward_accuracy`).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from datagen.eval_stats import mean2, pair_summary
-from datagen.finetune_steps import dpo_held_out, finetune_steps
+from datagen.finetune_steps import dpo_held_out, finetune_steps, objective_of
 from datagen.records import Record
 from datagen.stages.decontaminate import held_out_fingerprint
 
@@ -39,7 +47,9 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str = Field(..., description="held-out prompts (any supported format); answers in it are the references")
+    data: str | None = Field(
+        None, description="held-out prompts (any supported format); answers in it are the references"
+    )
     models: list[str] = Field(
         default_factory=list,
         description="model specs, baseline first (local, local:PATH, openai:MODEL, vllm:MODEL); in a pipeline, "
@@ -54,13 +64,24 @@ class EvalConfig(BaseModel):
     judge_max_tokens: int = Field(256, ge=8, description="token budget of one judge reply")
     bootstrap_samples: int = Field(2000, ge=100, description="bootstrap resamples for the 95 % intervals")
     loss: bool = Field(True, description="teacher-forced loss on the references for local models")
-    loss_max_length: int = Field(2048, ge=16, description="tokens per example for the loss (longer: truncated)")
+    loss_max_length: int = Field(
+        2048, ge=16, description="tokens per example for the loss and the pair log-probs (longer: truncated)"
+    )
     require_decontaminated: bool = Field(
         False,
         description="refuse to evaluate when the data was not used to decontaminate the tuned models' training "
         "data (default: a loud warning)",
     )
     seed: int = Field(0, description="seed of the answers and of the bootstrap")
+    pairs: str | None = Field(
+        None,
+        description="preference pairs (dpo/dpo_text export or preference records): held-out pair accuracy of each "
+        "local model by implicit reward against the reference model",
+    )
+    reference: str | None = Field(
+        None, description="the model the implicit reward is measured against (default: the first local model)"
+    )
+    beta: float = Field(0.1, gt=0, description="implicit reward scale: scales the margin, not the pair accuracy")
 
 
 @dataclass
@@ -87,15 +108,37 @@ def run_eval(
     directories whose training data the tuned models saw (found from `local:PATH` otherwise),
     checked for decontamination against this data."""
     from datagen.io import atomic_write_text
-    from datagen.judge import compare_answers
 
     if len(config.models) < 1:
         raise ValueError("eval: give at least one model (two to compare them)")
-    data_path = Path(config.data)
+    if config.data is None and config.pairs is None:
+        raise ValueError("eval: give data (held-out prompts), pairs (held-out preference pairs), or both")
+    models = [resolve_model_spec(spec) for spec in config.models]
+    pair_plan = plan_pair_accuracy(config) if config.pairs else None
+    if config.data is None:
+        report: dict[str, Any] = {"data": None, "prompts": 0, "with_reference": 0, "models": models, "judge": None,
+                                  "pairs": [], "loss": {}}
+    else:
+        report = judge_prompts(config, models, ctx, training_runs)
+    if pair_plan is not None:
+        report["preference"] = pair_accuracy(config, pair_plan)
+    report["usage"] = ctx.usage()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "eval.json", json.dumps(report, indent=2, ensure_ascii=False, default=str))
+    return report
+
+
+def judge_prompts(
+    config: EvalConfig, models: list[str], ctx: Any, training_runs: list[Path] | None
+) -> dict[str, Any]:
+    """Every model answers the held-out prompts; pairwise verdicts, lengths, losses."""
+    from datagen.judge import compare_answers
+
+    data_path = Path(config.data or "")
     items = load_items(data_path, config.limit, config.system_prompt)
     if not items:
         raise ValueError(f"{data_path}: no prompts to evaluate")
-    models = [resolve_model_spec(spec) for spec in config.models]
     contamination = check_contamination(data_path, models, training_runs)
     _warn_or_refuse(contamination, config.require_decontaminated)
 
@@ -148,7 +191,7 @@ def run_eval(
             if folder is not None:
                 losses[spec] = reference_loss(folder, [items[i] for i in with_reference], config.loss_max_length)
 
-    report = {
+    return {
         "data": str(data_path),
         "data_sha256": held_out_fingerprint(data_path),
         "prompts": len(items),
@@ -160,13 +203,61 @@ def run_eval(
         | ({REFERENCE: mean2([_words(items[i].reference or "") for i in with_reference])} if with_reference else {}),
         "pairs": results,
         "loss": losses,
-        "usage": ctx.usage(),
         "items": per_item,
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "eval.json", json.dumps(report, indent=2, ensure_ascii=False, default=str))
-    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# held-out pair accuracy (implicit reward) of local models
+
+
+@dataclass
+class PairPlan:
+    path: Path
+    pairs: list[Any]  # checked PreferencePair, read before any model is loaded or answers anything
+    reference: tuple[str, Path]  # (spec as given, model folder)
+    models: list[tuple[str, Path]]  # (spec as given, model folder) of every local model but the reference
+
+
+def plan_pair_accuracy(config: EvalConfig) -> PairPlan:
+    """Read and check the pairs file (a bad line is a `path:line:` error) and pick the reference,
+    before hours of answering and judging start. Models keep the spec as given (in a pipeline the
+    step's folder), the key a DPO step's own held-out figures have in eval.json too."""
+    from datagen.plugins import plugin
+
+    path = Path(config.pairs or "")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such pairs file")
+    pairs = plugin("finetune").load_pairs(path)
+    if not pairs:
+        raise ValueError(f"{path}: no preference pairs")
+    local = [(spec, folder) for spec in config.models if (folder := local_model_dir(resolve_model_spec(spec)))]
+    if config.reference:
+        reference = (config.reference, local_model_dir(resolve_model_spec(config.reference)))
+    else:
+        reference = local[0] if local else ("", None)
+    if reference[1] is None:
+        raise ValueError("eval: pair accuracy needs a local reference model (--reference local:PATH, or list a local "
+                         "model first)")
+    measured = [(spec, folder) for spec, folder in local if folder.resolve() != reference[1].resolve()]
+    if not measured:
+        raise ValueError(f"eval: pair accuracy needs a local model besides the reference {reference[0]}")
+    return PairPlan(path, pairs, (reference[0], reference[1]), measured)
+
+
+def pair_accuracy(config: EvalConfig, plan: PairPlan) -> dict[str, dict[str, Any]]:
+    """{model spec: {"implicit_reward": {pair_accuracy, reward_margin, ...}}} for every measured model."""
+    from datagen.plugins import plugin
+
+    measure = plugin("finetune").implicit_reward_accuracy
+    reference, reference_dir = plan.reference
+    out: dict[str, dict[str, Any]] = {}
+    for spec, folder in plan.models:
+        print(f"eval: pair accuracy of {spec} against {reference} on {len(plan.pairs)} pairs", file=sys.stderr)
+        result = measure(folder, reference_dir, plan.pairs, beta=config.beta, max_length=config.loss_max_length,
+                         system_prompt=config.system_prompt)
+        out[spec] = {"implicit_reward": {**result, "reference": reference, "data": str(plan.path)}}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +279,10 @@ def validate_pipeline_eval(data: dict[str, Any], source: str) -> None:
     if not config.models and data.get("finetune") is None:
         raise ConfigError(f"{source}: eval.models: name the models to compare (there is no finetune: section to "
                           "provide a base and a tuned model)")
+    has_dpo = any(objective_of(step.options) == "dpo" for step in finetune_steps(data.get("finetune")))
+    if config.data is None and config.pairs is None and not has_dpo:
+        raise ConfigError(f"{source}: eval.data: give held-out prompts (or eval.pairs: held-out preference pairs; "
+                          "a DPO step's own held-out pairs are the default)")
 
 
 def run_pipeline_eval(pipeline: Any, run_dir: Path, progress: bool) -> dict[str, Any]:
@@ -200,12 +295,21 @@ def run_pipeline_eval(pipeline: Any, run_dir: Path, progress: bool) -> dict[str,
 
     cfg = pipeline.config
     config = EvalConfig.model_validate(cfg.eval)
-    config = config.model_copy(update={"data": str(pipeline.resolve_path(config.data))})
+    config = config.model_copy(update={
+        key: str(pipeline.resolve_path(value)) for key in ("data", "pairs") if (value := getattr(config, key))})
     steps = finetune_steps(cfg.finetune)
     if not config.models:  # base vs every step's model (base vs SFT vs SFT+DPO)
         base = steps[0].options.get("base_model") if steps else None
         config = config.model_copy(update={"models": [f"local:{base}" if base else "local",
                                                       *(f"local:{run_dir / s.folder}" for s in steps)]})
+    held_out = [run_dir / s.folder / "held_out_pairs.jsonl" for s in steps if objective_of(s.options) == "dpo"]
+    local = [spec for spec in config.models if local_model_dir(resolve_model_spec(spec)) is not None]
+    if config.pairs is None and len(local) >= 2 and held_out and held_out[-1].exists():
+        # The last DPO step's held-out pairs: every local model's pair accuracy against the base on them.
+        config = config.model_copy(update={"pairs": str(held_out[-1])})
+    if config.data is None and config.pairs is None:
+        raise ValueError("eval: no eval.data and no held-out pairs to measure (the DPO step held none out: raise its "
+                         "eval_fraction, or give eval.data / eval.pairs)")
     ctx = StageContext.from_config(cfg, ResponseCache(run_dir / "llm_cache.sqlite"), progress)
     try:
         report = run_eval(config, run_dir / "eval", ctx, training_runs=[run_dir])
@@ -213,7 +317,9 @@ def run_pipeline_eval(pipeline: Any, run_dir: Path, progress: bool) -> dict[str,
         ctx.close()
     preference = dpo_held_out(run_dir, steps)
     if preference:
-        report["preference"] = preference
+        merged = report.setdefault("preference", {})
+        for spec, figures in preference.items():
+            merged[spec] = {**figures, **merged.get(spec, {})}
         atomic_write_text(run_dir / "eval" / "eval.json", json.dumps(report, indent=2, ensure_ascii=False, default=str))
     if progress:
         from rich.console import Console
@@ -372,6 +478,8 @@ def _warn_or_refuse(contamination: dict[str, Any], require: bool) -> None:
 def summary_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
+    if report.get("data") is None:
+        return pair_accuracy_table(report)
     table = Table(title=f"datagen eval: {report['prompts']} prompts, judge {report['judge']}")
     for column in ("first vs second", "win-rate", "95% CI", "LC win-rate", "W/T/L", "flips", "unjudged", "words"):
         table.add_column(column, justify="left" if column == "first vs second" else "right")
@@ -389,6 +497,33 @@ def summary_table(report: dict[str, Any]) -> Any:
         )
     for spec, loss in report.get("loss", {}).items():
         table.caption = (table.caption + "  " if table.caption else "") + f"loss {spec}: {_fmt(loss.get('loss'))}"
+    if any("implicit_reward" in entry or "held_out_pair_accuracy" in entry
+           for entry in (report.get("preference") or {}).values()):
+        from rich.console import Group
+
+        return Group(table, pair_accuracy_table(report))
+    return table
+
+
+def pair_accuracy_table(report: dict[str, Any]) -> Any:
+    """Held-out pair accuracy per model: by implicit reward against the eval's reference model
+    (`pairs`), and a DPO step's own figure against its start model (from its training metrics)."""
+    from rich.table import Table
+
+    table = Table(title="held-out pair accuracy (chosen preferred by the implicit reward)")
+    for column in ("model", "against", "pairs", "pair accuracy", "mean margin"):
+        table.add_column(column, justify="left" if column in ("model", "against") else "right")
+    preference = report.get("preference") or {}
+    reference = next((e["implicit_reward"]["reference"] for e in preference.values() if "implicit_reward" in e), None)
+    if reference is not None:
+        table.add_row(reference, "(reference)", "-", "-", "-")
+    for spec, entry in preference.items():
+        if (measured := entry.get("implicit_reward")) is not None:
+            table.add_row(spec, measured["reference"], str(measured["pairs"]), _fmt(measured["pair_accuracy"]),
+                          _fmt(measured["reward_margin"]))
+        if entry.get("held_out_pair_accuracy") is not None:
+            table.add_row(spec, "its start model (DPO step, training metrics)", str(entry.get("eval_pairs")),
+                          _fmt(entry["held_out_pair_accuracy"]), _fmt(entry.get("held_out_reward_margin")))
     return table
 
 

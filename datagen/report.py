@@ -165,6 +165,8 @@ def evaluation_section(run_dir: Path) -> str:
     if not path.exists():
         return ""
     report = json.loads(path.read_text(encoding="utf-8"))
+    if report.get("data") is None:  # pairs only: no prompts were answered or judged
+        return "<h2>Evaluation</h2>" + pair_accuracy_html(report)
     parts = [f"<h2>Evaluation</h2><p>{report['prompts']} held-out prompts from "
              f"<code>{html.escape(str(report['data']))}</code> ({report['with_reference']} with a reference answer), "
              f"judge <code>{html.escape(str(report['judge']))}</code>, each pair judged in both orders (a verdict "
@@ -196,7 +198,30 @@ def evaluation_section(run_dir: Path) -> str:
             parts.append(f"<tr><td>{html.escape(spec)}</td><td>{_num(loss.get('loss'))}</td>"
                          f"<td>{_num(loss.get('perplexity'), 3)}</td><td>{loss.get('tokens')}</td></tr>")
         parts.append("</table>")
+    parts.append(pair_accuracy_html(report))
     return "".join(parts)
+
+
+def pair_accuracy_html(report: dict[str, Any]) -> str:
+    """eval.json's `preference`: each model's held-out pair accuracy by implicit reward, against
+    the eval's reference model and (a DPO step) against its own start model."""
+    rows = []
+    for spec, entry in (report.get("preference") or {}).items():
+        measured = entry.get("implicit_reward")
+        if measured is not None:
+            rows.append((spec, measured["reference"], measured["pairs"], measured["pair_accuracy"],
+                         measured["reward_margin"]))
+        if entry.get("held_out_pair_accuracy") is not None:
+            rows.append((spec, "its start model (DPO step)", entry.get("eval_pairs"), entry["held_out_pair_accuracy"],
+                         entry.get("held_out_reward_margin")))
+    if not rows:
+        return ""
+    body = "".join(f"<tr><td>{html.escape(str(spec))}</td><td>{html.escape(str(against))}</td><td>{pairs}</td>"
+                   f"<td>{_num(accuracy, 3)}</td><td>{_num(margin, 3)}</td></tr>"
+                   for spec, against, pairs, accuracy, margin in rows)
+    return ("<h3>Held-out pair accuracy (chosen preferred by the implicit reward)</h3><table><tr><th>model</th>"
+            "<th>against</th><th>pairs</th><th>held-out pair accuracy</th><th>mean reward margin</th></tr>"
+            f"{body}</table>")
 
 
 def study_section(run_dir: Path) -> str:

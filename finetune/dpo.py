@@ -15,6 +15,7 @@ Recipe measured on this CPU (DESIGN.md): LoRA r=8 on q/v in fp32 with `use_cpu`.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +44,25 @@ def load_pairs(source: Sequence[Record] | str | Path) -> list[PreferencePair]:
         first = next((line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()), "")
         if path.suffix == ".jsonl" and '"chosen"' in first and '"meta"' not in first:
             return read_pairs(path)
+        try:
+            return checked_record_pairs(load_records(path))
+        except ValueError as exc:
+            raise ValueError(_at_line(path, str(exc))) from None
     return checked_record_pairs(load_records(source))
+
+
+def _at_line(path: Path, message: str) -> str:
+    """A "record ID: ..." error from a records file as "path:line: ..." (the line of that id)."""
+    record_id, sep, rest = message.removeprefix("record ").partition(": ")
+    if message.startswith("record ") and sep and path.suffix == ".jsonl":
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and str(row.get("id")) == record_id:
+                return f"{path}:{number}: record {record_id}: {rest}"
+    return f"{path}: {message}"
 
 
 def pair_rows(pairs: Sequence[PreferencePair], system_prompt: str | None = None) -> list[Row]:
@@ -161,10 +180,72 @@ def dpo_into(folder: Path, train_rows: list[Row], eval_rows: list[Row], config: 
     from finetune.train_loop import write_json
 
     write_json(folder / "train_log.json", history)
+    if eval_rows:  # the held-out pairs, in the dpo layout: `datagen eval --pairs` measures other models on them
+        (folder / "held_out_pairs.jsonl").write_text(
+            "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in eval_rows), encoding="utf-8")
     write_json(folder / "finetune_config.json",
                {**config.model_dump(mode="json"), "resolved": {"base_model": base, "learning_rate": config.learning_rate}})
     shutil.rmtree(folder / "_trainer", ignore_errors=True)
     return metrics
+
+
+def implicit_reward_accuracy(
+    policy_dir: str | Path,
+    reference_dir: str | Path,
+    pairs: Sequence[PreferencePair] | str | Path,
+    *,
+    beta: float = 0.1,
+    max_length: int = 2048,
+    system_prompt: str | None = None,
+    cpu: bool = False,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """How often `policy_dir`'s implicit reward, beta * (log p_policy - log p_reference), prefers
+    the chosen answer of each pair, and the mean margin, for any two saved models.
+
+    Measured by the same `DPOTrainer.evaluate()` that gives a DPO step its held-out numbers
+    (same tokenisation, truncation and log-probs), so `datagen eval` on a DPO step's held-out
+    pairs against its start model repeats the step's `held_out_pair_accuracy`. One pair per
+    batch: TRL averages per batch, so only then is the result the exact share over pairs."""
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    from trl import DPOTrainer
+
+    loaded = list(pairs) if not isinstance(pairs, str | Path) else load_pairs(pairs)
+    if not loaded:
+        raise ValueError(f"{pairs}: no preference pairs" if isinstance(pairs, str | Path) else "no preference pairs")
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    rows = [{k: v for k, v in r.items() if k != "id"} for r in pair_rows(loaded, system_prompt)]
+    config = FinetuneConfig(base_model=str(policy_dir), objective="dpo", method="full", beta=beta,
+                            max_length=max_length, batch_size=1, cpu=cpu)
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+        reference = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32)
+        with tempfile.TemporaryDirectory(prefix="datagen-pairs-") as scratch:
+            trainer = DPOTrainer(
+                model=policy,
+                ref_model=reference,
+                args=build_dpo_config(config, scratch, has_eval=True, progress=False),
+                train_dataset=Dataset.from_list(rows[:1]),  # required by TRL; never trained on
+                eval_dataset=Dataset.from_list(rows),
+                processing_class=tokenizer,
+            )
+            result = _held_out(trainer.evaluate())
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    result.pop("loss", None)
+    return {**result, "pairs": len(rows), "beta": beta}
 
 
 def _held_out(result: dict[str, Any]) -> dict[str, Any]:

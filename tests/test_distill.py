@@ -237,6 +237,36 @@ def test_config_validation():
         DistillConfig(n=0)
 
 
+def test_ranker_reward_is_the_reward_model_spelling(tmp_path):
+    """`ranker: reward` (the issue's spelling) is the same stage as `ranker: reward_model`: same
+    config, same stage hash, so run dirs made with either spelling resume each other."""
+    import argparse
+    from types import SimpleNamespace
+
+    from datagen.cli_config import add_stage_command
+    from datagen.pipeline import stage_hash
+    from datagen.pipeline_config import StageSpec
+    from datagen.stages import distill as distill_module
+
+    path = str(tmp_path / "rm")
+    configs = [DistillConfig(ranker=r, reward_model=path) for r in ("reward", "reward_model")]
+    configs.append(DistillConfig(reward_model=path))  # the ranker implied by reward_model alone
+    assert {c.ranker for c in configs} == {"reward_model"}
+    state = SimpleNamespace(global_hash="g")
+    hashes = {stage_hash(state, StageSpec(name="distill", label="distill", config=c)) for c in configs}
+    assert len(hashes) == 1
+    assert configs[0].model_dump(mode="json", by_alias=True)["ranker"] == "reward_model"
+    with pytest.raises(ValidationError, match="ranker 'reward' needs reward_model"):
+        DistillConfig(ranker="reward")
+    with pytest.raises(ValidationError):
+        DistillConfig(ranker="rewards", reward_model=path)
+    parser = argparse.ArgumentParser()
+    add_stage_command(parser.add_subparsers(), distill_module.STAGE)
+    args = parser.parse_args(["distill", "--input", "x.jsonl", "--out", "y.jsonl", "--ranker", "reward", "--reward-model", path])
+    assert (args.ranker, args.reward_model) == ("reward", path)
+    assert DistillConfig(ranker=args.ranker, reward_model=args.reward_model) == configs[1]
+
+
 # -------------------------------------------------------------------------------- reward model
 
 
@@ -312,7 +342,7 @@ def test_reward_model_ranker_end_to_end(tmp_path):
         [rec("explain tides")],
         {"tides": ANSWERS},
         n=4,
-        ranker="reward_model",
+        ranker="reward",
         reward_model=str(path),
         reward_batch_size=2,
     )

@@ -76,7 +76,14 @@ def test_sft_then_dpo_in_one_resumable_run(tmp_path: Path, tiny_model_dir: Path,
         assert accuracy is not None and dpo["eval_pairs"] >= 1
         report = json.loads((run / "eval" / "eval.json").read_text())
         assert len(report["models"]) == 3 and len(report["pairs"]) >= 3  # base vs SFT vs SFT+DPO
-        assert report["preference"][f"local:{run / 'model_dpo'}"]["held_out_pair_accuracy"] == accuracy
+        dpo_entry = report["preference"][f"local:{run / 'model_dpo'}"]
+        assert dpo_entry["held_out_pair_accuracy"] == accuracy
+        # By default eval also measures SFT and SFT+DPO against the base on the DPO step's held-out pairs.
+        for folder in ("model", "model_dpo"):
+            measured = report["preference"][f"local:{run / folder}"]["implicit_reward"]
+            assert measured["pairs"] == dpo["eval_pairs"] and measured["reference"] == f"local:{tiny_model_dir}"
+            assert 0.0 <= measured["pair_accuracy"] <= 1.0
+        assert "Held-out pair accuracy" in (run / "report.html").read_text()
         assert "held-out pair accuracy" in (run / "report.html").read_text()
         # A rerun trains nothing: both steps are finished.
         before = {p: (run / p / "done.json").stat().st_mtime_ns for p in ("model", "model_dpo")}

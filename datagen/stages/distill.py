@@ -7,7 +7,8 @@ records at once. They are ranked by one of:
 * `judge`: an LLM scores every candidate on the rubric in `prompts/judge_rubric.txt`
   (`datagen.judge`: JSON schema where the backend enforces one, lenient parsing and one retry
   otherwise). Scores are on the judge's 1-10 scale.
-* `reward_model`: any local `AutoModelForSequenceClassification` folder; the score is the
+* `reward` (also spelled `reward_model`) with `reward_model: PATH`: any local
+  `AutoModelForSequenceClassification` folder; the score is the
   first logit of the conversation plus answer, rendered with the reward model's own chat
   template when it has one, else as a (prompt, answer) text pair. Scores are raw logits.
 * `none`: no scoring; the first complete candidate wins.
@@ -54,10 +55,10 @@ class DistillConfig(BaseModel):
     )
     top_p: float = Field(0.95, gt=0, le=1, description="teacher nucleus sampling")
     max_tokens: int = Field(1024, ge=1, description="teacher token limit per candidate")
-    ranker: Literal["judge", "reward_model", "none"] = Field(
+    ranker: Literal["judge", "reward", "reward_model", "none"] = Field(
         "judge",
-        description="how candidates are scored: LLM judge, local reward model, or not at all "
-        "(reward_model when only reward_model is given)",
+        description="how candidates are scored: LLM judge, local reward model (reward; reward_model is "
+        "the same), or not at all (reward when only reward_model is given)",
     )
     judge: str | None = Field(None, description="backend spec of the judge (default: the teacher's)")
     judge_max_tokens: int = Field(256, ge=1, description="token limit of a judge reply")
@@ -94,6 +95,10 @@ class DistillConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _reward_model_implies_its_ranker(cls, data: Any) -> Any:
+        # `reward` (the documented spelling) is stored as `reward_model`, the first spelling, so the
+        # stage hash of run dirs made with either is the same and neither re-runs a finished stage.
+        if isinstance(data, dict) and data.get("ranker") == "reward":
+            return {**data, "ranker": "reward_model"}
         if isinstance(data, dict) and data.get("reward_model") and "ranker" not in data:
             return {**data, "ranker": "reward_model"}
         return data
@@ -101,9 +106,9 @@ class DistillConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:
         if self.ranker == "reward_model" and not self.reward_model:
-            raise ValueError("ranker 'reward_model' needs reward_model: a local model folder")
+            raise ValueError("ranker 'reward' needs reward_model: a local model folder")
         if self.ranker == "none" and self.min_score is not None:
-            raise ValueError("min_score needs a ranker (judge or reward_model), not 'none'")
+            raise ValueError("min_score needs a ranker (judge or reward), not 'none'")
         return self
 
 
