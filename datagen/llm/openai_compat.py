@@ -32,11 +32,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-)
 
 from datagen.errors import FatalLLMError, classify_bad_request
 from datagen.llm.base import Completion, PromptRequest, Request, ResultCallback
@@ -50,11 +45,11 @@ from datagen.llm.wire import (
     _error_message,
     _merge,
     _message_shape,
-    _ServerAwareWait,
     is_retryable,
     parse_chat_completion,
     parse_text_completion,
     retry_after_seconds,
+    retry_wait,
 )
 
 log = logging.getLogger(__name__)
@@ -266,21 +261,22 @@ class OpenAICompatLLM:
         payload = self._payload(req, n)
         url = f"{self.base_url}/{_route(req)}"
         retry = self.options.retry
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(retry.max_attempts),
-            wait=_ServerAwareWait(retry.backoff_initial, retry.backoff_max, retry.retry_after_max),
-            reraise=True,
-        )
+        number = 0
         try:
-            async for attempt in retrying:
-                with attempt:
+            while True:
+                number += 1
+                try:
                     # Only the request itself holds a slot: backoff waits free it for others.
-                    completion = await self._attempt(session, url, payload, req, n,
-                                                     attempt.retry_state.attempt_number)
-                    self._unreachable_in_a_row = 0
-                    self._answered += 1
-                    return completion
+                    completion = await self._attempt(session, url, payload, req, n, number)
+                except Exception as exc:
+                    if number >= retry.max_attempts or not is_retryable(exc):
+                        raise
+                    await asyncio.sleep(retry_wait(exc, number, retry.backoff_initial, retry.backoff_max,
+                                                   retry.retry_after_max))
+                    continue
+                self._unreachable_in_a_row = 0
+                self._answered += 1
+                return completion
         except _Cancelled:
             raise FatalLLMError(str(self._fatal)) from None
         except HTTPStatusError as exc:
@@ -303,7 +299,6 @@ class OpenAICompatLLM:
                     f"{self.options.retry.max_attempts} attempts each); check --base-url / OPENAI_BASE_URL and that the server is up"
                 )
             raise
-        raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _attempt(
         self, session: aiohttp.ClientSession, url: str, payload: bytes, req: Request, n: int, number: int
