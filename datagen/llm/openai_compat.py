@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from datagen.errors import FatalLLMError, classify_bad_request
 from datagen.llm.base import Completion, PromptRequest, Request, ResultCallback
@@ -62,6 +63,8 @@ REPEATED_BAD_REQUEST_LIMIT = 3
 REPEATED_PER_RECORD_LIMIT = 8
 # This many requests in a row failing to connect at all (after their retries): the endpoint is gone.
 UNREACHABLE_LIMIT = 16
+# Requests in progress (sending, waiting for a slot or a retry) per concurrency slot.
+WORKERS_PER_SLOT = 2
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
@@ -94,6 +97,7 @@ class OpenAICompatLLM:
         self._bad_request_counts: dict[str, int] = {}
         self._unreachable_in_a_row = 0
         self._answered = 0
+        self._urls: dict[str, URL | str] = {}
         # One limiter per backend instance, shared by every batch (datagen/llm/ratelimit.py).
         self.limiter = limiter if limiter is not None else self.options.limiter()
         self.budget = budget
@@ -131,6 +135,18 @@ class OpenAICompatLLM:
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICompatLLM(model={self.model!r}, base_url={self.base_url!r})"
+
+    def _url(self, route: str) -> URL | str:
+        """The endpoint's URL, parsed once: aiohttp would parse a string again for every request."""
+        url = self._urls.get(route)
+        if url is None:
+            text = f"{self.base_url}/{route}"
+            try:
+                url = URL(text)
+            except ValueError:  # left to aiohttp, which reports it per request as before
+                url = text
+            self._urls[route] = url
+        return url
 
     def _new_session(self) -> aiohttp.ClientSession:
         # One pooled connection per concurrent request; more would only idle.
@@ -170,7 +186,18 @@ class OpenAICompatLLM:
             if on_result:
                 on_result(i, completion)
 
-        tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(requests)]
+        # A fixed crew of workers takes requests in order, instead of one task per request:
+        # 5,000 tasks started at once build 5,000 payloads and queue 5,000 waiters before the
+        # first byte is sent (~0.2 s here). Twice the concurrency, so requests waiting out a
+        # retry backoff (which hold no slot) never leave a slot idle.
+        queue = iter(enumerate(requests))
+
+        async def worker() -> None:
+            for i, req in queue:
+                await one(i, req)
+
+        tasks = [asyncio.ensure_future(worker())
+                 for _ in range(min(len(requests), WORKERS_PER_SLOT * max(1, self.max_concurrency)))]
         try:
             await asyncio.gather(*tasks)
         except FatalLLMError as exc:
@@ -259,7 +286,7 @@ class OpenAICompatLLM:
 
     async def _call(self, session: aiohttp.ClientSession, req: Request, n: int) -> Completion:
         payload = self._payload(req, n)
-        url = f"{self.base_url}/{_route(req)}"
+        url = self._url(_route(req))
         retry = self.options.retry
         number = 0
         try:
@@ -301,7 +328,7 @@ class OpenAICompatLLM:
             raise
 
     async def _attempt(
-        self, session: aiohttp.ClientSession, url: str, payload: bytes, req: Request, n: int, number: int
+        self, session: aiohttp.ClientSession, url: URL | str, payload: bytes, req: Request, n: int, number: int
     ) -> Completion:
         """One HTTP attempt between the budget/limiter's admission and its settlement."""
         reservation = None
