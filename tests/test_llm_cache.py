@@ -339,3 +339,29 @@ def test_a_cache_nobody_closed_commits_its_last_window_at_exit(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert _committed_rows(path) == 5
+
+
+def test_group_commit_stores_rows_exactly_as_written(tmp_path):
+    """Batches reach SQLite as one JSON array (json_each): every column must come out exactly
+    as `put` got it, whatever the text holds, and a key put twice keeps its last answer."""
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path, commit_interval=3600)
+    tricky = ['quote " backslash \\ tab \t newline \n', "é 中文 🙂 \u2028 \u0085 \x1c", "", "{\"json\": [1, 2]}"]
+    written = {}
+    for i, text in enumerate(tricky):
+        request = chat(text or "empty", stop=[text] if text else [], seed=i)
+        completion = Completion(texts=[text + "!"], finish_reasons=["stop"], prompt_tokens=i, completion_tokens=7)
+        key = request.cache_key("fake", "m")
+        cache.put(key, "fake", "m", request, completion)
+        written[key] = (request.canonical(), completion.to_json())
+    again = chat("again")
+    key = again.cache_key("fake", "m")
+    cache.put(key, "fake", "m", again, Completion(texts=["first"], finish_reasons=["stop"]))
+    last = Completion(texts=["second"], finish_reasons=["length"])
+    cache.put(key, "fake", "m", again, last)
+    written[key] = (again.canonical(), last.to_json())
+    cache.close()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT key, backend, model, request, response, typeof(created) FROM completions").fetchall()
+    assert {k: (req, resp) for k, _, _, req, resp, _ in rows} == written
+    assert {(b, m, t) for _, b, m, _, _, t in rows} == {("fake", "m", "real")}
