@@ -5,7 +5,9 @@ Setup, the same for every row: tests/openai_test_server.py in its own process, 2
 reply, N distinct prompts, C requests in flight. Rows:
 - wrk (Debian package `wrk`, `-c C`): the most that server answers at C connections;
 - datagen: `make_llm("openai:test", cache=<fresh SQLite>)`, i.e. with the response cache on
-  as in a pipeline (every answer committed as it lands), adaptive concurrency on;
+  as in a pipeline (answers committed in groups by the cache's writer thread), adaptive
+  concurrency on; the JSON also records the client's CPU ms per request (a figure a busy
+  machine distorts less than req/s) and the cache's commits;
 - distilabel (==1.5.3, its own venv): `OpenAILLM.generate_outputs` over batches of C inputs
   (its pipeline's concurrency is the input batch size);
 - curator (bespokelabs-curator, its own venv): `curator.LLM(..., backend="openai")` with
@@ -140,12 +142,17 @@ def run_ours(base_url: str, count: int, concurrency: int, use_cache: bool = True
         llm = make_llm("openai:test", cache=cache, base_url=base_url, api_key="bench", max_concurrency=concurrency)
         requests = [ChatRequest.chat(f"datagen request {i}", max_tokens=32) for i in range(count)]
         control(base_url, "reset", {})
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         results = generate_sync(llm, requests)
         seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0  # this process: event loop and cache writer thread
+        commits = {}
         if cache is not None:
+            commits = {"cache_commits": cache.commits, "cache_put_waits": cache.put_waits}
             cache.close()
-    return {"rps": count / seconds, "seconds": seconds, "ok": sum(r.ok for r in results), **server_counts(base_url)}
+    return {"rps": count / seconds, "seconds": seconds, "ok": sum(r.ok for r in results),
+            "client_cpu_ms_per_request": round(1000 * cpu / count, 4), **commits, **server_counts(base_url)}
 
 
 def run_peer(python: Path, code: str, base_url: str, count: int, concurrency: int) -> dict:

@@ -1,8 +1,10 @@
 """Crash injection for the reliability tests: die like `kill -9` at a chosen point.
 
 `DATAGEN_KILL_AFTER_CALLS=N` kills the process right after the N-th fresh LLM completion
-of this process has been committed to the cache. Deterministic points are what let a test
-prove that resume repeats no finished call; it costs one env lookup per completion.
+of this process has been handed to the cache (queued for its group commit, so the open commit
+window dies with the process, as in a real kill -9). Deterministic points are what let a test
+prove that resume repeats only calls the cache had not committed; it costs one env lookup per
+completion.
 """
 
 from __future__ import annotations

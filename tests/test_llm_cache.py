@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -58,6 +59,20 @@ class ScriptedLLM:
 
 def chat(prompt: str, **kw) -> ChatRequest:
     return ChatRequest.chat(prompt, **kw)
+
+
+def _committed_rows(path) -> int:
+    """Rows another connection (another process, or the file after kill -9) can see."""
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+
+
+def _put(cache: ResponseCache, prompt: str, tokens: int = 1) -> str:
+    request = chat(prompt)
+    key = request.cache_key("fake", "m")
+    cache.put(key, "fake", "m", request, Completion(texts=[f"re {prompt}"], finish_reasons=["stop"],
+                                                    prompt_tokens=tokens, completion_tokens=tokens))
+    return key
 
 
 def test_cache_uses_wal_and_persists_across_instances(tmp_path):
@@ -134,18 +149,21 @@ def test_duplicates_in_a_batch_are_sent_once_and_all_answered(tmp_path):
     assert results[4].texts == ["echo:a:0"]
 
 
-def test_hits_skip_the_backend_and_misses_are_committed_on_arrival(tmp_path):
+def test_hits_skip_the_backend_and_misses_are_committed_before_generate_returns(tmp_path):
     path = tmp_path / "c.sqlite"
     inner = ScriptedLLM()
-    llm = CachedLLM(inner, ResponseCache(path))
-    committed: list[int] = []
+    # A window far longer than the test: only generate's own flush can commit these.
+    llm = CachedLLM(inner, ResponseCache(path, commit_interval=3600))
+    seen: list[tuple[int, int]] = []
 
     def on_result(i: int, completion: Completion) -> None:
-        # Already durable when the stage hears about it: a fresh connection can read it.
-        committed.append(len(ResponseCache(path)))
+        # Readable at once through the cache (read-your-writes); a fresh connection waits for the commit.
+        key = llm.key(chat("ab"[i]))
+        seen.append((len(llm.cache.get_many([key])), _committed_rows(path)))
 
     generate_sync(llm, [chat("a"), chat("b")], on_result)
-    assert committed == [1, 2]
+    assert seen == [(1, 0), (1, 0)]
+    assert _committed_rows(path) == 2  # durable once generate returned
     inner.batches.clear()
     results = generate_sync(llm, [chat("b"), chat("c"), chat("a")])
     assert inner.sent == ["c"]
@@ -233,3 +251,117 @@ def test_request_is_messages_plus_frozen_sampling_and_round_trips():
     assert ChatRequest.from_canonical(req.canonical()) == req
     one = req.with_sampling(n=1, seed=8)
     assert (one.n, one.seed, one.messages) == (1, 8, req.messages) and req.n == 2
+
+
+# Group commit (datagen/llm/cache.py): the writer thread, its window, and the bound after kill -9.
+
+
+def test_group_commit_reads_its_own_writes_and_counts_them_in_token_totals(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path, commit_interval=3600)
+    key = _put(cache, "a", tokens=5)
+    assert cache.unsaved == 1 and _committed_rows(path) == 0  # queued, not committed
+    assert cache.get_many([key, "other"])[key].texts == ["re a"]
+    assert cache.token_totals() == [("fake", "m", 5, 5)]  # the budget sees what was paid for
+    assert cache.unsaved == 0 and _committed_rows(path) == 1
+    cache.close()
+
+
+def test_group_commit_starts_when_commit_rows_wait_and_never_holds_more_than_max_unsaved(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path, commit_interval=3600, commit_rows=4, max_unsaved=6)
+    for i in range(3):
+        _put(cache, f"p{i}")
+    assert cache.unsaved == 3 and cache.commits == 0  # fewer than commit_rows: the window decides
+    _put(cache, "p3")  # the 4th wakes the writer without any flush
+    for _ in range(3000):
+        if cache.commits:
+            break
+        threading.Event().wait(0.01)
+    assert cache.commits == 1 and _committed_rows(path) == 4
+    # put waits rather than let more than max_unsaved pile up: the bound after kill -9.
+    most = 0
+    for i in range(4, 60):
+        _put(cache, f"p{i}")
+        most = max(most, cache.unsaved)
+    assert most <= 6
+    cache.close()
+    assert _committed_rows(path) == 60
+
+
+def test_generate_commits_what_landed_even_when_it_fails(tmp_path):
+    from datagen.errors import FatalLLMError
+
+    class DiesAfterTwo(ScriptedLLM):
+        async def generate(self, requests, on_result=None):
+            for i, req in enumerate(requests[:2]):
+                on_result(i, Completion(texts=[req.messages[-1][1]], finish_reasons=["stop"]))
+            raise FatalLLMError("endpoint gone")
+
+    path = tmp_path / "c.sqlite"
+    llm = CachedLLM(DiesAfterTwo(), ResponseCache(path, commit_interval=3600))
+    with pytest.raises(FatalLLMError):
+        generate_sync(llm, [chat("a"), chat("b"), chat("c")])
+    assert _committed_rows(path) == 2  # the paid calls are kept for the rerun
+
+
+def test_a_failed_commit_is_a_clear_error_not_a_silent_loss(tmp_path):
+    from datagen.errors import DatagenError
+
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path, commit_interval=3600)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE completions")  # e.g. the file replaced under a running stage
+    _put(cache, "a")
+    with pytest.raises(DatagenError, match=r"c\.sqlite: could not save LLM replies to the cache: "):
+        cache.flush()
+    with pytest.raises(DatagenError, match="could not save"):
+        _put(cache, "b")
+
+
+def test_a_cache_nobody_closed_commits_its_last_window_at_exit(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "c.sqlite"
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[2])\n"
+        "from datagen.llm import ChatRequest, Completion, ResponseCache\n"
+        "cache = ResponseCache(sys.argv[1], commit_interval=3600)\n"
+        "for i in range(5):\n"
+        "    r = ChatRequest.chat(f'q{i}')\n"
+        "    cache.put(r.cache_key('fake', 'm'), 'fake', 'm', r, Completion(texts=['x'], finish_reasons=['stop']))\n"
+        "assert cache.unsaved == 5\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", script, str(path), str(root)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert _committed_rows(path) == 5
+
+
+def test_group_commit_stores_rows_exactly_as_written(tmp_path):
+    """Batches reach SQLite as one JSON array (json_each): every column must come out exactly
+    as `put` got it, whatever the text holds, and a key put twice keeps its last answer."""
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path, commit_interval=3600)
+    tricky = ['quote " backslash \\ tab \t newline \n', "é 中文 🙂 \u2028 \u0085 \x1c", "", "{\"json\": [1, 2]}"]
+    written = {}
+    for i, text in enumerate(tricky):
+        request = chat(text or "empty", stop=[text] if text else [], seed=i)
+        completion = Completion(texts=[text + "!"], finish_reasons=["stop"], prompt_tokens=i, completion_tokens=7)
+        key = request.cache_key("fake", "m")
+        cache.put(key, "fake", "m", request, completion)
+        written[key] = (request.canonical(), completion.to_json())
+    again = chat("again")
+    key = again.cache_key("fake", "m")
+    cache.put(key, "fake", "m", again, Completion(texts=["first"], finish_reasons=["stop"]))
+    last = Completion(texts=["second"], finish_reasons=["length"])
+    cache.put(key, "fake", "m", again, last)
+    written[key] = (again.canonical(), last.to_json())
+    cache.close()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT key, backend, model, request, response, typeof(created) FROM completions").fetchall()
+    assert {k: (req, resp) for k, _, _, req, resp, _ in rows} == written
+    assert {(b, m, t) for _, b, m, _, _, t in rows} == {("fake", "m", "real")}

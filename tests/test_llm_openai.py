@@ -112,6 +112,21 @@ def test_retry_after_above_our_backoff_ceiling_still_honoured(openai_server):
     assert second.start - first.end >= 0.2 - 0.01
 
 
+def test_retry_wait_is_full_jitter_backoff_unless_the_server_says_when():
+    import random
+
+    from datagen.llm.wire import HTTPStatusError, retry_wait
+
+    random.seed(3)
+    plain = ConnectionError("reset")
+    for attempt, ceiling in [(1, 0.1), (2, 0.2), (3, 0.4), (5, 1.0), (10_000, 1.0)]:  # no overflow far out
+        waits = [retry_wait(plain, attempt, 0.1, 1.0, 60.0) for _ in range(400)]
+        assert 0 <= min(waits) and max(waits) <= ceiling and max(waits) > 0.8 * ceiling  # the whole window is used
+    told = HTTPStatusError(429, "slow down", {"Retry-After": "7"})
+    assert retry_wait(told, 1, 0.1, 1.0, 60.0) == 7.0  # the server's word beats our ceiling...
+    assert retry_wait(told, 1, 0.1, 1.0, 5.0) == 5.0  # ...up to retry_after_max
+
+
 def test_client_errors_are_not_retried(openai_server):
     openai_server.configure(fail_first=100, fail_kind="400")
     llm = make(openai_server)

@@ -155,8 +155,9 @@ def rates(prices: Mapping[str, Any]) -> dict[str, Rate]:
 
 def spent_in_cache(cache: Any, prices: Mapping[str, Any]) -> float:
     """What the answers already in this cache cost: every row was paid for once. In a run
-    directory the cache is the run's own, so this is the run's spending so far (kill -9
-    safe: rows are committed as replies land). Rows are priced at the regular rate."""
+    directory the cache is the run's own, so this is the run's spending so far (after kill -9
+    it misses at most the open commit window's rows, whose calls the resume pays and counts
+    again). Rows are priced at the regular rate."""
     table = rates(prices)
     total = 0.0
     for backend, model, prompt_tokens, completion_tokens in cache.token_totals():

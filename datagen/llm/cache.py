@@ -1,33 +1,69 @@
 """SQLite response cache in front of any backend.
 
-Each completion is committed the moment it arrives, so a run killed mid-batch resumes
-without paying for the calls it already made, and an identical rerun makes zero calls.
-Failed requests and empty replies are never cached: a rerun retries them. The key holds
-the backend's identity (endpoint, a fingerprint of local weights, output-changing engine
-options), so retraining a model into the same folder never serves its old answers.
+A run killed mid-batch resumes without paying again for what it already has, and an identical
+rerun makes zero calls. Completions are committed in groups by one writer thread, off the event
+loop: a completion waits at most `COMMIT_INTERVAL_S` (50 ms) or until `COMMIT_ROWS` (64) more
+have landed, whichever comes first, and `put` waits whenever `MAX_UNSAVED` (128) landed
+completions are not yet committed. So after `kill -9` at most `MAX_UNSAVED` answered calls
+(normally those of the last 50 ms) are sent again, besides the ones in flight; a normal end
+loses none: `CachedLLM.generate` returns (or raises) only after its completions are committed,
+`close()` commits what is left, and so does an exit hook for caches nobody closed. Reads see
+completions not yet committed (read-your-writes). Committing one row at a time on the event
+loop cost ~0.12 ms a completion, a sixth of the 0.78 ms that 1280 replies/s leave for everything.
+
+Failed requests and empty replies are never cached: a rerun retries them. The key holds the
+backend's identity (endpoint, a fingerprint of local weights, output-changing engine options),
+so retraining a model into the same folder never serves its old answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import dataclasses
 import json
+import logging
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from datagen import faults
-from datagen.errors import FatalLLMError
+from datagen.errors import DatagenError, FatalLLMError
 from datagen.llm.base import LLM, Completion, PromptRequest, Request, ResultCallback, UsageStats
+
+log = logging.getLogger(__name__)
+
+# Group commit. The bound after kill -9 is MAX_UNSAVED: a hard cap (put waits), not a typical figure.
+COMMIT_INTERVAL_S = 0.05  # a landed completion is committed at most this long after it landed...
+COMMIT_ROWS = 64  # ...or as soon as this many are waiting, whichever comes first
+MAX_UNSAVED = 2 * COMMIT_ROWS  # landed but not committed, at most: one commit writing, one filling
+# A whole batch as one JSON parameter: SQLite unpacks it in one statement step, without the GIL.
+# (executemany binds row by row, taking the GIL back for each; under load that handoff waits up
+# to the interpreter's 5 ms switch interval per row.)
+_INSERT_BATCH = ("INSERT OR REPLACE INTO completions SELECT " + ", ".join(
+    f"json_extract(value, '$[{i}]')" for i in range(6)) + " FROM json_each(?)")
+_Row = tuple[str, str, str, str, str, float]
+
+_open_caches: weakref.WeakSet[ResponseCache] = weakref.WeakSet()
 
 
 class ResponseCache:
-    def __init__(self, path: str | Path):
+    """The SQLite file plus its writer thread (started with the first `put`). Thread-safe."""
+
+    def __init__(self, path: str | Path, *, commit_interval: float = COMMIT_INTERVAL_S,
+                 commit_rows: int = COMMIT_ROWS, max_unsaved: int = MAX_UNSAVED):
+        if commit_rows < 1 or max_unsaved < commit_rows or commit_interval < 0:
+            raise ValueError("ResponseCache: need commit_rows >= 1, max_unsaved >= commit_rows, commit_interval >= 0")
         self.path = Path(path)
+        self.commit_interval = commit_interval
+        self.commit_rows = commit_rows
+        self.max_unsaved = max_unsaved
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the reading connection
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -37,10 +73,32 @@ class ResponseCache:
             " response TEXT, created REAL)"
         )
         self._conn.commit()
+        # Writer state, under `_state`: `_unsaved` holds every landed row until its commit is
+        # done (reads look here first); `_queued` the ones no commit has taken yet.
+        self._state = threading.Condition(threading.Lock())
+        self._unsaved: dict[str, _Row] = {}
+        self._queued: list[_Row] = []
+        self._oldest = 0.0  # monotonic time the oldest queued row landed
+        self._hurry = False  # a flush or close waits: commit now, do not wait out the window
+        self._stopping = False
+        self._failed: BaseException | None = None
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        self.commits = 0  # commits made by the writer (a bench and the tests read it)
+        self.put_waits = 0  # puts that found `max_unsaved` waiting and had to wait for the disk
+        _open_caches.add(self)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Completion]:
         found: dict[str, Completion] = {}
         unique = list(dict.fromkeys(keys))
+        if self._unsaved:
+            # Checked before the file: a row leaves `_unsaved` only once committed, so every
+            # key is found in one place or the other.
+            with self._state:
+                pending = {key: self._unsaved[key] for key in unique if key in self._unsaved}
+            for key, row in pending.items():
+                found[key] = Completion.from_json(row[4])
+            unique = [key for key in unique if key not in pending]
         with self._lock:
             for start in range(0, len(unique), 500):
                 chunk = unique[start : start + 500]
@@ -53,16 +111,89 @@ class ResponseCache:
         return found
 
     def put(self, key: str, backend: str, model: str, request: Request, completion: Completion) -> None:
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?, ?)",
-                (key, backend, model, request.canonical(), completion.to_json(), time.time()),
-            )
-            self._conn.commit()
+        """Queue one completion for the writer; returns at once unless `max_unsaved` are waiting."""
+        row = (key, backend, model, request.canonical(), completion.to_json(), time.time())
+        with self._state:
+            self._check()
+            if len(self._unsaved) >= self.max_unsaved:
+                self.put_waits += 1
+            while len(self._unsaved) >= self.max_unsaved and self._failed is None:
+                self._hurry = True
+                self._state.notify_all()
+                self._state.wait()
+            self._check()
+            self._unsaved[key] = row
+            if not self._queued:
+                self._oldest = time.monotonic()
+            self._queued.append(row)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name=f"datagen-cache:{self.path.name}",
+                                                daemon=True)
+                self._writer.start()
+            if len(self._queued) == 1 or len(self._queued) >= self.commit_rows:
+                self._state.notify_all()
+
+    @property
+    def unsaved(self) -> int:
+        """Completions handed to `put` and not committed yet."""
+        return len(self._unsaved)
+
+    def flush(self) -> None:
+        """Return once every completion `put` so far is committed (raises if a commit failed)."""
+        with self._state:
+            while self._unsaved and self._failed is None:
+                self._hurry = True
+                self._state.notify_all()
+                self._state.wait()
+            self._check()
+
+    def _check(self) -> None:
+        if self._failed is not None:
+            raise DatagenError(f"{self.path}: could not save LLM replies to the cache: "
+                               f"{type(self._failed).__name__}: {self._failed}")
+        if self._closed:
+            raise DatagenError(f"{self.path}: the LLM cache is closed")
+
+    def _write_loop(self) -> None:
+        """Take what is queued when the window closes (or `commit_rows` wait, or someone
+        flushes), write it in one transaction, then drop it from `_unsaved`."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=30)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            while True:
+                with self._state:
+                    while not self._queued and not self._stopping:
+                        self._state.wait()
+                    if not self._queued:
+                        return
+                    while len(self._queued) < self.commit_rows and not self._hurry and not self._stopping:
+                        left = self._oldest + self.commit_interval - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._state.wait(left)
+                    batch, self._queued, self._hurry = self._queued, [], False
+                conn.execute(_INSERT_BATCH, (json.dumps(batch, ensure_ascii=False),))
+                conn.commit()
+                with self._state:
+                    for row in batch:
+                        if self._unsaved.get(row[0]) is row:  # not replaced by a newer put meanwhile
+                            del self._unsaved[row[0]]
+                    self.commits += 1
+                    self._state.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - reported to every put/flush from now on
+            with self._state:
+                self._failed = exc
+                self._state.notify_all()
+            log.error("%s: could not save LLM replies to the cache: %s", self.path, exc)
+        finally:
+            if conn is not None:
+                conn.close()
 
     def token_totals(self) -> list[tuple[str, str, int, int]]:
         """(backend, model, prompt tokens, completion tokens) summed over stored answers:
         what they cost, for a budget that spans reruns."""
+        self.flush()
         with self._lock:
             rows = self._conn.execute(
                 "SELECT backend, model, SUM(json_extract(response, '$.prompt_tokens')),"
@@ -71,12 +202,36 @@ class ResponseCache:
         return [(b, m, int(p or 0), int(c or 0)) for b, m, p, c in rows]
 
     def __len__(self) -> int:
+        self.flush()
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        """Commit what is left, stop the writer, close the file. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            with self._state:
+                self._stopping = True
+                self._state.notify_all()
+            if self._writer is not None:
+                self._writer.join()
+            self._closed = True
+            with self._lock:
+                self._conn.close()
+            _open_caches.discard(self)
+
+
+@atexit.register
+def _close_open_caches() -> None:
+    """A cache nobody closed (a script, a notebook) still commits its last window at exit."""
+    for cache in list(_open_caches):
+        try:
+            cache.close()
+        except Exception as exc:  # noqa: BLE001 - one bad cache must not stop the others
+            log.error("%s: %s", cache.path, exc)
 
 
 class CachedLLM:
@@ -160,22 +315,41 @@ class CachedLLM:
                 if on_result:
                     on_result(dup, copy)
 
-        if to_send and getattr(self.inner, "batch", False):
-            if any(isinstance(requests[i], PromptRequest) for i in to_send):
-                raise FatalLLMError(f"{self.name}: the Batch API route sends chat requests only; raw prompts "
-                                    "(magpie) need the live endpoint: set batch: false for this stage's backend")
-            # Batch API (openai `batch: true`): custom_id = cache key; batch ids are kept
-            # next to the cache (in a pipeline: the run directory) so a rerun re-attaches.
-            state_dir = self.cache.path.parent if self.cache is not None else None
-            returned = await self.inner.generate_batch(
-                [requests[i] for i in to_send], [keys[i] for i in to_send], state_dir, landed
-            )
-        elif to_send:
-            returned = await self.inner.generate([requests[i] for i in to_send], landed)
-            for j, completion in enumerate(returned):
-                if results[to_send[j]] is None:  # a backend that did not call back
-                    landed(j, completion)
+        # Whatever way this ends, its completions are committed before it returns: a stage is
+        # marked done only after its calls are durable.
+        try:
+            if to_send and getattr(self.inner, "batch", False):
+                if any(isinstance(requests[i], PromptRequest) for i in to_send):
+                    raise FatalLLMError(f"{self.name}: the Batch API route sends chat requests only; raw prompts "
+                                        "(magpie) need the live endpoint: set batch: false for this stage's backend")
+                # Batch API (openai `batch: true`): custom_id = cache key; batch ids are kept
+                # next to the cache (in a pipeline: the run directory) so a rerun re-attaches.
+                state_dir = self.cache.path.parent if self.cache is not None else None
+                returned = await self.inner.generate_batch(
+                    [requests[i] for i in to_send], [keys[i] for i in to_send], state_dir, landed
+                )
+            elif to_send:
+                returned = await self.inner.generate([requests[i] for i in to_send], landed)
+                for j, completion in enumerate(returned):
+                    if results[to_send[j]] is None:  # a backend that did not call back
+                        landed(j, completion)
+        except BaseException:
+            await self._flush(quiet=True)
+            raise
+        await self._flush()
         return [r if r is not None else Completion(error="internal: no result") for r in results]
+
+    async def _flush(self, quiet: bool = False) -> None:
+        """Wait (off the loop) for the writer to commit this batch's last window. `quiet`: we
+        are already failing; a commit error is logged, not raised over the first error."""
+        if self.cache is None or not self.cache.unsaved:
+            return
+        try:
+            await asyncio.to_thread(self.cache.flush)
+        except Exception as exc:  # noqa: BLE001
+            if not quiet:
+                raise
+            log.error("%s", exc)
 
     def close(self) -> None:
         self.inner.close()

@@ -13,11 +13,11 @@ import asyncio
 import email.utils
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
-from tenacity import RetryCallState, wait_random_exponential
 
 from datagen.llm.base import Completion
 from datagen.unicode_text import LONE_SURROGATE, REPLACEMENT
@@ -86,20 +86,16 @@ def retry_after_seconds(exc: BaseException | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-class _ServerAwareWait:
-    """Retry-After when the server sends one (capped separately: a server may legitimately
-    ask for longer than our own backoff ceiling), else jittered exponential backoff."""
-
-    def __init__(self, initial: float, maximum: float, retry_after_max: float):
-        self.backoff = wait_random_exponential(multiplier=initial, max=maximum)
-        self.retry_after_max = retry_after_max
-
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        told = retry_after_seconds(exc)
-        if told is not None:
-            return min(told, self.retry_after_max)
-        return self.backoff(state)
+def retry_wait(exc: BaseException, attempt: int, initial: float, maximum: float, retry_after_max: float) -> float:
+    """Seconds before attempt `attempt + 1`: Retry-After when the server sends one (capped
+    separately: a server may legitimately ask for longer than our own backoff ceiling), else
+    full-jitter exponential backoff, uniform in [0, min(maximum, initial * 2^(attempt-1))]
+    (tenacity's `wait_random_exponential`, computed here so a request that succeeds at once
+    builds no retry machinery at all)."""
+    told = retry_after_seconds(exc)
+    if told is not None:
+        return min(told, retry_after_max)
+    return random.uniform(0, maximum if attempt > 64 else min(maximum, initial * 2.0 ** (attempt - 1)))
 
 
 def _describe(exc: BaseException) -> str:
