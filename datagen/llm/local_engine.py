@@ -162,6 +162,7 @@ class ContinuousBatcher:
         self.device = next(model.parameters()).device
         self.torch = torch
         self.decoder = local_kv.llama_decoder(model) if fused else None
+        self.steps = 0  # decode steps run (one token for every row of the batch each)
 
     def run(self, jobs: Sequence[Job], on_sequence: OnSequence) -> None:
         """Decode every job's samples; `on_sequence(job, sample, finished)` as each one ends.
@@ -226,6 +227,7 @@ class ContinuousBatcher:
 
     def _decode_step(self, batch: _Batch, on_sequence: OnSequence) -> _Batch | None:
         torch = self.torch
+        self.steps += 1
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
         positions = torch.tensor([row.position for row in batch.rows], device=self.device)
         if self.decoder is not None and batch.growing:
