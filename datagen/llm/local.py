@@ -24,7 +24,7 @@ class LocalLLM:
     backend = "local"
     supports_json_schema = False
 
-    def __init__(self, model: str | None = None, batch_size: int = 32, dtype: str = "bfloat16",
+    def __init__(self, model: str | None = None, batch_size: int = 64, dtype: str = "bfloat16",
                  threads: int | None = None):
         self.model_path = Path(model) if model else None
         self.model = model or "SmolLM2-135M-Instruct"
