@@ -82,6 +82,19 @@ def test_greedy_equals_generate_on_each_prompt_alone(model_and_tokenizer):
         assert ours[(job.index, 0)].reason == expected_reason
 
 
+def test_fused_llama_step_equals_transformers_own_step(model_and_tokenizer):
+    # The fused decode step (local_kv.LlamaDecoder) against every step on the model's forward,
+    # across refills and compactions; also checks the decoder really is in use for Llama.
+    model, tokenizer = model_and_tokenizer
+    jobs = [Job(i, prompt_ids(tokenizer, p), 1, 6 + 5 * (i % 3), 0.0, 1.0, (), None) for i, p in enumerate(PROMPTS[:5])]
+    assert ContinuousBatcher(model, tokenizer).decoder is not None
+    fused = run(model, tokenizer, jobs, max_batch=2)
+    reference: dict[tuple[int, int], Finished] = {}
+    ContinuousBatcher(model, tokenizer, max_batch=2, fused=False).run(
+        jobs, lambda job, sample, finished: reference.__setitem__((job.index, sample), finished))
+    assert {k: v.tokens for k, v in fused.items()} == {k: v.tokens for k, v in reference.items()}
+
+
 def test_seeded_samples_do_not_depend_on_batch_company(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     target = Job(0, prompt_ids(tokenizer, "Invent a name for a cat."), 3, 12, 1.0, 0.9, (), 7)

@@ -24,7 +24,7 @@ class LocalLLM:
     backend = "local"
     supports_json_schema = False
 
-    def __init__(self, model: str | None = None, batch_size: int = 32, dtype: str = "bfloat16",
+    def __init__(self, model: str | None = None, batch_size: int = 64, dtype: str = "bfloat16",
                  threads: int | None = None):
         self.model_path = Path(model) if model else None
         self.model = model or "SmolLM2-135M-Instruct"
@@ -35,6 +35,7 @@ class LocalLLM:
         self._model: Any = None
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
+        self.decode_steps = 0  # batched decode steps so far (bench/local_engine.py reads it)
 
     def cache_identity(self) -> dict[str, Any]:
         """The weights themselves (a fingerprint of the folder) and the dtype; for the embedded
@@ -141,7 +142,11 @@ class LocalLLM:
                 del done[job.index]
                 deliver(job.index, self._completion(requests[job.index], job, samples))
 
-        ContinuousBatcher(self._model, tok, max_batch=self.batch_size).run(jobs, sequence_done)
+        batcher = ContinuousBatcher(self._model, tok, max_batch=self.batch_size)
+        try:
+            batcher.run(jobs, sequence_done)
+        finally:
+            self.decode_steps += batcher.steps
 
     def _completion(self, req: Request, job: Any, samples: dict[int, Any]) -> Completion:
         texts, reasons, used = [], [], 0

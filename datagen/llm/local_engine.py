@@ -18,7 +18,11 @@ loop, which is small:
   generator (seeded from the request), so a request's output does not depend on which
   other requests it shared a batch with (up to floating-point summation order), and a run
   reproduces for the same seeds;
-- the cache and the decode attention are `datagen.llm.local_kv`'s (no per-step copies).
+- the cache and the decode attention are `datagen.llm.local_kv`'s (no per-step copies); for
+  a Llama-architecture model the decode step itself is `local_kv.LlamaDecoder` (fused
+  projections, no module calls), prefill stays with transformers;
+- the repetition penalty is a gather/scatter over each row's seen token ids, as
+  transformers applies it, not a pass over the whole vocabulary per rule.
 
 Only full-attention caches are merged; a model with any other cache layer (sliding windows,
 hybrid models) runs one wave at a time, as `generate` would.
@@ -74,8 +78,9 @@ class _Row:
 
 @dataclass
 class _Batch:
-    """Rows decoding together, with their KV cache, attention mask (0 = left padding),
-    seen-token table for the repetition penalty, and each row's newest unfed token."""
+    """Rows decoding together, with their KV cache, attention mask (0 = left padding), seen
+    token ids for the repetition penalty ([rows, n], repeats allowed: a narrower row is padded
+    with its own first id), and each row's newest unfed token."""
 
     rows: list[_Row]
     cache: Any
@@ -93,7 +98,7 @@ class _Batch:
         once enough have ended. None when no row goes on."""
         import torch
 
-        self.seen[torch.arange(len(self.rows), device=self.seen.device), self.next_tokens] = True
+        self.seen = torch.cat([self.seen, self.next_tokens.unsqueeze(1)], dim=1)
         for row, token in zip(self.rows, self.next_tokens.tolist(), strict=True):
             if row.ended:
                 continue
@@ -134,14 +139,16 @@ class _Batch:
         self.compact()
         self.mask = local_kv.merge_caches(self.cache, self.mask, other.cache, other.mask)
         self.rows.extend(other.rows)
-        self.seen = torch.cat([self.seen, other.seen])
+        width = max(self.seen.shape[1], other.seen.shape[1])
+        self.seen = torch.cat([_pad_ids(self.seen, width), _pad_ids(other.seen, width)])
         self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
 
 
 class ContinuousBatcher:
     """Decodes many jobs over one model with a running batch that is refilled as rows end."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32):
+    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 32, fused: bool = True):
+        """`fused=False` keeps every step on transformers' own forward (the reference path)."""
         import torch
 
         self.model = model
@@ -154,6 +161,8 @@ class ContinuousBatcher:
         self.vocab = model.get_output_embeddings().weight.shape[0]
         self.device = next(model.parameters()).device
         self.torch = torch
+        self.decoder = local_kv.llama_decoder(model) if fused else None
+        self.steps = 0  # decode steps run (one token for every row of the batch each)
 
     def run(self, jobs: Sequence[Job], on_sequence: OnSequence) -> None:
         """Decode every job's samples; `on_sequence(job, sample, finished)` as each one ends.
@@ -205,9 +214,7 @@ class ContinuousBatcher:
         logits = out.logits[:, -1, :].float()
         # Every prompt token counts as seen (as in transformers' repetition penalty); padding
         # columns repeat the row's last real token, so they mark nothing new.
-        real_ids = torch.where(mask.bool(), ids, ids[:, -1:])
-        seen = torch.zeros((len(unique), self.vocab), dtype=torch.bool, device=self.device)
-        seen.scatter_(1, real_ids, True)
+        seen = torch.where(mask.bool(), ids, ids[:, -1:])
         order = [unique[row.job.index] for row in admitted]
         if order != list(range(len(unique))):
             index = torch.tensor(order, device=self.device)
@@ -220,23 +227,28 @@ class ContinuousBatcher:
 
     def _decode_step(self, batch: _Batch, on_sequence: OnSequence) -> _Batch | None:
         torch = self.torch
+        self.steps += 1
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
-        positions = torch.tensor([[row.position] for row in batch.rows], device=self.device)
-        out = self.model(input_ids=batch.next_tokens.unsqueeze(1), attention_mask=batch.mask,
-                         position_ids=positions, past_key_values=batch.cache, use_cache=True)
+        positions = torch.tensor([row.position for row in batch.rows], device=self.device)
+        if self.decoder is not None and batch.growing:
+            logits = self.decoder.step(batch.next_tokens, positions, batch.cache, batch.mask)
+        else:
+            out = self.model(input_ids=batch.next_tokens.unsqueeze(1), attention_mask=batch.mask,
+                             position_ids=positions.unsqueeze(1), past_key_values=batch.cache, use_cache=True)
+            logits = out.logits[:, -1, :].float()
         for row in batch.rows:
             row.position += 1
-        batch.next_tokens = self._choose(batch.rows, out.logits[:, -1, :].float(), batch.seen)
+        batch.next_tokens = self._choose(batch.rows, logits, batch.seen)
         return batch.advance(self, on_sequence)
 
     # ------------------------------------------------------------------ choosing tokens
 
     def _choose(self, rows: list[_Row], logits: Any, seen: Any) -> Any:
-        """Next token per row: repetition penalty, then argmax (temperature 0) or a draw from
-        the row's own generator after temperature and top-p."""
+        """Next token per row: repetition penalty (on `logits` in place), then argmax
+        (temperature 0) or a draw from the row's own generator after temperature and top-p."""
         torch = self.torch
-        penalised = torch.where(logits > 0, logits / REPETITION_PENALTY, logits * REPETITION_PENALTY)
-        logits = torch.where(seen, penalised, logits)
+        scores = logits.gather(1, seen)
+        logits.scatter_(1, seen, torch.where(scores > 0, scores / REPETITION_PENALTY, scores * REPETITION_PENALTY))
         chosen = logits.argmax(dim=-1)
         sampled = [i for i, row in enumerate(rows) if row.job.temperature > 0 and not row.ended]
         if sampled:
@@ -262,6 +274,14 @@ class ContinuousBatcher:
         else:  # sample k > 0 gets seed + 1000 + k, as the OpenAI client's fan-out does
             generator.manual_seed(job.seed if sample == 0 else job.seed + 1000 + sample)
         return generator
+
+
+def _pad_ids(ids: Any, width: int) -> Any:
+    """Widen a seen-ids table by repeating each row's first id (repeats change nothing)."""
+    import torch
+
+    missing = width - ids.shape[1]
+    return ids if missing <= 0 else torch.cat([ids[:, :1].expand(-1, missing), ids], dim=1)
 
 
 def _top_p_filter(torch: Any, probs: Any, top_ps: Any) -> Any:

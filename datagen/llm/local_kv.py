@@ -23,7 +23,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 DECODE_ATTENTION = "datagen_grouped_decode"
-SPARE_COLUMNS = 128  # room kept along the sequence: a re-allocation every 128 steps at most
+SPARE_COLUMNS = 32  # room kept along the sequence: a re-allocation every 32 steps at most
 
 
 def grouped_decode_attention(
@@ -67,7 +67,9 @@ def use_grouped_decode_attention(model: Any) -> bool:
 
 
 class GrowingLayer(DynamicLayer):
-    """A full-attention cache layer whose keys and values sit at the front of a larger buffer."""
+    """A full-attention cache layer whose keys and values sit at the front of a larger buffer.
+    The spare columns are zeros, so `LlamaDecoder` can attend over the whole buffer (the spare
+    masked out) and keep its matmuls on contiguous tensors."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -110,8 +112,8 @@ class GrowingLayer(DynamicLayer):
     def replace(self, keys: Any, values: Any, extra: int = 0) -> None:
         """Hold exactly `keys`/`values` (copied into a fresh buffer with spare room)."""
         batch, heads, length, dim = keys.shape
-        self._keys = keys.new_empty((batch, heads, length + extra + SPARE_COLUMNS, dim))
-        self._values = values.new_empty((batch, heads, length + extra + SPARE_COLUMNS, values.shape[-1]))
+        self._keys = keys.new_zeros((batch, heads, length + extra + SPARE_COLUMNS, dim))
+        self._values = values.new_zeros((batch, heads, length + extra + SPARE_COLUMNS, values.shape[-1]))
         self._keys[:, :, :length] = keys
         self._values[:, :, :length] = values
         self.length = length
@@ -165,3 +167,120 @@ def keep_rows(cache: DynamicCache, mask: Any, index: Any, trim: bool) -> Any:
         else:
             layer.batch_select_indices(index)
     return mask[:, start:]
+
+
+class LlamaDecoder:
+    """The one-token decode step of a Llama-architecture model in plain tensor ops, over a
+    cache of `GrowingLayer`s; prefill stays with transformers.
+
+    Why: at 32-64 rows the stock decoder layer spends more time around its matrix products than
+    in them (module calls, seven separate projections, a copy of every layer's keys and values
+    per step because the attention reads a slice of the buffer). Here q/k/v and gate/up are
+    each one matmul (the model's own parameters become views of the fused weights, so nothing
+    is stored twice), rotary embedding is applied to q and k at once, and attention reads the
+    whole buffer (spare columns zero and masked), which bf16 `bmm` takes without a copy.
+    Numerics follow transformers' Llama in the model's dtype: float32 norms and softmax, bf16
+    residuals; in float32 the tokens equal `generate`'s (tests/test_local_engine.py)."""
+
+    def __init__(self, model: Any):
+        inner = model.model
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.head_dim ** -0.5
+        self.eps = config.rms_norm_eps
+        self.embed = inner.embed_tokens.weight
+        self.norm = inner.norm.weight
+        self.lm_head = model.get_output_embeddings().weight
+        self.rotary = inner.rotary_emb
+        self.layers = []
+        for layer in inner.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+            gate_up = _fuse([mlp.gate_proj, mlp.up_proj])
+            self.layers.append((layer.input_layernorm.weight, qkv, attn.o_proj.weight,
+                                layer.post_attention_layernorm.weight, gate_up, mlp.down_proj.weight))
+        self.intermediate = self.layers[0][4].shape[0] // 2
+
+    @staticmethod
+    def supports(model: Any) -> bool:
+        """Only the plain Llama block: no biases, SiLU gate, full attention, nothing extra."""
+        config = getattr(model, "config", None)
+        if config is None or getattr(config, "model_type", None) != "llama":
+            return False
+        if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+            return False
+        if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "pretraining_tp", 1) != 1:
+            return False
+        inner = getattr(model, "model", None)
+        return inner is not None and all(hasattr(inner, name) for name in ("embed_tokens", "norm", "rotary_emb"))
+
+    def _rms(self, x: Any, weight: Any) -> Any:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * x.to(dtype)
+
+    def step(self, tokens: Any, positions: Any, cache: DynamicCache, mask: Any) -> Any:
+        """Feed one token per row (`tokens`, `positions`: [B]); `mask` [B, L+1] marks the real
+        columns (0 = left padding) once this token is in. Returns float32 logits [B, vocab]."""
+        import torch.nn.functional as F
+
+        batch = tokens.shape[0]
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        groups = heads // kv_heads
+        q_width, kv_width = heads * dim, kv_heads * dim
+        layers = cache.layers
+        first = layers[0]
+        if first.length + 1 > first._keys.shape[2]:
+            for layer in layers:
+                layer.replace(layer.keys, layer.values, extra=1)
+        column, capacity = first.length, first._keys.shape[2]
+        # Additive mask over the whole buffer: left padding and the unwritten spare are -inf.
+        bias = torch.full((batch, 1, capacity), float("-inf"), dtype=torch.float32, device=tokens.device)
+        bias[:, 0, : column + 1].masked_fill_(mask.bool(), 0.0)
+        x = F.embedding(tokens, self.embed)
+        cos, sin = self.rotary(x, positions.unsqueeze(1))  # [B, 1, dim]
+        half = dim // 2
+        for layer, (ln1, qkv_w, o_w, ln2, gate_up_w, down_w) in zip(layers, self.layers, strict=True):
+            qkv = F.linear(self._rms(x, ln1), qkv_w)
+            qk = qkv[:, : q_width + kv_width].view(batch, heads + kv_heads, dim)
+            rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
+            qk = qk * cos + rotated * sin
+            keys, values = layer._keys, layer._values
+            keys[:, :, column] = qk[:, heads:]
+            values[:, :, column] = qkv[:, q_width + kv_width :].view(batch, kv_heads, dim)
+            query = qk[:, :heads].reshape(batch * kv_heads, groups, dim)  # head h = group * groups + r
+            scores = torch.bmm(query, keys.view(batch * kv_heads, capacity, dim).transpose(1, 2))
+            scores = scores.view(batch, heads, capacity).float().mul_(self.scale).add_(bias)
+            weights = torch.softmax(scores, dim=-1).to(values.dtype).view(batch * kv_heads, groups, capacity)
+            attended = torch.bmm(weights, values.view(batch * kv_heads, capacity, dim)).view(batch, q_width)
+            x = x + F.linear(attended, o_w)
+            gate_up = F.linear(self._rms(x, ln2), gate_up_w)
+            x = x + F.linear(F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :], down_w)
+        for layer in layers:
+            layer.length = column + 1
+        return F.linear(self._rms(x, self.norm), self.lm_head).float()
+
+
+def _fuse(projections: list[Any]) -> Any:
+    """One weight for several bias-free projections of the same input; each module's own
+    weight becomes a view of it (its forward is unchanged, and nothing is stored twice)."""
+    fused = torch.cat([p.weight.detach() for p in projections]).contiguous()
+    start = 0
+    for p in projections:
+        rows = p.weight.shape[0]
+        p.weight = torch.nn.Parameter(fused[start : start + rows], requires_grad=False)
+        start += rows
+    return fused
+
+
+def llama_decoder(model: Any) -> LlamaDecoder | None:
+    """The model's `LlamaDecoder` (built once and kept on the model), or None when the model is
+    not a plain Llama."""
+    decoder = getattr(model, "_datagen_llama_decoder", None)
+    if decoder is None and LlamaDecoder.supports(model):
+        decoder = LlamaDecoder(model)
+        model._datagen_llama_decoder = decoder
+    return decoder
