@@ -484,12 +484,12 @@ def run_rows(rows: list[str], spec: dict[str, Any], timeout: float) -> dict[str,
         text, failure = "", {"status": "timeout", "reason": f"over {timeout:.4g} s"}
     wall = round(time.perf_counter() - started, 1)
     results: dict[str, dict[str, Any]] = {}
-    for line in stdout.splitlines():
+    for line in stdout.split("\n"):
         if line.startswith("RESULT "):
             result = json.loads(line[len("RESULT "):])
             results[result.pop("row")] = result
     if failure is None:
-        last = [line for line in text.splitlines() if line.strip()][-1:] or [f"exit {proc.returncode}"]
+        last = [line for line in text.split("\n") if line.strip()][-1:] or [f"exit {proc.returncode}"]
         failure = {"status": "oom" if "out of memory" in text.lower() else "error", "reason": last[0][:300],
                    "stderr_tail": text[-2000:]}
     for row in rows:

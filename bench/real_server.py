@@ -222,7 +222,7 @@ def vllm_tokens(base_url: str) -> float:
     root = base_url.rsplit("/v1", 1)[0]
     with urllib.request.urlopen(f"{root}/metrics", timeout=30) as resp:
         text = resp.read().decode()
-    return sum(float(line.rsplit(None, 1)[1]) for line in text.splitlines()
+    return sum(float(line.rsplit(None, 1)[1]) for line in text.split("\n")
                if line.startswith("vllm:generation_tokens_total"))
 
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from datagen.jsonl import jsonl_lines
 from datagen.preference_io import PreferencePair, checked_record_pairs, read_pairs
 from datagen.records import Record
 from finetune.config import FinetuneConfig
@@ -55,7 +56,7 @@ def _at_line(path: Path, message: str) -> str:
     """A "record ID: ..." error from a records file as "path:line: ..." (the line of that id)."""
     record_id, sep, rest = message.removeprefix("record ").partition(": ")
     if message.startswith("record ") and sep and path.suffix == ".jsonl":
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in jsonl_lines(path.read_text(encoding="utf-8")):
             try:
                 row = json.loads(line)
             except ValueError:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL = {"datagen", "finetune"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
+LOCAL = {"datagen", "finetune", "bench"} | {p.stem for p in (ROOT / "tests").glob("*.py")}  # bench: the repo's own scripts
 
 
 def _name(requirement: str) -> str:

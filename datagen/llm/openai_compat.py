@@ -471,7 +471,7 @@ def parse_queue_metric(text: str) -> float | None:
     """Requests waiting in the server's queue, summed over its engines and models, from
     Prometheus text; None when no known queue metric is there."""
     total, found = 0.0, False
-    for line in text.splitlines():
+    for line in text.split("\n"):
         for name in QUEUE_METRICS:
             if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
                 try:
