@@ -119,6 +119,52 @@ def test_stop_string_and_end_token_end_a_row_early(model_and_tokenizer):
     assert len(stopped[(0, 0)].tokens) < len(free[(0, 0)].tokens)
 
 
+def test_prefill_in_length_groups_gives_the_same_tokens_as_one_padded_pass(model_and_tokenizer):
+    # Slack 0 prefills every distinct length on its own and merges the caches; a huge slack
+    # pads all admitted prompts into one pass, as the engine did before the groups.
+    model, tokenizer = model_and_tokenizer
+    jobs = [Job(i, prompt_ids(tokenizer, p), 1, 8, 0.0, 1.0, (), None) for i, p in enumerate(PROMPTS)]
+    outputs = []
+    for slack in (0.0, 1e9):
+        out: dict[tuple[int, int], Finished] = {}
+        ContinuousBatcher(model, tokenizer, max_batch=8, prefill_slack=slack).run(
+            jobs, lambda job, sample, finished, out=out: out.__setitem__((job.index, sample), finished))
+        outputs.append({key: finished.tokens for key, finished in out.items()})
+    assert len(outputs[0]) == len(PROMPTS) and outputs[0] == outputs[1]
+
+
+def test_packed_bf16_decode_weights_give_bit_identical_logits():
+    # `LlamaDecoder` holds bf16 weights in oneDNN's packed layout; the logits must equal the
+    # plain `F.linear` path bit for bit, so packing can never change a token.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from datagen.embedded import embedded_model_dir
+    from datagen.llm import local_kv
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.bfloat16).eval()
+    packed = local_kv.LlamaDecoder(model, batch_hint=4)
+    if not any(isinstance(w, local_kv.PackedWeight) for w in packed.layers[0]):
+        pytest.skip("this torch build has no bf16 oneDNN linear")
+    plain = local_kv.LlamaDecoder(model)
+    plain.lm_head = model.get_output_embeddings().weight
+    plain.layers = [tuple(w.packed_from if isinstance(w, local_kv.PackedWeight) else w for w in layer)
+                    for layer in packed.layers]
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 1000, (4, 9), generator=generator)
+    mask = torch.ones(4, 9, dtype=torch.long)
+    mask[1, :3] = 0  # one left-padded row
+    results = []
+    for decoder in (packed, plain):
+        cache, _ = local_kv.growing_cache(model.config)
+        with torch.inference_mode():
+            model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+            step_mask = torch.cat([mask, mask.new_ones(4, 1)], dim=1)
+            results.append(decoder.step(ids[:, -1], step_mask.sum(-1) - 1, cache, step_mask))
+    assert torch.equal(results[0], results[1])
+
+
 # ---------------------------------------------------------------- the pieces, without a model
 
 

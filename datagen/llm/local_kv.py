@@ -182,7 +182,7 @@ class LlamaDecoder:
     Numerics follow transformers' Llama in the model's dtype: float32 norms and softmax, bf16
     residuals; in float32 the tokens equal `generate`'s (tests/test_local_engine.py)."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, batch_hint: int = 64):
         inner = model.model
         config = model.config
         self.heads = config.num_attention_heads
@@ -192,16 +192,17 @@ class LlamaDecoder:
         self.eps = config.rms_norm_eps
         self.embed = inner.embed_tokens.weight
         self.norm = inner.norm.weight
-        self.lm_head = model.get_output_embeddings().weight
         self.rotary = inner.rotary_emb
+        pack = _packer(self.embed, batch_hint)
+        self.lm_head = pack(model.get_output_embeddings().weight)
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
             qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
             gate_up = _fuse([mlp.gate_proj, mlp.up_proj])
-            self.layers.append((layer.input_layernorm.weight, qkv, attn.o_proj.weight,
-                                layer.post_attention_layernorm.weight, gate_up, mlp.down_proj.weight))
-        self.intermediate = self.layers[0][4].shape[0] // 2
+            self.intermediate = gate_up.shape[0] // 2
+            self.layers.append((layer.input_layernorm.weight, pack(qkv), pack(attn.o_proj.weight),
+                                layer.post_attention_layernorm.weight, pack(gate_up), pack(mlp.down_proj.weight)))
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -227,6 +228,7 @@ class LlamaDecoder:
         columns (0 = left padding) once this token is in. Returns float32 logits [B, vocab]."""
         import torch.nn.functional as F
 
+        linear = _linear
         batch = tokens.shape[0]
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         groups = heads // kv_heads
@@ -244,7 +246,7 @@ class LlamaDecoder:
         cos, sin = self.rotary(x, positions.unsqueeze(1))  # [B, 1, dim]
         half = dim // 2
         for layer, (ln1, qkv_w, o_w, ln2, gate_up_w, down_w) in zip(layers, self.layers, strict=True):
-            qkv = F.linear(self._rms(x, ln1), qkv_w)
+            qkv = linear(self._rms(x, ln1), qkv_w)
             qk = qkv[:, : q_width + kv_width].view(batch, heads + kv_heads, dim)
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos + rotated * sin
@@ -256,12 +258,46 @@ class LlamaDecoder:
             scores = scores.view(batch, heads, capacity).float().mul_(self.scale).add_(bias)
             weights = torch.softmax(scores, dim=-1).to(values.dtype).view(batch * kv_heads, groups, capacity)
             attended = torch.bmm(weights, values.view(batch * kv_heads, capacity, dim)).view(batch, q_width)
-            x = x + F.linear(attended, o_w)
-            gate_up = F.linear(self._rms(x, ln2), gate_up_w)
-            x = x + F.linear(F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :], down_w)
+            x = x + linear(attended, o_w)
+            gate_up = linear(self._rms(x, ln2), gate_up_w)
+            x = x + linear(F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :], down_w)
         for layer in layers:
             layer.length = column + 1
-        return F.linear(self._rms(x, self.norm), self.lm_head).float()
+        return linear(self._rms(x, self.norm), self.lm_head).float()
+
+
+class PackedWeight:
+    """A bf16 weight in oneDNN's blocked layout for `linear`. Why: `F.linear` on a plain bf16
+    weight lets oneDNN re-block the weight inside every call; at decode sizes (tens of rows)
+    that costs about a fifth of each matrix product on this machine (bench/local_engine.py).
+    The packed copy is a second copy of the decode weights; results are bit-identical."""
+
+    def __init__(self, weight: Any, batch_hint: int):
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
+        self.packed_from = weight  # the model's own tensor (shared, not a copy)
+
+
+def _linear(x: Any, weight: Any) -> Any:
+    if isinstance(weight, PackedWeight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight.packed, None, "none", [], "")
+    return torch.nn.functional.linear(x, weight)
+
+
+def _packer(reference: Any, batch_hint: int) -> Any:
+    """How to hold decode weights like `reference`: packed for oneDNN when the weights are bf16
+    on a CPU whose oneDNN takes bf16 (checked once: the packed product must equal `F.linear`'s
+    bit for bit), else as they are (float32 keeps `F.linear`, so tokens equal `generate`'s)."""
+    usable = (reference.device.type == "cpu" and reference.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+              and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    if usable:
+        try:
+            probe_w = torch.linspace(-1, 1, 64 * 32).reshape(64, 32).to(torch.bfloat16)
+            probe_x = torch.linspace(-2, 2, 4 * 32).reshape(4, 32).to(torch.bfloat16)
+            usable = torch.equal(_linear(probe_x, PackedWeight(probe_w, batch_hint)),
+                                 torch.nn.functional.linear(probe_x, probe_w))
+        except RuntimeError:  # a build without bf16 oneDNN kernels
+            usable = False
+    return (lambda weight: PackedWeight(weight, batch_hint)) if usable else (lambda weight: weight)
 
 
 def _fuse(projections: list[Any]) -> Any:
@@ -276,11 +312,11 @@ def _fuse(projections: list[Any]) -> Any:
     return fused
 
 
-def llama_decoder(model: Any) -> LlamaDecoder | None:
+def llama_decoder(model: Any, batch_hint: int = 64) -> LlamaDecoder | None:
     """The model's `LlamaDecoder` (built once and kept on the model), or None when the model is
     not a plain Llama."""
     decoder = getattr(model, "_datagen_llama_decoder", None)
     if decoder is None and LlamaDecoder.supports(model):
-        decoder = LlamaDecoder(model)
+        decoder = LlamaDecoder(model, batch_hint)
         model._datagen_llama_decoder = decoder
     return decoder
