@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from client_throughput import control  # noqa: E402  (the loopback server's control endpoint)
+from sft import timed_optimizer_step  # noqa: E402  (the SFT bench's timed step)
 
 RESULTS = ROOT / "bench" / "results" / "preference.json"
 
@@ -218,11 +219,7 @@ def dpo_step(mode: dict[str, Any], index: int, timed: bool) -> None:
     trainer = mode["trainer"]
     batch = mode["batches"][index % len(mode["batches"])]
     tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
-    start = time.perf_counter()
-    trainer.training_step(trainer.model, dict(batch))
-    trainer.optimizer.step()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    elapsed = time.perf_counter() - start
+    elapsed = timed_optimizer_step(trainer, [batch])
     if timed:
         mode["times"].append(elapsed)
         mode["tokens"].append(tokens)

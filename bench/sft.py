@@ -121,6 +121,18 @@ def make_mode(
     }
 
 
+def timed_optimizer_step(trainer: Any, micro_batches: list[dict[str, Any]]) -> float:
+    """Seconds for one optimizer step as the Trainer takes it: its own `training_step`
+    (forward, loss, backward) per micro-batch, then the update. Shared by the SFT and DPO
+    benches so both time the same thing."""
+    start = time.perf_counter()
+    for batch in micro_batches:
+        trainer.training_step(trainer.model, dict(batch))
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
 def step(mode: dict, index: int, timed: bool) -> None:
     """One optimizer step: `gradient_accumulation_steps` micro-batches (forward, loss, backward)
     through the Trainer's own `training_step`, then the optimizer update."""
@@ -129,12 +141,7 @@ def step(mode: dict, index: int, timed: bool) -> None:
     micro = [mode["batches"][(index * accum + k) % len(mode["batches"])] for k in range(accum)]
     real = sum(batch_tokens(b)[0] for b in micro)
     slots = sum(batch_tokens(b)[1] for b in micro)
-    start = time.perf_counter()
-    for batch in micro:
-        trainer.training_step(trainer.model, dict(batch))
-    trainer.optimizer.step()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    elapsed = time.perf_counter() - start
+    elapsed = timed_optimizer_step(trainer, micro)
     if timed:
         mode["times"].append(elapsed)
         mode["real"].append(real)
