@@ -208,3 +208,42 @@ def test_growing_layer_keeps_the_same_keys_as_dynamic_layer_past_its_spare_room(
     ours.batch_select_indices(torch.tensor([1]))
     stock.batch_select_indices(torch.tensor([1]))
     assert torch.equal(ours.update(steps[-1][:1], steps[-1][:1])[0], stock.update(steps[-1][:1], steps[-1][:1])[0])
+
+
+def test_nucleus_sampling_draws_in_proportion_within_the_nucleus_only():
+    import torch
+
+    from datagen.llm.local_engine import sample_nucleus
+
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]] * 1000)
+    uniforms = (torch.arange(1000) + 0.5) / 1000  # an even grid: counts follow the weights exactly
+    counts = torch.bincount(sample_nucleus(torch, probs, torch.full((1000,), 0.9), uniforms), minlength=4)
+    # Nucleus at 0.9: 0.5, 0.3, 0.15 (mass above the 0.05 token is 0.95 >= 0.9: it is out).
+    assert counts[0] == 0
+    assert [round(c / 1000, 2) for c in counts[1:].tolist()] == [round(0.5 / 0.95, 2), round(0.15 / 0.95, 2),
+                                                                 round(0.3 / 0.95, 2)]
+    whole = torch.bincount(sample_nucleus(torch, probs, torch.ones(1000), uniforms), minlength=4)
+    assert whole.tolist() == [50, 500, 150, 300]  # top_p 1: the whole distribution
+
+
+def test_nucleus_sampling_reaches_past_the_candidates_on_a_flat_row_and_never_picks_zero_mass():
+    import torch
+
+    from datagen.llm import local_engine
+    from datagen.llm.local_engine import sample_nucleus
+
+    vocab = 2000
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(vocab, generator=generator)
+    flat = torch.empty(vocab)
+    flat[order] = torch.linspace(1.2, 0.8, vocab)  # nearly flat, every probability distinct
+    flat /= flat.sum()
+    nucleus = set(order[: int((flat[order].cumsum(0) - flat[order] < 0.5).sum())].tolist())
+    assert len(nucleus) > local_engine.NUCLEUS_CANDIDATES  # the fallback must be taken
+    uniforms = (torch.arange(4000) + 0.5) / 4000
+    picked = sample_nucleus(torch, flat.expand(4000, -1), torch.full((4000,), 0.5), uniforms).tolist()
+    assert set(picked) <= nucleus and len(set(picked)) > local_engine.NUCLEUS_CANDIDATES
+    sparse = torch.tensor([[0.0, 0.6, 0.0, 0.4, 0.0]] * 3)
+    edges = torch.tensor([0.0, 0.5, 1.0 - 2**-24])  # the lowest draw, a middle one, the highest
+    for top_p in (1.0, 0.99):
+        assert sample_nucleus(torch, sparse, torch.full((3,), top_p), edges).tolist() == [1, 1, 3]

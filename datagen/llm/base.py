@@ -294,30 +294,11 @@ def run_sync(coro: Any) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return run_in_new_loop(coro)
+        return asyncio.run(coro)
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(run_in_new_loop, coro).result()
-
-
-def run_in_new_loop(coro: Any) -> Any:
-    """`asyncio.run`, on uvloop where it is installed (a dependency off Windows). Why: with
-    hundreds of requests in flight the client's own CPU per request decides how close it
-    gets to the server's ceiling, and uvloop's loop and transports cost about half of
-    asyncio's (bench/orchestration.py). `DATAGEN_EVENT_LOOP=asyncio` keeps the stock loop."""
-    import os
-
-    loop_factory = None
-    if os.environ.get("DATAGEN_EVENT_LOOP", "uvloop") != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(coro)
+        return pool.submit(asyncio.run, coro).result()
 
 
 def generate_sync(

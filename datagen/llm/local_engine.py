@@ -289,9 +289,10 @@ class ContinuousBatcher:
             temperatures = torch.tensor([rows[i].job.temperature for i in sampled], device=self.device)
             probs = torch.softmax(logits[index] / temperatures.unsqueeze(1), dim=-1)
             top_ps = torch.tensor([rows[i].job.top_p for i in sampled], device=self.device)
-            probs = _top_p_filter(torch, probs, top_ps)
-            for k, i in enumerate(sampled):
-                chosen[i] = torch.multinomial(probs[k], 1, generator=rows[i].generator)[0]
+            # One uniform draw per row from the row's own generator: the token is the draw's
+            # place in the row's (filtered) distribution, so it depends on nothing else in the batch.
+            uniforms = torch.stack([torch.rand((), generator=rows[i].generator) for i in sampled]).to(self.device)
+            chosen[index] = sample_nucleus(torch, probs, top_ps, uniforms)
         return chosen
 
     def hit_stop(self, row: _Row) -> bool:
@@ -333,11 +334,53 @@ def _pad_ids(ids: Any, width: int) -> Any:
     return ids if missing <= 0 else torch.cat([ids[:, :1].expand(-1, missing), ids], dim=1)
 
 
-def _top_p_filter(torch: Any, probs: Any, top_ps: Any) -> Any:
-    """Keep each row's smallest set of most likely tokens whose mass reaches its top_p."""
-    if bool((top_ps >= 1.0).all()):
-        return probs
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ranked above
-    sorted_probs = sorted_probs.masked_fill(before >= top_ps.unsqueeze(1), 0.0)
-    return torch.zeros_like(probs).scatter_(1, order, sorted_probs)
+NUCLEUS_CANDIDATES = 256  # most likely tokens looked at first; a flatter row falls back to a full sort
+
+
+def sample_nucleus(torch: Any, probs: Any, top_ps: Any, uniforms: Any) -> Any:
+    """Per row, the token at `uniforms` (in [0, 1)) of the way through the row's top-p
+    nucleus (its smallest set of most likely tokens whose mass reaches top_p, in descending
+    order), or through the whole distribution where top_p >= 1.
+
+    Why not `_top_p_filter` plus `torch.multinomial` per row: sorting 64 rows of a 49k
+    vocabulary and 64 multinomial calls took 230 ms a step on 2 cores, against ~125 ms for
+    the model's own step. The nucleus almost always lies within the few hundred most likely
+    tokens, so `topk` finds it exactly (checked per row: the candidates' mass reaches top_p);
+    rows where it does not are sorted in full."""
+    chosen = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    whole = top_ps >= 1.0
+    if bool(whole.any()):
+        rows = whole.nonzero().squeeze(1)
+        chosen[rows] = _inverse_cdf(torch, probs[rows], uniforms[rows])
+    if bool(whole.all()):
+        return chosen
+    rows = (~whole).nonzero().squeeze(1)
+    values, tokens = probs[rows].topk(min(NUCLEUS_CANDIDATES, probs.shape[1]), dim=-1)
+    found = values.sum(dim=-1) >= top_ps[rows]
+    if not bool(found.all()):  # a flat distribution: the nucleus reaches past the candidates
+        flat = (~found).nonzero().squeeze(1)
+        values_flat, tokens_flat = probs[rows[flat]].sort(dim=-1, descending=True)
+        chosen[rows[flat]] = _pick_in_nucleus(torch, values_flat, tokens_flat, top_ps[rows[flat]], uniforms[rows[flat]])
+        keep = found.nonzero().squeeze(1)
+        rows, values, tokens = rows[keep], values[keep], tokens[keep]
+    if len(rows):
+        chosen[rows] = _pick_in_nucleus(torch, values, tokens, top_ps[rows], uniforms[rows])
+    return chosen
+
+
+def _pick_in_nucleus(torch: Any, values: Any, tokens: Any, top_ps: Any, uniforms: Any) -> Any:
+    """`values` sorted descending with their `tokens`: keep each row's tokens whose mass
+    ranked above is below its top_p, then take the one at `uniforms` of the kept mass."""
+    before = values.cumsum(dim=-1) - values
+    kept = values.masked_fill(before >= top_ps.unsqueeze(1), 0.0)
+    return tokens.gather(1, _inverse_cdf(torch, kept, uniforms).unsqueeze(1)).squeeze(1)
+
+
+def _inverse_cdf(torch: Any, weights: Any, uniforms: Any) -> Any:
+    """Per row, the first position whose running sum of `weights` passes `uniforms` of the
+    row's total: a draw in proportion to the weights (never a zero-weight position)."""
+    cdf = weights.cumsum(dim=-1)
+    target = (uniforms * cdf[:, -1]).unsqueeze(1)
+    picked = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    last_positive = (weights > 0).cumsum(dim=-1).argmax(dim=-1)  # a draw rounded up to the total
+    return torch.minimum(picked, last_positive)
