@@ -64,6 +64,19 @@ def _screenshot(driver, name: str) -> None:
         driver.save_screenshot(str(Path(folder) / name))
 
 
+def _click_and_wait(driver, element) -> None:
+    """Click a link or submit button and wait until the next page has replaced this one: the
+    navigation may start after click() returns (CI once read the old page after a form post)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old_page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old_page))
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def test_filter_open_review_in_a_browser(browser, run_dir: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -73,11 +86,11 @@ def test_filter_open_review_in_a_browser(browser, run_dir: Path) -> None:
         browser.get(url + "/")
         assert browser.find_elements(By.CSS_SELECTOR, "svg") and "Funnel" in browser.page_source
         _screenshot(browser, "viewer_home.png")
-        browser.find_element(By.LINK_TEXT, "exact_duplicate").click()
+        _click_and_wait(browser, browser.find_element(By.LINK_TEXT, "exact_duplicate"))
         rows = browser.find_elements(By.CSS_SELECTOR, "#records tr")[1:]
         assert rows and all("exact_duplicate" in row.text for row in rows)
         assert browser.find_element(By.CSS_SELECTOR, "select[name=reason] option[selected]").text == "exact_duplicate"
-        rows[0].find_element(By.CSS_SELECTOR, "a.open").click()
+        _click_and_wait(browser, rows[0].find_element(By.CSS_SELECTOR, "a.open"))
         assert browser.find_element(By.ID, "drop-reason").text == "exact_duplicate"
         lineage = browser.find_elements(By.CSS_SELECTOR, "#lineage tr")[1:]
         assert len(lineage) >= 3 and any("input" in r.text for r in lineage) and any("dedup" in r.text for r in lineage)
@@ -86,7 +99,7 @@ def test_filter_open_review_in_a_browser(browser, run_dir: Path) -> None:
         record_id = browser.find_element(By.TAG_NAME, "h1").text.split()[-1]
         _screenshot(browser, "viewer_record.png")
         browser.find_element(By.NAME, "who").send_keys("selenium")
-        browser.find_element(By.ID, "accept").click()
+        _click_and_wait(browser, browser.find_element(By.ID, "accept"))
         assert "accept" in browser.find_element(By.CSS_SELECTOR, "p.decision").text
     decisions = [json.loads(line) for line in (run_dir / "review.jsonl").read_text().splitlines()]
     assert decisions[-1] | {"when": None} == {"id": record_id, "stage": "dedup", "decision": "accept",
@@ -102,7 +115,7 @@ def test_html_in_records_runs_no_script(browser, run_dir: Path) -> None:
         browser.get(url + "/records?q=onerror")
         _no_script_ran(browser)
         assert "<script>window.__xss = 1</script>" in browser.find_element(By.ID, "records").text
-        browser.find_element(By.CSS_SELECTOR, "#records a.open").click()
+        _click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "#records a.open"))
         _no_script_ran(browser)
         assert "<img src=x onerror=" in browser.find_element(By.ID, "instruction").text
         assert '<a href="javascript:' in browser.find_element(By.ID, "output").text
