@@ -342,8 +342,8 @@ def sample_nucleus(torch: Any, probs: Any, top_ps: Any, uniforms: Any) -> Any:
     nucleus (its smallest set of most likely tokens whose mass reaches top_p, in descending
     order), or through the whole distribution where top_p >= 1.
 
-    Why not `_top_p_filter` plus `torch.multinomial` per row: sorting 64 rows of a 49k
-    vocabulary and 64 multinomial calls took 230 ms a step on 2 cores, against ~125 ms for
+    Why not a full sort plus `torch.multinomial` per row (the sampler before this one):
+    sorting 64 rows of a 49k vocabulary and 64 multinomial calls took 230 ms a step on 2 cores, against ~125 ms for
     the model's own step. The nucleus almost always lies within the few hundred most likely
     tokens, so `topk` finds it exactly (checked per row: the candidates' mass reaches top_p);
     rows where it does not are sorted in full."""
