@@ -30,10 +30,10 @@ class FakeClock:
 
 
 def drive(limiter: RequestLimiter, per_token, replies: int, lengths=(16, 256), clock: FakeClock | None = None,
-          status=lambda load: 200) -> list[float]:
+          status=lambda load: 200, timeout: float | None = None) -> list[float]:
     """Keep the limiter full, settle the oldest request first with the latency a server of
-    `per_token(load)` seconds per token gives an answer of a length drawn from `lengths`.
-    Returns the limit after each reply."""
+    `per_token(load)` seconds per token gives an answer of a length drawn from `lengths`
+    (a reply slower than `timeout` is settled as a timeout). Returns the limit after each reply."""
     seen: list[float] = []
 
     async def run() -> None:
@@ -46,8 +46,11 @@ def drive(limiter: RequestLimiter, per_token, replies: int, lengths=(16, 256), c
             latency = tokens * per_token(len(out) + 1)  # the load it ran under
             if clock is not None:
                 clock.now += latency / max(1, len(out) + 1)  # replies land spread over the round trip
-            code = status(ticket.load)
-            limiter.settle(ticket, latency=latency, status=code, output_tokens=tokens if code == 200 else None)
+            if timeout is not None and latency > timeout:
+                limiter.settle(ticket, latency=timeout, timed_out=True)
+            else:
+                code = status(ticket.load)
+                limiter.settle(ticket, latency=latency, status=code, output_tokens=tokens if code == 200 else None)
             seen.append(limiter.limit)
 
     asyncio.run(run())
@@ -63,13 +66,14 @@ def knee_server(knee: int, speed: float = 10.0):
 def test_long_answers_from_a_slow_healthy_server_are_not_congestion():
     """The issue's case: ~3.5 tok/s per sequence, answers up to 256 tokens take over a minute
     (past the old timeout/2 = 60 s ceiling), but the server is not saturated: the per-token
-    time does not grow with the load. No cut, the limit stays at max_concurrency."""
+    time does not grow with the load. No cut: slow start grows the limit from 8 to
+    max_concurrency, in steps smaller than 2x (a 73 s reply doubled would pass 90 % of 120 s)."""
     clock = FakeClock()
-    limiter = RequestLimiter(64, short_reply_ceiling=60.0, clock=clock)
-    limits = drive(limiter, lambda load: 1 / 3.5, 600, clock=clock)
-    assert limiter.cuts == 0
-    assert limits[-1] == 64  # calibration probed at half the load, saw no gain, came back
-    assert limiter._gradient.phase == "steady" and limiter._gradient.probes == 1
+    limiter = RequestLimiter(64, short_reply_ceiling=60.0, clock=clock, deadline=120.0)
+    limits = drive(limiter, lambda load: 1 / 3.5, 600, clock=clock, timeout=120.0)
+    assert limits[0] == 8 and limiter.cuts == 0 and limiter.timeouts == 0
+    assert limits[-1] == 64
+    assert limiter._gradient.phase == "steady" and limiter._gradient.steps >= 5
 
 
 def test_the_old_whole_request_ceiling_collapses_the_same_server():
@@ -82,16 +86,49 @@ def test_the_old_whole_request_ceiling_collapses_the_same_server():
 
 @pytest.mark.parametrize("knee", [8, 16, 32])
 def test_gradient_settles_past_the_knee_of_a_saturating_server(knee):
-    """Above the knee every extra sequence only slows the others: the limit is calibrated
-    down from 64 (halving while halving makes tokens faster) and then settles in the knee
-    region (the server's full throughput) instead of at 1-3 or pinned at 64."""
+    """Above the knee every extra sequence only slows the others: slow start doubles from 8
+    while doubling buys tokens/s, stops one step past the knee, and the limit settles at the
+    knee (the server's full throughput) instead of at 1-3 or pinned at 64."""
     clock = FakeClock()
     limiter = RequestLimiter(64, short_reply_ceiling=60.0, clock=clock)
     limits = drive(limiter, knee_server(knee), 1500, clock=clock)
     assert limiter.cuts == 0
-    assert limiter.lowest_limit >= knee / 2 - 1  # the probe's floor: half the knee, never 1-3
-    tail = sorted(limits[-500:])  # (calibration is repeated every BASELINE_SECONDS: a dip)
-    assert knee <= tail[len(tail) // 2] <= 2.5 * knee + 4, (knee, tail[len(tail) // 2])
+    assert limiter.lowest_limit >= min(8, knee)  # never below where it started
+    assert max(limits) <= 2 * knee  # no burst: at most one step past the knee
+    tail = sorted(limits[-500:])  # (slow start is repeated every BASELINE_SECONDS: a bump)
+    assert knee <= tail[len(tail) // 2] <= 1.5 * knee, (knee, tail[len(tail) // 2])
+
+
+def smooth_server(per_token_at_1: float, per_extra_sequence: float):
+    """A CPU server's continuous batching: every sequence more adds a fixed share to each step,
+    so tokens/s grows ever more slowly with the load (no sharp knee)."""
+    return lambda load: per_token_at_1 + per_extra_sequence * (load - 1)
+
+
+def test_slow_start_never_steps_into_its_own_timeouts():
+    """vllm serve on 2 CPU cores, modelled: tokens/s still grows at 32 in flight, but a
+    256-token answer there takes longer than the 60 s timeout. Starting at 64 (the old rule)
+    made every answer of the first wave slow at once; slow start stops where the longest
+    reply seen would pass 90 % of the timeout, and nothing times out."""
+    server = smooth_server(0.01, 0.0075)  # 256 tokens: 15 s at 8, 47 s at 24, 63 s at 32
+    clock = FakeClock()
+    limiter = RequestLimiter(64, short_reply_ceiling=30.0, clock=clock, deadline=60.0)
+    limits = drive(limiter, server, 1200, clock=clock, timeout=60.0)
+    assert limiter.timeouts == 0 and limiter.cuts == 0
+    assert 16 <= limits[-1] <= 30, limits[-1]
+    burst = RequestLimiter(64, short_reply_ceiling=30.0, clock=FakeClock(), deadline=60.0, initial_concurrency=64)
+    drive(burst, server, 200, timeout=60.0)
+    assert burst.timeouts > 0  # what slow start avoids
+
+
+def test_smooth_server_grows_while_tokens_per_second_grow():
+    """Per-token time that grows with the load is not congestion while the total still rises
+    by a fifth of the added load: the limit passes 8 and stops where growth stops paying."""
+    server = smooth_server(0.05, 0.002)  # tokens/s: 8 -> 121, 16 -> 195, 32 -> 279, 64 -> 355
+    clock = FakeClock()
+    limiter = RequestLimiter(64, short_reply_ceiling=60.0, clock=clock)
+    limits = drive(limiter, server, 1500, clock=clock)
+    assert limiter.cuts == 0 and limits[-1] >= 32, limits[-1]
 
 
 def test_short_answers_carry_no_per_token_evidence():
@@ -114,7 +151,7 @@ def test_short_answers_carry_no_per_token_evidence():
 
 @pytest.mark.parametrize("signal", ["timeout", 503, 429, 504])
 def test_hard_signals_still_halve_once_per_round_trip(signal):
-    limiter = RequestLimiter(32, short_reply_ceiling=60.0)
+    limiter = RequestLimiter(32, short_reply_ceiling=60.0, initial_concurrency=32)
 
     async def scenario() -> None:
         tickets = [await limiter.acquire() for _ in range(8)]
@@ -139,7 +176,7 @@ def test_overload_answered_with_503s_cuts_the_limit():
 
 def test_server_queue_caps_the_limit_at_what_the_server_runs():
     clock = FakeClock()
-    limiter = RequestLimiter(32, clock=clock)
+    limiter = RequestLimiter(32, clock=clock, initial_concurrency=32)
 
     async def admit(count: int) -> list:
         return [await limiter.acquire() for _ in range(count)]
@@ -171,8 +208,8 @@ def test_the_limit_over_time_is_recorded():
     limiter = RequestLimiter(64, short_reply_ceiling=60.0, clock=clock)
     drive(limiter, knee_server(16), 600, clock=clock)
     times = [t for t, _ in limiter.history]
-    assert times == sorted(times) and len(limiter.history) >= 4
-    assert limiter.history[0] == (1000.0, 64.0)
+    assert times == sorted(times) and len(limiter.history) >= 3
+    assert limiter.history[0] == (1000.0, 8.0) and max(limit for _, limit in limiter.history) == 32
     assert min(limit for _, limit in limiter.history) == limiter.lowest_limit
 
 
@@ -243,30 +280,43 @@ def test_metrics_404_unless_enabled(openai_server):
 
 
 def test_client_keeps_a_saturating_server_in_its_knee_region(openai_server):
-    """Knee 16, answers of 16-128 tokens, max_concurrency 64: the client calibrates down and
-    settles in the knee region; the old whole-request rule would have cut to 1-3 here."""
+    """Knee 16, answers of 16-128 tokens, max_concurrency 64: slow start grows from 8 past the
+    knee and settles in the knee region; the old whole-request rule would have cut to 1-3 here."""
     saturating(openai_server, knee=16, overload_slowdown=0.05)
     llm = make(openai_server, max_concurrency=64, timeout=60)
     results = generate_sync(llm, [ChatRequest.chat(f"k{i}", max_tokens=512) for i in range(360)])
     assert all(r.ok for r in results)
     limiter = llm.inner.limiter
-    assert limiter.cuts == 0 and limiter._gradient.probes >= 2
-    assert limiter.lowest_limit >= 4  # the calibration's floor is half the knee, not 1-3
+    assert limiter.cuts == 0 and limiter._gradient.steps >= 1
+    assert limiter.lowest_limit >= 8  # never below where slow start began
     assert limiter.limit >= 16, limiter.history
-    assert openai_server.stats.max_sequences <= 64
+    assert openai_server.stats.max_sequences <= 32  # at most one step past the knee
 
 
 def test_client_cuts_when_the_saturated_server_makes_it_time_out(openai_server):
     """Past the knee each sequence slows down until long answers outlast the client's timeout:
-    timeouts are a hard signal, the limit is cut and every request still completes."""
+    timeouts are a hard signal, the limit is cut and every request still completes. (A burst
+    at 32, as the old start at max_concurrency sent; the next test is the default.)"""
     saturating(openai_server, knee=4, answer_min_tokens=100, answer_max_tokens=100)
     # 200 tok/s per sequence up to 4: a 100-token answer takes 0.5 s; at 32 in flight 4 s.
-    llm = make(openai_server, max_concurrency=32, timeout=1.5, max_attempts=8)
+    llm = make(openai_server, max_concurrency=32, timeout=1.5, max_attempts=8, initial_concurrency=32)
     results = generate_sync(llm, [ChatRequest.chat(f"t{i}", max_tokens=512) for i in range(48)])
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:2]
     limiter = llm.inner.limiter
     assert limiter.cuts >= 1 and limiter.limit < 32
     assert openai_server.stats.outcomes["cancelled"] > 0
+
+
+def test_slow_start_keeps_the_same_server_clear_of_timeouts(openai_server):
+    """The same server and timeout with the default start: 8 in flight answer in 1 s, and slow
+    start steps no further than keeps the longest reply within 90 % of the 1.5 s timeout."""
+    saturating(openai_server, knee=4, answer_min_tokens=100, answer_max_tokens=100)
+    llm = make(openai_server, max_concurrency=32, timeout=1.5, max_attempts=8)
+    results = generate_sync(llm, [ChatRequest.chat(f"s{i}", max_tokens=512) for i in range(96)])
+    assert all(r.ok for r in results)
+    limiter = llm.inner.limiter
+    assert limiter.timeouts == 0 and openai_server.stats.outcomes.get("cancelled", 0) == 0
+    assert max(limit for _, limit in limiter.history) <= 1.35 * 8 + 0.01, limiter.history
 
 
 def test_client_reads_the_server_queue(openai_server):
@@ -310,7 +360,7 @@ def test_stage_report_records_the_in_flight_limit(openai_server, tmp_path, monke
     assert main(["run", str(pipeline), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
     done = json.loads((tmp_path / "run" / "distill" / "done.json").read_text())
     report = done["concurrency"]["openai:test"]
-    assert report["limit"][0][1] == 16.0 and report["timeouts"] == 0 and report["cuts"] == 0
+    assert report["limit"][0][1] == 8.0 and report["timeouts"] == 0 and report["cuts"] == 0
     times = [t for t, _ in report["limit"]]
     assert times == sorted(times) and all(1 <= limit <= 16 for _, limit in report["limit"])
 

@@ -97,12 +97,12 @@ def test_429_cool_down_is_shared_across_concurrent_requests(openai_server):
 
 
 def test_adaptive_concurrency_serves_a_saturated_server_without_failures(openai_server):
-    """A server with 4 slots: latency = 50 ms x in_flight/4. At 64 in flight a reply takes
-    0.8 s and the client gives up at 0.6 s. AIMD halves the limit when replies get slower
+    """A server with 4 slots: latency = 50 ms x in_flight/4. At 64 in flight (a run started
+    at max_concurrency) a reply takes 0.8 s and the client gives up at 0.6 s. AIMD halves the limit when replies get slower
     than half the timeout; every request completes, and no retry times out (retries go
     ahead of the queue instead of behind it)."""
     openai_server.configure(latency=0.05, capacity=4)
-    llm = make(openai_server, max_concurrency=64, timeout=0.6, max_attempts=4)
+    llm = make(openai_server, max_concurrency=64, timeout=0.6, max_attempts=4, initial_concurrency=64)
     results = generate_sync(llm, prompts(200, "a"))
     assert [r.error for r in results] == [None] * 200
     stats = openai_server.stats
@@ -169,7 +169,7 @@ def test_parse_reset(raw, seconds):
 
 def test_aimd_halves_once_per_round_trip_and_grows_by_one_per_window():
     async def scenario() -> list[float]:
-        limiter = RequestLimiter(16, latency_ceiling=1.0)
+        limiter = RequestLimiter(16, latency_ceiling=1.0, initial_concurrency=16)
         seen = []
         tickets = [await limiter.acquire() for _ in range(8)]  # all admitted before any cut
         for ticket in tickets:  # eight timeouts of one window: one cut, not eight

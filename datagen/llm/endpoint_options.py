@@ -53,6 +53,8 @@ class Limits:
     # Poll the server's own queue (`GET /metrics`: vLLM, SGLang, TGI) at most once a second
     # while requests are out; an endpoint that does not serve it is asked once, then never.
     queue_metrics: bool = True
+    # Where the adaptive limit's slow start begins (it doubles from there while that pays).
+    initial_concurrency: int = 8
     rate_period: float = 60.0
 
 
@@ -78,6 +80,8 @@ class EndpointOptions:
             raise ValueError(f"n_mode must be auto, native or fanout, not {self.n_mode!r}")
         if self.transport.max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if self.limits.initial_concurrency < 1:
+            raise ValueError("initial_concurrency must be at least 1")
 
     @classmethod
     def from_flat(cls, options: dict[str, Any]) -> EndpointOptions:
@@ -115,7 +119,8 @@ class EndpointOptions:
         return RequestLimiter(self.transport.max_concurrency, requests_per_minute=limits.max_requests_per_minute,
                               tokens_per_minute=limits.max_tokens_per_minute, adaptive=limits.adaptive_concurrency,
                               latency_ceiling=limits.latency_ceiling, short_reply_ceiling=self.transport.timeout / 2,
-                              period=limits.rate_period)
+                              period=limits.rate_period, initial_concurrency=limits.initial_concurrency,
+                              deadline=self.transport.timeout)
 
 
 _GROUP_OF = {name: group for group, kind in (("transport", Transport), ("retry", RetryPolicy), ("limits", Limits))

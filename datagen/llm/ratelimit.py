@@ -21,18 +21,21 @@ What it enforces, and why each piece exists:
   admission until its reset.
 - One shared cool-down: a 429 pauses admission of *every* request for its Retry-After
   (not just the one that got it), and empties the request bucket so traffic restarts gently.
-- Adaptive concurrency: the in-flight limit starts at `max_concurrency` and follows the
-  server's *per-output-token* latency, not whole-request latency (which grows with the
-  answer's length and `n`, not only with queueing: a healthy CPU server writing a 256-token
-  answer takes a minute). See `_Gradient` below: the limit tracks
-  `limit x min(1, TOLERANCE x baseline / per_token) + sqrt(limit)` (Netflix
-  concurrency-limits' gradient, TCP Vegas' base RTT), where the baseline is the lowest
-  per-token latency seen for answers of similar length, learned by halving the load until
-  halving stops paying. Hard signals cut it in half at once (once per round trip): a
-  timeout, 429, 503/504/529, a reply slower than an explicit `latency_ceiling`, or a short
-  answer (no per-token evidence) slower than `short_reply_ceiling`. A server that reports
-  its own queue (vLLM's `/metrics` `vllm:num_requests_waiting`, see `observe_queue`) caps
-  the limit at what the server runs of ours. A clean signal grows the limit by half per round trip.
+- Adaptive concurrency: the in-flight limit follows the server's *per-output-token*
+  latency, not whole-request latency (which grows with the answer's length and `n`, not
+  only with queueing: a healthy CPU server writing a 256-token answer takes a minute). It
+  slow-starts at `initial_concurrency` (8) and doubles while doubling buys tokens/s (load /
+  per-token time), never towards replies that would outlast the timeout: a burst at
+  `max_concurrency` on a slow server makes every answer slow at once, and they time out
+  together. Then it tracks `limit x min(1, TOLERANCE x baseline / per_token) + sqrt(limit)`
+  (Netflix concurrency-limits' gradient, TCP Vegas' base RTT) with the baseline set at the
+  level slow start kept; see `_Gradient` below. Hard signals cut it in half at once (once
+  per round trip): a timeout, 429, 503/504/529, a reply slower than an explicit
+  `latency_ceiling`, or a short answer (no per-token evidence) slower than
+  `short_reply_ceiling`. A server that reports its own queue (vLLM's `/metrics`
+  `vllm:num_requests_waiting`, see `observe_queue`) caps the limit at what the server runs
+  of ours; timeouts of requests sent before that cut do not cut again. A clean signal
+  regrows the limit by half per round trip, up to the level slow start kept.
 - Priority: retries are admitted before first attempts (higher `priority` first), so a
   request that timed out does not rejoin the back of the queue its own overload built.
 """
@@ -59,8 +62,12 @@ TOLERANCE = 1.5  # per-token latency up to 1.5x the baseline is batching, not qu
 MIN_GRADIENT = 0.5  # the gradient never cuts more per round trip than a hard signal does
 GROWTH = 0.5  # clean signal: the limit grows by half per round trip (multiplicative recovery)
 MIN_SAMPLE_TOKENS = 8  # shorter answers carry no per-token evidence (overhead dominates)
-PROBE_GAIN = 1.3  # halving the load made tokens this much faster: the server was past its knee
-BASELINE_SECONDS = 600.0  # the baseline is re-learned this often (the server may have changed)
+INITIAL_CONCURRENCY = 8  # slow start begins here: a burst at max_concurrency can outlast its timeout
+GROW_EFFICIENCY = 0.2  # slow start grows on while >= 20 % of the added load comes back as tokens/s
+KEEP_EFFICIENCY = 0.05  # ... and keeps the last step only if >= 5 % of it did
+DEADLINE_SHARE = 0.9  # a step may slow the longest reply seen to at most 90 % of the timeout
+MIN_STEP = 1.25  # a smaller step than this is not worth a round trip's measurement
+BASELINE_SECONDS = 600.0  # slow start is repeated this often (the server may have changed)
 QUEUE_INTERVAL = 1.0  # at most one queue-driven cut per second (metrics are polled ~1/s)
 HISTORY_SECONDS = 0.5  # the (time, limit) series keeps at most one point per half second
 HISTORY_MAX = 2048  # ... and is thinned to half when it reaches this many points
@@ -148,10 +155,14 @@ class RequestLimiter:
         period: float = 60.0,
         short_reply_ceiling: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        initial_concurrency: int = INITIAL_CONCURRENCY,
+        deadline: float | None = None,
     ):
         """`latency_ceiling`: any reply slower than this is congestion (set explicitly);
         `short_reply_ceiling`: only a reply too short to judge per token is (the default
-        timeout/2 of `EndpointOptions.limiter`); `clock`: the gradient's time (tests)."""
+        timeout/2 of `EndpointOptions.limiter`); `initial_concurrency`: where slow start begins
+        (adaptive only); `deadline`: the request timeout, which slow start never doubles
+        towards; `clock`: the gradient's time (tests)."""
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.max_concurrency = max_concurrency
@@ -160,7 +171,9 @@ class RequestLimiter:
         self.latency_ceiling = latency_ceiling
         self.short_reply_ceiling = short_reply_ceiling
         self.clock = clock
-        self.limit = float(max_concurrency)  # the adaptive in-flight limit
+        self.deadline = deadline
+        start = min(max_concurrency, max(self.min_concurrency, initial_concurrency)) if adaptive else max_concurrency
+        self.limit = float(start)  # the adaptive in-flight limit
         self.in_flight = 0
         self.resume_at = 0.0  # shared cool-down: nothing is admitted before this
         self.cuts = 0  # how often a hard signal halved the limit (tests, the bench)
@@ -293,7 +306,7 @@ class RequestLimiter:
                 # The load it ran under: at least what is in flight as it lands (the first
                 # wave is admitted one by one, at loads 1..n, yet all of it runs at n).
                 load = max(ticket.load, self.in_flight + 1)
-                self._gradient.sample(ticket, latency / per_sequence, per_sequence, load)
+                self._gradient.sample(ticket, latency / per_sequence, per_sequence, load, latency)
             else:  # no per-token evidence: AIMD's additive increase, about +1 per round trip
                 self._set_limit(self.limit + 1.0 / self.limit)
 
@@ -334,6 +347,8 @@ class RequestLimiter:
             self._gradient.last_queue_cut = now
             self._set_limit(max(self.limit / 2, target))
             self.queue_cuts += 1
+            self._last_cut = time.monotonic()  # timeouts of requests sent before it: the old load
+            self._gradient.interrupted()
 
     def _pump(self) -> None:
         """Admit waiters, best first, while a slot is free and the buckets allow."""
@@ -424,7 +439,8 @@ class RequestLimiter:
 class _Sample:
     per_token: float  # seconds per output token of one sequence
     bucket: int  # answers of similar length share a baseline (log2 of their tokens)
-    load: int  # requests in flight when it was admitted
+    load: int  # requests in flight while it ran
+    latency: float  # the whole reply's seconds (the deadline guard reads the longest)
 
 
 class _Gradient:
@@ -436,15 +452,25 @@ class _Gradient:
     length bucket: a short answer's per-token time carries the fixed prefill/HTTP cost, so
     it is compared with other short answers, never with long ones.
 
-    The baseline (lowest per-token time) must be seen at a load the server handles without
-    slowing down, and a run starts at `max_concurrency`, maybe far past that. So the
-    controller *calibrates* first: `measure` a round trip at the current load, then `probe`
-    at half the load. Were tokens >= PROBE_GAIN x faster there, the server was past its knee:
-    probe again from there. Otherwise the baseline holds and `steady` control begins:
+    Slow start, because a burst is what a saturated server cannot take back: a run starts at
+    `initial_concurrency` (8), `measure`s half a round trip there, then `grow`s by steps of up
+    to 2x while a step pays. The yardstick is throughput, load / per-token time, so a server
+    whose tokens get slower with load but whose total still rises (a CPU server, a GPU below
+    its batch sweet spot) keeps growing, and one past its knee (more load, same total) stops:
+    a step goes on while >= GROW_EFFICIENCY of the added load came back as tokens/s, and is
+    kept if >= KEEP_EFFICIENCY did (else the level before is). A level is judged only once
+    its replies ran at half the step's added load or more (a stage with less work than the
+    limit proves nothing). A step is also no larger than keeps the longest reply seen within
+    DEADLINE_SHARE of the timeout were per-token time to grow in proportion to the load (the
+    worst a server past its knee does): a timed-out reply is paid for and thrown away.
+
+    Then `steady`: the baseline is rescaled so the kept level reads 1, and
     limit -> limit x min(1, TOLERANCE x baseline / smoothed per-token time) + sqrt(limit)
-    (a queue allowance, as Netflix's gradient limiter), or x(1 + GROWTH) per round trip while
-    clean, moved 1/limit of the way per reply (one full step per round trip). Calibration is
-    repeated every BASELINE_SECONDS; a hard cut restarts the current phase's sampling.
+    (a queue allowance, as Netflix's gradient limiter) when tokens slow down, or x(1 + GROWTH)
+    per round trip while clean, but never past the level slow start kept (`ceiling`); moved
+    1/limit of the way per reply (one full step per round trip). Every BASELINE_SECONDS slow
+    start runs again from the current limit (the server may have changed). A hard signal
+    during slow start ends it at the halved limit, as TCP's ssthresh.
     """
 
     def __init__(self, limiter: RequestLimiter) -> None:
@@ -452,79 +478,110 @@ class _Gradient:
         self.phase = "measure"
         self.baseline: dict[int, float] = {}
         self.samples: list[_Sample] = []
-        self.pre_ratio = 1.0  # mean per-token time / baseline before the probe
-        self.probe_baseline: dict[int, float] = {}
-        self.probe_at = 0  # admissions before the probe started
+        self.previous: list[_Sample] = []  # the level before the current step
+        self.reference: dict[int, float] = {}  # the baseline as the current step began
+        self.previous_limit = limiter.limit
+        self.level_at = 0  # admissions before the current level began
         self.calibrated_at = -math.inf
+        self.ceiling = float(limiter.max_concurrency)  # steady growth stops here (slow start's level)
         self.ratio = 1.0  # smoothed per-token time / baseline (steady phase)
         self.last_queue_cut = -math.inf
-        self.probes = 0  # how many halvings calibration made (tests, the bench's summary)
+        self.steps = 0  # how often slow start raised the limit (tests, the bench's summary)
+        self.step = 2.0  # the current step's factor
 
     def interrupted(self) -> None:
-        self.samples.clear()
-        if self.phase == "probe":
-            self.phase = "measure"
+        """A hard cut (the limit already halved): slow start ends there."""
+        if self.phase != "steady":
+            self._settle(self.limiter.clock(), self.limiter.limit, [])
 
     def _quota(self) -> int:
-        """Samples per phase: about half a round trip at the current limit (4 to 16)."""
+        """Samples per level: about half a round trip at the current limit (4 to 16)."""
         return max(4, min(16, math.ceil(self.limiter.limit / 2)))
 
-    def sample(self, ticket: Ticket, per_token: float, per_sequence: float, load: int) -> None:
+    def sample(self, ticket: Ticket, per_token: float, per_sequence: float, load: int, latency: float) -> None:
         limiter = self.limiter
         now = limiter.clock()
         if self.phase == "steady" and now - self.calibrated_at > BASELINE_SECONDS:
-            self.phase, self.baseline, self.samples = "measure", {}, []
+            self._start_level("measure", [])
         bucket = int(math.log2(per_sequence))
-        seen = _Sample(per_token, bucket, load)
         self.baseline[bucket] = min(self.baseline.get(bucket, math.inf), per_token)
+        if self.phase == "steady":
+            return self._steady(per_token / self.baseline[bucket], load)
+        if ticket.serial <= self.level_at:
+            return  # admitted before this level began: it describes the old load
+        if self.phase == "grow" and bucket not in self.reference:
+            return  # a length first seen at this load has no lower-load time to compare with
+        self.samples.append(_Sample(per_token, bucket, load, latency))
+        if len(self.samples) < self._quota():
+            return
         if self.phase == "measure":
-            self.samples.append(seen)
-            if len(self.samples) >= self._quota():
-                self._probe(now)
-        elif self.phase == "probe":
-            if ticket.serial <= self.probe_at:
-                return  # admitted before the probe: it describes the old load
-            self.samples.append(seen)
-            if len(self.samples) >= self._quota():
-                self._judge(now)
+            return self._step_or_settle(now)
+        load_now, load_before = _mean_load(self.samples), _mean_load(self.previous)
+        if load_now < load_before * (1 + (self.step - 1) / 2):  # the stage did not fill it: no verdict
+            self.samples = self.samples[-self._quota():]
+            return
+        ratio_before, ratio_now = self._mean_ratio(self.previous), self._mean_ratio(self.samples)
+        gain = (load_now / load_before) * (ratio_before / ratio_now)
+        efficiency = (gain - 1) / (load_now / load_before - 1)  # share of the added load that paid
+        if efficiency >= GROW_EFFICIENCY:
+            self._step_or_settle(now)
+        elif efficiency >= KEEP_EFFICIENCY:
+            self._settle(now, limiter.limit, self.samples)
         else:
-            self._steady(per_token / self.baseline[bucket])
+            self._settle(now, self.previous_limit, self.previous)
 
-    def _mean_ratio(self, baseline: dict[int, float]) -> float | None:
-        ratios = [s.per_token / baseline[s.bucket] for s in self.samples if s.bucket in baseline]
-        return sum(ratios) / len(ratios) if ratios else None
+    def _start_level(self, phase: str, previous: list[_Sample]) -> None:
+        self.phase, self.previous, self.samples = phase, previous, []
+        self.reference = dict(self.baseline)
+        self.level_at = self.limiter.admissions
 
-    def _probe(self, now: float) -> None:
-        """Halve the load (from what was really in flight, not the limit) to see what it buys."""
+    def _step_or_settle(self, now: float) -> None:
         limiter = self.limiter
-        load = max(s.load for s in self.samples)
-        if load < 2 * limiter.min_concurrency:
-            return self._settle_baseline(now)
-        self.pre_ratio = self._mean_ratio(self.baseline) or 1.0
-        self.probe_baseline = dict(self.baseline)
-        self.samples = []
-        self.phase, self.probe_at = "probe", limiter.admissions
-        self.probes += 1
-        limiter._set_limit(min(limiter.limit, load / 2))
+        step = 2.0
+        if limiter.deadline is not None:
+            longest = max(s.latency for s in self.samples)
+            step = min(step, DEADLINE_SHARE * limiter.deadline / max(longest, 1e-9))
+        step = min(step, limiter.max_concurrency / limiter.limit)  # the last step to the cap may be small
+        if step < MIN_STEP and (step <= 1.0 or limiter.limit * step < limiter.max_concurrency):
+            return self._settle(now, limiter.limit, self.samples)
+        self.previous_limit, self.step = limiter.limit, step
+        self._start_level("grow", self.samples)
+        self.steps += 1
+        limiter._set_limit(limiter.limit * step)
 
-    def _judge(self, now: float) -> None:
-        post = self._mean_ratio(self.probe_baseline)
-        if post is not None and self.pre_ratio / post >= PROBE_GAIN:
-            self._probe(now)  # still past the knee: these samples measured this load
-        else:
-            self._settle_baseline(now)
+    def _mean_ratio(self, samples: list[_Sample]) -> float:
+        """Mean per-token time over the step's reference baseline (the same yardstick for the
+        level before a step and the level after it)."""
+        ratios = [s.per_token / self.reference[s.bucket] for s in samples if s.bucket in self.reference]
+        return sum(ratios) / len(ratios) if ratios else 1.0
 
-    def _settle_baseline(self, now: float) -> None:
-        self.phase, self.samples, self.calibrated_at, self.ratio = "steady", [], now, 1.0
+    def _settle(self, now: float, limit: float, kept: list[_Sample]) -> None:
+        """Steady control from `limit`; the baseline rescaled so the kept level's tokens read 1
+        (lengths first seen at the last level already read about 1)."""
+        if kept and self.reference:
+            scale = self._mean_ratio(kept)
+            self.baseline.update({bucket: value * scale for bucket, value in self.reference.items()})
+        self.limiter._set_limit(limit)
+        self.ceiling = self.limiter.limit
+        self.phase, self.samples, self.previous, self.calibrated_at, self.ratio = "steady", [], [], now, 1.0
 
-    def _steady(self, ratio: float) -> None:
+    def _steady(self, ratio: float, load: int) -> None:
         limiter = self.limiter
         limit = limiter.limit
         self.ratio += (ratio - self.ratio) / max(1.0, limit)
         gradient = max(MIN_GRADIENT, min(1.0, TOLERANCE / self.ratio))
-        target = limit * (1 + GROWTH) if gradient >= 1.0 else limit * gradient + math.sqrt(limit)
-        limiter._set_limit(limit + (target - limit) / max(1.0, limit))
+        if gradient < 1.0:
+            target = min(limit, limit * gradient + math.sqrt(limit))
+        elif load >= 0.75 * limit:  # grow only a limit the stage fills
+            target = min(self.ceiling, limit * (1 + GROWTH))
+        else:
+            return
+        if target > limit or gradient < 1.0:
+            limiter._set_limit(limit + (target - limit) / max(1.0, limit))
 
+
+def _mean_load(samples: list[_Sample]) -> float:
+    return sum(s.load for s in samples) / max(1, len(samples))
 
 
 def estimate_prompt_tokens(messages: tuple[tuple[str, str], ...]) -> int:
