@@ -59,7 +59,8 @@ def control(base_url: str, path: str, payload: dict | None = None) -> dict:
 
 
 def run_ours(base_url: str, concurrency: int, count: int, tag: str) -> dict:
-    llm = make_llm("openai:test", cache=None, base_url=base_url, api_key="bench", max_concurrency=concurrency)
+    llm = make_llm("openai:test", cache=None, base_url=base_url, api_key="bench", max_concurrency=concurrency,
+                       initial_concurrency=concurrency)
     # Distinct prompts: identical ones would be deduplicated before reaching the wire.
     requests = [ChatRequest.chat(f"{tag} request {i}", max_tokens=32) for i in range(count)]
     control(base_url, "reset", {})

@@ -6,7 +6,8 @@ reply, N distinct prompts, C requests in flight. Rows:
 - wrk (Debian package `wrk`, `-c C`): the most that server answers at C connections;
 - datagen: `make_llm("openai:test", cache=<fresh SQLite>)`, i.e. with the response cache on
   as in a pipeline (answers committed in groups by the cache's writer thread), adaptive
-  concurrency on; the JSON also records the client's CPU ms per request (a figure a busy
+  concurrency on and starting at C (`initial_concurrency`: wrk and the peers open C
+  connections at once; the default slow start from 8 would measure its ramp); the JSON also records the client's CPU ms per request (a figure a busy
   machine distorts less than req/s) and the cache's commits;
 - distilabel (==1.5.3, its own venv): `OpenAILLM.generate_outputs` over batches of C inputs
   (its pipeline's concurrency is the input batch size);
@@ -139,7 +140,8 @@ def run_wrk(base_url: str, concurrency: int, seconds: int) -> dict:
 def run_ours(base_url: str, count: int, concurrency: int, use_cache: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cache = ResponseCache(Path(tmp) / "cache.sqlite") if use_cache else None
-        llm = make_llm("openai:test", cache=cache, base_url=base_url, api_key="bench", max_concurrency=concurrency)
+        llm = make_llm("openai:test", cache=cache, base_url=base_url, api_key="bench", max_concurrency=concurrency,
+                       initial_concurrency=concurrency)
         requests = [ChatRequest.chat(f"datagen request {i}", max_tokens=32) for i in range(count)]
         control(base_url, "reset", {})
         cpu0 = time.process_time()

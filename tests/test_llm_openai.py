@@ -160,7 +160,7 @@ def test_concurrency_is_bounded_and_reached(openai_server):
     # only finishes quickly if the client really opens `bound` connections, and the
     # high-water mark shows it never opens more.
     openai_server.configure(barrier=bound, barrier_timeout=20.0, latency=0.05)
-    llm = make(openai_server, max_concurrency=bound)
+    llm = make(openai_server, max_concurrency=bound, initial_concurrency=bound)  # no slow start: the barrier
     results = generate_sync(llm, prompts(5 * bound))
     assert all(r.ok for r in results)
     assert openai_server.stats.max_in_flight == bound
@@ -168,7 +168,7 @@ def test_concurrency_is_bounded_and_reached(openai_server):
 
 def test_hundreds_of_concurrent_requests(openai_server):
     openai_server.configure(barrier=200, barrier_timeout=30.0, latency=0.05)
-    llm = make(openai_server, max_concurrency=200)
+    llm = make(openai_server, max_concurrency=200, initial_concurrency=200)
     results = generate_sync(llm, prompts(400, "many"))
     assert all(r.ok for r in results)
     assert [r.text for r in results] == [f"echo: many{i} #0" for i in range(400)]

@@ -140,8 +140,7 @@ class _Batch:
         self.compact()
         self.mask = local_kv.merge_caches(self.cache, self.mask, other.cache, other.mask)
         self.rows.extend(other.rows)
-        width = max(self.seen.shape[1], other.seen.shape[1])
-        self.seen = torch.cat([_pad_ids(self.seen, width), _pad_ids(other.seen, width)])
+        self.seen = _stack_seen(self.seen, other.seen)
         self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
 
 
@@ -218,8 +217,7 @@ class ContinuousBatcher:
                 cache, mask, seen, logits, growing = part
                 continue
             mask = local_kv.merge_caches(cache, mask, part[0], part[1])
-            seen = torch.cat([_pad_ids(seen, max(seen.shape[1], part[2].shape[1])),
-                              _pad_ids(part[2], max(seen.shape[1], part[2].shape[1]))])
+            seen = _stack_seen(seen, part[2])
             logits = torch.cat([logits, part[3]])
         slot = {job_index: k for k, job_index in enumerate(unique)}
         order = [slot[row.job.index] for row in admitted]
@@ -326,12 +324,18 @@ def prefill_groups(lengths: Sequence[int], slack: float = PREFILL_SLACK) -> list
     return groups
 
 
-def _pad_ids(ids: Any, width: int) -> Any:
-    """Widen a seen-ids table by repeating each row's first id (repeats change nothing)."""
+def _stack_seen(top: Any, bottom: Any) -> Any:
+    """One seen-ids table from two of different widths: the narrower one's rows are widened
+    by repeating their first id (a repeated id changes no penalty)."""
     import torch
 
-    missing = width - ids.shape[1]
-    return ids if missing <= 0 else torch.cat([ids[:, :1].expand(-1, missing), ids], dim=1)
+    width = max(top.shape[1], bottom.shape[1])
+
+    def widen(ids: Any) -> Any:
+        missing = width - ids.shape[1]
+        return ids if missing <= 0 else torch.cat([ids[:, :1].expand(-1, missing), ids], dim=1)
+
+    return torch.cat([widen(top), widen(bottom)])
 
 
 NUCLEUS_CANDIDATES = 256  # most likely tokens looked at first; a flatter row falls back to a full sort

@@ -68,6 +68,7 @@ KEEP_EFFICIENCY = 0.05  # ... and keeps the last step only if >= 5 % of it did
 DEADLINE_SHARE = 0.9  # a step may slow the longest reply seen to at most 90 % of the timeout
 MIN_STEP = 1.25  # a smaller step than this is not worth a round trip's measurement
 BASELINE_SECONDS = 600.0  # slow start is repeated this often (the server may have changed)
+REPROBE_AFTER_CUT = 60.0  # ... or this soon when a cut ended it (a transient must not pin the limit)
 QUEUE_INTERVAL = 1.0  # at most one queue-driven cut per second (metrics are polled ~1/s)
 HISTORY_SECONDS = 0.5  # the (time, limit) series keeps at most one point per half second
 HISTORY_MAX = 2048  # ... and is thinned to half when it reaches this many points
@@ -307,8 +308,15 @@ class RequestLimiter:
                 # wave is admitted one by one, at loads 1..n, yet all of it runs at n).
                 load = max(ticket.load, self.in_flight + 1)
                 self._gradient.sample(ticket, latency / per_sequence, per_sequence, load, latency)
+            elif self._gradient.phase != "steady" and not self._gradient.baseline:
+                # Slow start with nothing to judge per token yet (short answers: a judge, a
+                # classifier): +1 per reply, twice the limit per round trip, as TCP's slow start.
+                self._set_limit(self.limit + 1.0)
             else:  # no per-token evidence: AIMD's additive increase, about +1 per round trip
-                self._set_limit(self.limit + 1.0 / self.limit)
+                grown = self.limit + 1.0 / self.limit
+                if self._gradient.phase == "steady":  # never past the level slow start kept
+                    grown = min(grown, max(self.limit, self._gradient.ceiling))
+                self._set_limit(grown)
 
     def _cut(self, ticket: Ticket, now: float) -> None:
         # One cut per round trip: replies to requests admitted before the last cut
@@ -458,19 +466,25 @@ class _Gradient:
     whose tokens get slower with load but whose total still rises (a CPU server, a GPU below
     its batch sweet spot) keeps growing, and one past its knee (more load, same total) stops:
     a step goes on while >= GROW_EFFICIENCY of the added load came back as tokens/s, and is
-    kept if >= KEEP_EFFICIENCY did (else the level before is). A level is judged only once
-    its replies ran at half the step's added load or more (a stage with less work than the
-    limit proves nothing). A step is also no larger than keeps the longest reply seen within
-    DEADLINE_SHARE of the timeout were per-token time to grow in proportion to the load (the
-    worst a server past its knee does): a timed-out reply is paid for and thrown away.
+    kept if >= KEEP_EFFICIENCY did (else the level before is). A level counts only replies
+    sent after it began, of lengths the level before saw too, and is judged only once they
+    ran at >= 3/4 of its limit and half the step's added load (a stage with less work than
+    the limit proves nothing); a level that gets no verdict within 3 quotas of replies
+    falls back to measuring the level before. A step adds at least one slot and no more than
+    keeps the longest reply within DEADLINE_SHARE of the timeout were per-token time to grow
+    in proportion to the load (the worst a server past its knee does). The longest reply is
+    the slowest of the level's or the slowest per-token time x the longest answer seen so far
+    (short answers land first): a timed-out reply is paid for and thrown away.
 
-    Then `steady`: the baseline is rescaled so the kept level reads 1, and
+    Then `steady`: the baseline is rescaled so the kept level's mean reads 1 (and held there:
+    a new length's first reply sets its own), and
     limit -> limit x min(1, TOLERANCE x baseline / smoothed per-token time) + sqrt(limit)
     (a queue allowance, as Netflix's gradient limiter) when tokens slow down, or x(1 + GROWTH)
-    per round trip while clean, but never past the level slow start kept (`ceiling`); moved
-    1/limit of the way per reply (one full step per round trip). Every BASELINE_SECONDS slow
-    start runs again from the current limit (the server may have changed). A hard signal
-    during slow start ends it at the halved limit, as TCP's ssthresh.
+    per round trip while clean and filled, but never past the level slow start kept
+    (`ceiling`); moved 1/limit of the way per reply (one full step per round trip). Slow start
+    runs again from the current limit every BASELINE_SECONDS (the server may have changed), or
+    REPROBE_AFTER_CUT after a hard signal or the server's queue ended it (at the cut limit, as
+    TCP's ssthresh). A cut while steady lowers the ceiling by a quarter (not below the limit).
     """
 
     def __init__(self, limiter: RequestLimiter) -> None:
@@ -482,7 +496,10 @@ class _Gradient:
         self.reference: dict[int, float] = {}  # the baseline as the current step began
         self.previous_limit = limiter.limit
         self.level_at = 0  # admissions before the current level began
+        self.waited = 0  # replies at this level that could not count towards a verdict
+        self.longest_answer = 0.0  # most output tokens per sequence seen (the deadline guard)
         self.calibrated_at = -math.inf
+        self.reprobe_after = BASELINE_SECONDS
         self.ceiling = float(limiter.max_concurrency)  # steady growth stops here (slow start's level)
         self.ratio = 1.0  # smoothed per-token time / baseline (steady phase)
         self.last_queue_cut = -math.inf
@@ -490,9 +507,14 @@ class _Gradient:
         self.step = 2.0  # the current step's factor
 
     def interrupted(self) -> None:
-        """A hard cut (the limit already halved): slow start ends there."""
-        if self.phase != "steady":
-            self._settle(self.limiter.clock(), self.limiter.limit, [])
+        """A hard cut or a queue cut (the limit already lowered)."""
+        limiter = self.limiter
+        if self.phase == "steady":
+            self.ceiling = max(limiter.limit, 0.75 * self.ceiling)
+            return
+        kept = self.previous if self.phase == "grow" else self.samples
+        self._settle(limiter.clock(), limiter.limit, kept)
+        self.reprobe_after = REPROBE_AFTER_CUT
 
     def _quota(self) -> int:
         """Samples per level: about half a round trip at the current limit (4 to 16)."""
@@ -501,69 +523,91 @@ class _Gradient:
     def sample(self, ticket: Ticket, per_token: float, per_sequence: float, load: int, latency: float) -> None:
         limiter = self.limiter
         now = limiter.clock()
-        if self.phase == "steady" and now - self.calibrated_at > BASELINE_SECONDS:
+        if self.phase == "steady" and now - self.calibrated_at > self.reprobe_after:
             self._start_level("measure", [])
         bucket = int(math.log2(per_sequence))
-        self.baseline[bucket] = min(self.baseline.get(bucket, math.inf), per_token)
+        self.longest_answer = max(self.longest_answer, per_sequence)
         if self.phase == "steady":
+            self.baseline.setdefault(bucket, per_token)
             return self._steady(per_token / self.baseline[bucket], load)
+        self.baseline[bucket] = min(self.baseline.get(bucket, math.inf), per_token)
         if ticket.serial <= self.level_at:
             return  # admitted before this level began: it describes the old load
         if self.phase == "grow" and bucket not in self.reference:
-            return  # a length first seen at this load has no lower-load time to compare with
+            return self._no_verdict(now)  # a length with no lower-load time to compare with
         self.samples.append(_Sample(per_token, bucket, load, latency))
         if len(self.samples) < self._quota():
             return
+        load_now, limit = _mean_load(self.samples), limiter.limit
+        filled = load_now >= 0.75 * limit
         if self.phase == "measure":
-            return self._step_or_settle(now)
-        load_now, load_before = _mean_load(self.samples), _mean_load(self.previous)
-        if load_now < load_before * (1 + (self.step - 1) / 2):  # the stage did not fill it: no verdict
-            self.samples = self.samples[-self._quota():]
-            return
+            return self._step_or_settle(now) if filled else self._no_verdict(now)
+        load_before = _mean_load(self.previous)
+        if not filled or load_now < load_before * (1 + (self.step - 1) / 2):
+            return self._no_verdict(now)
         ratio_before, ratio_now = self._mean_ratio(self.previous), self._mean_ratio(self.samples)
         gain = (load_now / load_before) * (ratio_before / ratio_now)
         efficiency = (gain - 1) / (load_now / load_before - 1)  # share of the added load that paid
         if efficiency >= GROW_EFFICIENCY:
             self._step_or_settle(now)
         elif efficiency >= KEEP_EFFICIENCY:
-            self._settle(now, limiter.limit, self.samples)
+            self._settle(now, limit, self.samples)
         else:
             self._settle(now, self.previous_limit, self.previous)
 
+    def _no_verdict(self, now: float) -> None:
+        """A reply that cannot decide this level. Keep the latest quota's worth; after three
+        quotas without a verdict, go back to measuring the level before (a grow level the stage
+        cannot fill must not stand as a limit that a later, larger stage bursts into)."""
+        self.waited += 1
+        self.samples = self.samples[-(self._quota() - 1):] if self._quota() > 1 else []
+        if self.waited >= 3 * self._quota() and self.phase == "grow":
+            self.limiter._set_limit(self.previous_limit)
+            self._start_level("measure", [])
+
     def _start_level(self, phase: str, previous: list[_Sample]) -> None:
-        self.phase, self.previous, self.samples = phase, previous, []
+        self.phase, self.previous, self.samples, self.waited = phase, previous, [], 0
         self.reference = dict(self.baseline)
         self.level_at = self.limiter.admissions
 
+    def _longest(self) -> float:
+        """The longest reply to expect at this level: the slowest seen, or the slowest
+        per-token time x the longest answer seen so far (short answers land first)."""
+        return max(max(s.latency for s in self.samples),
+                   max(s.per_token for s in self.samples) * self.longest_answer)
+
     def _step_or_settle(self, now: float) -> None:
         limiter = self.limiter
-        step = 2.0
+        limit = limiter.limit
+        bound = 2.0
         if limiter.deadline is not None:
-            longest = max(s.latency for s in self.samples)
-            step = min(step, DEADLINE_SHARE * limiter.deadline / max(longest, 1e-9))
-        step = min(step, limiter.max_concurrency / limiter.limit)  # the last step to the cap may be small
-        if step < MIN_STEP and (step <= 1.0 or limiter.limit * step < limiter.max_concurrency):
-            return self._settle(now, limiter.limit, self.samples)
-        self.previous_limit, self.step = limiter.limit, step
+            bound = min(bound, DEADLINE_SHARE * limiter.deadline / max(self._longest(), 1e-9))
+        target = min(limit * bound, float(limiter.max_concurrency))
+        if target < limit * MIN_STEP or int(target) <= int(limit):  # not worth, or no new slot
+            return self._settle(now, limit, self.samples)
+        self.previous_limit, self.step = limit, target / limit
         self._start_level("grow", self.samples)
         self.steps += 1
-        limiter._set_limit(limiter.limit * step)
+        limiter._set_limit(target)
 
-    def _mean_ratio(self, samples: list[_Sample]) -> float:
+    def _mean_ratio(self, samples: list[_Sample], reference: dict[int, float] | None = None) -> float:
         """Mean per-token time over the step's reference baseline (the same yardstick for the
         level before a step and the level after it)."""
-        ratios = [s.per_token / self.reference[s.bucket] for s in samples if s.bucket in self.reference]
+        reference = self.reference if reference is None else reference
+        ratios = [s.per_token / reference[s.bucket] for s in samples if s.bucket in reference]
         return sum(ratios) / len(ratios) if ratios else 1.0
 
     def _settle(self, now: float, limit: float, kept: list[_Sample]) -> None:
-        """Steady control from `limit`; the baseline rescaled so the kept level's tokens read 1
+        """Steady control from `limit`; the baseline rescaled so the kept level's mean reads 1
         (lengths first seen at the last level already read about 1)."""
-        if kept and self.reference:
-            scale = self._mean_ratio(kept)
-            self.baseline.update({bucket: value * scale for bucket, value in self.reference.items()})
+        reference = self.reference or dict(self.baseline)
+        if kept and reference:
+            scale = self._mean_ratio(kept, reference)
+            self.baseline.update({bucket: value * scale for bucket, value in reference.items()})
         self.limiter._set_limit(limit)
         self.ceiling = self.limiter.limit
         self.phase, self.samples, self.previous, self.calibrated_at, self.ratio = "steady", [], [], now, 1.0
+        self.reprobe_after = BASELINE_SECONDS
 
     def _steady(self, ratio: float, load: int) -> None:
         limiter = self.limiter
