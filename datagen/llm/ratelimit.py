@@ -24,8 +24,8 @@ What it enforces, and why each piece exists:
 - Adaptive concurrency: the in-flight limit follows the server's *per-output-token*
   latency, not whole-request latency (which grows with the answer's length and `n`, not
   only with queueing: a healthy CPU server writing a 256-token answer takes a minute). It
-  slow-starts at `initial_concurrency` (8) and doubles while doubling buys tokens/s (load /
-  per-token time), never towards replies that would outlast the timeout: a burst at
+  slow-starts at `initial_concurrency` (8) and steps up (at most 2x a step) while a step buys
+  tokens/s (load / per-token time), never towards replies that would outlast the timeout: a burst at
   `max_concurrency` on a slow server makes every answer slow at once, and they time out
   together. Then it tracks `limit x min(1, TOLERANCE x baseline / per_token) + sqrt(limit)`
   (Netflix concurrency-limits' gradient, TCP Vegas' base RTT) with the baseline set at the
