@@ -53,7 +53,7 @@ class Limits:
     # Poll the server's own queue (`GET /metrics`: vLLM, SGLang, TGI) at most once a second
     # while requests are out; an endpoint that does not serve it is asked once, then never.
     queue_metrics: bool = True
-    # Where the adaptive limit's slow start begins (it doubles from there while that pays).
+    # Where the adaptive limit's slow start begins (it steps up from there while that pays).
     initial_concurrency: int = 8
     rate_period: float = 60.0
 

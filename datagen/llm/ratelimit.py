@@ -162,7 +162,7 @@ class RequestLimiter:
         """`latency_ceiling`: any reply slower than this is congestion (set explicitly);
         `short_reply_ceiling`: only a reply too short to judge per token is (the default
         timeout/2 of `EndpointOptions.limiter`); `initial_concurrency`: where slow start begins
-        (adaptive only); `deadline`: the request timeout, which slow start never doubles
+        (adaptive only); `deadline`: the request timeout, which slow start never steps
         towards; `clock`: the gradient's time (tests)."""
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -534,17 +534,17 @@ class _Gradient:
         if ticket.serial <= self.level_at:
             return  # admitted before this level began: it describes the old load
         if self.phase == "grow" and bucket not in self.reference:
-            return self._no_verdict(now)  # a length with no lower-load time to compare with
+            return self._no_verdict()  # a length with no lower-load time to compare with
         self.samples.append(_Sample(per_token, bucket, load, latency))
         if len(self.samples) < self._quota():
             return
         load_now, limit = _mean_load(self.samples), limiter.limit
         filled = load_now >= 0.75 * limit
         if self.phase == "measure":
-            return self._step_or_settle(now) if filled else self._no_verdict(now)
+            return self._step_or_settle(now) if filled else self._no_verdict()
         load_before = _mean_load(self.previous)
         if not filled or load_now < load_before * (1 + (self.step - 1) / 2):
-            return self._no_verdict(now)
+            return self._no_verdict()
         ratio_before, ratio_now = self._mean_ratio(self.previous), self._mean_ratio(self.samples)
         gain = (load_now / load_before) * (ratio_before / ratio_now)
         efficiency = (gain - 1) / (load_now / load_before - 1)  # share of the added load that paid
@@ -555,12 +555,12 @@ class _Gradient:
         else:
             self._settle(now, self.previous_limit, self.previous)
 
-    def _no_verdict(self, now: float) -> None:
+    def _no_verdict(self) -> None:
         """A reply that cannot decide this level. Keep the latest quota's worth; after three
         quotas without a verdict, go back to measuring the level before (a grow level the stage
         cannot fill must not stand as a limit that a later, larger stage bursts into)."""
         self.waited += 1
-        self.samples = self.samples[-(self._quota() - 1):] if self._quota() > 1 else []
+        self.samples = self.samples[-(self._quota() - 1):]  # (a quota is at least 4)
         if self.waited >= 3 * self._quota() and self.phase == "grow":
             self.limiter._set_limit(self.previous_limit)
             self._start_level("measure", [])
