@@ -149,6 +149,64 @@ def test_duplicates_in_a_batch_are_sent_once_and_all_answered(tmp_path):
     assert results[4].texts == ["echo:a:0"]
 
 
+class StreamingScriptedLLM(ScriptedLLM):
+    """The same answers, taken from a one-pass stream as `OpenAICompatLLM` takes them; records
+    how many cache lookups had run when the first request was taken."""
+
+    streams_requests = True
+
+    def __init__(self, cache: ResponseCache | None = None):
+        super().__init__()
+        self.cache = cache
+        self.lookups_at_first_request: int | None = None
+
+    async def generate(self, requests, on_result=None) -> list[Completion]:
+        taken: list[ChatRequest] = []
+        self.batches.append(taken)
+        results = [Completion()] * len(requests)
+        for i, req in enumerate(requests):
+            if self.lookups_at_first_request is None and self.cache is not None:
+                self.lookups_at_first_request = self.cache.lookups
+            taken.append(req)
+            answer = (await ScriptedLLM.generate(ScriptedLLM(), [req]))[0]
+            results[i] = answer
+            on_result(i, answer)
+        return results
+
+
+class CountingCache(ResponseCache):
+    lookups = 0
+
+    def get_many(self, keys):
+        self.lookups += 1
+        return super().get_many(keys)
+
+
+def test_a_streamed_batch_answers_exactly_as_an_eager_one(tmp_path):
+    """Hits, misses, duplicates whose first copy was answered chunks earlier, failures and
+    their duplicates: the stream a chunk at a time gives the eager path's results, calls and
+    counters, and sends the first request after one lookup, not after keying all 1,000."""
+    prompts = [f"p{i % 700}" if i % 11 else f"fail-{i % 3}" for i in range(1000)]
+    outcomes = []
+    for inner_type in (ScriptedLLM, StreamingScriptedLLM):
+        cache = CountingCache(tmp_path / f"{inner_type.__name__}.sqlite")
+        warm = CachedLLM(ScriptedLLM(), cache)
+        generate_sync(warm, [chat(f"p{i}") for i in range(0, 700, 3)])  # every third prompt is a hit
+        inner = StreamingScriptedLLM(cache) if inner_type is StreamingScriptedLLM else ScriptedLLM()
+        llm = CachedLLM(inner, cache)
+        cache.lookups = 0
+        seen: list[int] = []
+        results = generate_sync(llm, [chat(p) for p in prompts], on_result=lambda i, c, seen=seen: seen.append(i))
+        assert sorted(seen) == list(range(1000))
+        outcomes.append(([(r.texts, r.cached, r.error) for r in results], inner.sent, llm.usage.as_dict(), len(cache)))
+        if inner_type is StreamingScriptedLLM:
+            assert inner.lookups_at_first_request == 1
+            assert cache.lookups == -(-1000 // 64)
+    eager, streamed = outcomes
+    assert streamed == eager
+    assert eager[2]["cache_hits"] > 300 and eager[2]["errors"]["http_500"] == 91
+
+
 def test_hits_skip_the_backend_and_misses_are_committed_before_generate_returns(tmp_path):
     path = tmp_path / "c.sqlite"
     inner = ScriptedLLM()

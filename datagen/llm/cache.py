@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,81 +263,39 @@ class CachedLLM:
         self, requests: Sequence[Request], on_result: ResultCallback | None = None
     ) -> list[Completion]:
         requests = list(requests)
-        keys = [self.key(r) for r in requests]
-        hits = self.cache.get_many(keys) if self.cache is not None else {}
-        results: list[Completion | None] = [None] * len(requests)
-        # Identical requests inside one batch are sent once: same semantics as the cache.
-        first_index: dict[str, int] = {}
-        waiting: dict[str, list[int]] = {}
-        to_send: list[int] = []
-        for i, key in enumerate(keys):
-            if key in hits:
-                hit = hits[key]
-                results[i] = Completion(
-                    texts=list(hit.texts),
-                    finish_reasons=list(hit.finish_reasons),
-                    prompt_tokens=hit.prompt_tokens,
-                    completion_tokens=hit.completion_tokens,
-                    cached=True,
-                )
-            elif key in first_index:
-                waiting[key].append(i)
-            else:
-                first_index[key] = i
-                waiting[key] = []
-                to_send.append(i)
-        for i, result in enumerate(results):
-            if result is not None:
-                self.usage.add(result)
-                if on_result:
-                    on_result(i, result)
-
-        def landed(j: int, completion: Completion) -> None:
-            i = to_send[j]
-            if completion.ok and not completion.is_empty and self.cache is not None:
-                self.cache.put(keys[i], self.backend, self.model, requests[i], completion)
-                faults.after_committed_call()
-            results[i] = completion
-            self.usage.add(completion)
-            if on_result:
-                on_result(i, completion)
-            for dup in waiting[keys[i]]:
-                # A duplicate of a success is free (counted as a cache hit); a duplicate of a
-                # failure is a failure too, and must count as one, not as a hit.
-                copy = Completion(
-                    texts=list(completion.texts),
-                    finish_reasons=list(completion.finish_reasons),
-                    cached=completion.ok and not completion.is_empty,
-                    error=completion.error,
-                )
-                results[dup] = copy
-                self.usage.add(copy)
-                if on_result:
-                    on_result(dup, copy)
-
+        batch = _Lookup(self, requests, on_result)
         # Whatever way this ends, its completions are committed before it returns: a stage is
         # marked done only after its calls are durable.
         try:
-            if to_send and getattr(self.inner, "batch", False):
-                if any(isinstance(requests[i], PromptRequest) for i in to_send):
-                    raise FatalLLMError(f"{self.name}: the Batch API route sends chat requests only; raw prompts "
-                                        "(magpie) need the live endpoint: set batch: false for this stage's backend")
-                # Batch API (openai `batch: true`): custom_id = cache key; batch ids are kept
-                # next to the cache (in a pipeline: the run directory) so a rerun re-attaches.
-                state_dir = self.cache.path.parent if self.cache is not None else None
-                returned = await self.inner.generate_batch(
-                    [requests[i] for i in to_send], [keys[i] for i in to_send], state_dir, landed
-                )
-            elif to_send:
-                returned = await self.inner.generate([requests[i] for i in to_send], landed)
-                for j, completion in enumerate(returned):
-                    if results[to_send[j]] is None:  # a backend that did not call back
-                        landed(j, completion)
+            if getattr(self.inner, "batch", False):
+                batch.resolve(0, len(requests))
+                if batch.to_send:
+                    await self._generate_batch_api(batch)
+            elif getattr(self.inner, "streams_requests", False):
+                # Keys are made and looked up a chunk at a time as the backend's workers take
+                # requests, so the first one is on the wire at once instead of after every key
+                # of the stage (~7 us each). Hits in a chunk are served when it is looked up.
+                returned = await self.inner.generate(batch.stream(), batch.landed)
+                batch.land_uncalled(returned)
+            else:
+                batch.resolve(0, len(requests))
+                if batch.to_send:
+                    batch.land_uncalled(await self.inner.generate([requests[i] for i in batch.to_send], batch.landed))
         except BaseException:
             await self._flush(quiet=True)
             raise
         await self._flush()
-        return [r if r is not None else Completion(error="internal: no result") for r in results]
+        return [r if r is not None else Completion(error="internal: no result") for r in batch.results]
+
+    async def _generate_batch_api(self, batch: _Lookup) -> None:
+        """Batch API (openai `batch: true`): custom_id = cache key; batch ids are kept next to
+        the cache (in a pipeline: the run directory) so a rerun re-attaches."""
+        sending = [batch.requests[i] for i in batch.to_send]
+        if any(isinstance(request, PromptRequest) for request in sending):
+            raise FatalLLMError(f"{self.name}: the Batch API route sends chat requests only; raw prompts "
+                                "(magpie) need the live endpoint: set batch: false for this stage's backend")
+        state_dir = self.cache.path.parent if self.cache is not None else None
+        await self.inner.generate_batch(sending, [batch.keys[i] for i in batch.to_send], state_dir, batch.landed)
 
     async def _flush(self, quiet: bool = False) -> None:
         """Wait (off the loop) for the writer to commit this batch's last window. `quiet`: we
@@ -353,3 +311,98 @@ class CachedLLM:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _duplicate_of(completion: Completion) -> Completion:
+    """A duplicate of a success is free (counted as a cache hit); a duplicate of a failure is a
+    failure too, and must count as one, not as a hit."""
+    return Completion(texts=list(completion.texts), finish_reasons=list(completion.finish_reasons),
+                      cached=completion.ok and not completion.is_empty, error=completion.error)
+
+
+class _Lookup:
+    """One `CachedLLM.generate` call's bookkeeping: which requests the cache answers, which
+    repeat an earlier one of the batch (sent once, the same semantics as the cache), and which
+    go to the backend (`to_send`, in the order the backend sees them)."""
+
+    def __init__(self, llm: CachedLLM, requests: list[Request], on_result: ResultCallback | None):
+        self.llm = llm
+        self.requests = requests
+        self.on_result = on_result
+        self.keys: list[str] = [""] * len(requests)
+        self.results: list[Completion | None] = [None] * len(requests)
+        self.to_send: list[int] = []
+        self._first_index: dict[str, int] = {}  # key -> the request of this batch that carries it
+        self._waiting: dict[str, list[int]] = {}  # key -> duplicates waiting for that request
+
+    def _serve(self, i: int, completion: Completion) -> None:
+        self.results[i] = completion
+        self.llm.usage.add(completion)
+        if self.on_result:
+            self.on_result(i, completion)
+
+    def resolve(self, start: int, stop: int) -> list[int]:
+        """Key and look up requests[start:stop]; serve what the cache or an answered duplicate
+        can. Returns the indices that must be sent (also appended to `to_send`)."""
+        keys = [self.llm.key(request) for request in self.requests[start:stop]]
+        self.keys[start:stop] = keys
+        cache = self.llm.cache
+        hits = cache.get_many([key for key in keys if key not in self._first_index]) if cache is not None else {}
+        sending: list[int] = []
+        for i, key in enumerate(keys, start):
+            if key in self._first_index:
+                answered = self.results[self._first_index[key]]
+                if answered is None:
+                    self._waiting[key].append(i)
+                else:
+                    self._serve(i, _duplicate_of(answered))
+            elif key in hits:
+                hit = hits[key]
+                self._serve(i, Completion(texts=list(hit.texts), finish_reasons=list(hit.finish_reasons),
+                                          prompt_tokens=hit.prompt_tokens, completion_tokens=hit.completion_tokens,
+                                          cached=True))
+            else:
+                self._first_index[key] = i
+                self._waiting[key] = []
+                sending.append(i)
+        self.to_send.extend(sending)
+        return sending
+
+    def stream(self) -> _Unsent:
+        return _Unsent(self)
+
+    def landed(self, j: int, completion: Completion) -> None:
+        """The backend's callback for its j-th request (`to_send[j]`)."""
+        i = self.to_send[j]
+        cache = self.llm.cache
+        if completion.ok and not completion.is_empty and cache is not None:
+            cache.put(self.keys[i], self.llm.backend, self.llm.model, self.requests[i], completion)
+            faults.after_committed_call()
+        self._serve(i, completion)
+        for dup in self._waiting.pop(self.keys[i], ()):
+            self._serve(dup, _duplicate_of(completion))
+
+    def land_uncalled(self, returned: Sequence[Completion]) -> None:
+        """Results a backend returned without calling back (each backend may choose)."""
+        for j, completion in enumerate(returned[: len(self.to_send)]):
+            if self.results[self.to_send[j]] is None:
+                self.landed(j, completion)
+
+
+class _Unsent:
+    """The requests the cache cannot answer, found a chunk at a time while they are taken. For
+    backends with `streams_requests`: they read `len()` as an upper bound and iterate once."""
+
+    CHUNK = 64
+
+    def __init__(self, lookup: _Lookup):
+        self._lookup = lookup
+
+    def __len__(self) -> int:
+        return len(self._lookup.requests)
+
+    def __iter__(self) -> Iterator[Request]:
+        lookup = self._lookup
+        for start in range(0, len(lookup.requests), self.CHUNK):
+            for i in lookup.resolve(start, start + self.CHUNK):
+                yield lookup.requests[i]

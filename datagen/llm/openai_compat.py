@@ -135,6 +135,10 @@ class OpenAICompatLLM:
     def batch(self) -> bool:
         return self.options.batch.enabled
 
+    # `generate` reads its requests as they are taken (len() only sizes its results and crew),
+    # so `CachedLLM` can hand it a stream whose keys are looked up while the first calls fly.
+    streams_requests = True
+
     def cache_identity(self) -> dict[str, Any]:
         return self.options.identity()
 
@@ -195,16 +199,22 @@ class OpenAICompatLLM:
         # A fixed crew of workers takes requests in order, instead of one task per request:
         # 5,000 tasks started at once build 5,000 payloads and queue 5,000 waiters before the
         # first byte is sent (~0.2 s here). Twice the concurrency, so requests waiting out a
-        # retry backoff (which hold no slot) never leave a slot idle.
+        # retry backoff (which hold no slot) never leave a slot idle. One pass over `requests`:
+        # it may be a stream (`streams_requests`) that yields fewer than len() promises.
         queue = iter(enumerate(requests))
 
         async def worker() -> None:
             for i, req in queue:
                 await one(i, req)
 
-        tasks = [asyncio.ensure_future(worker())
-                 for _ in range(min(len(requests), WORKERS_PER_SLOT * max(1, self.max_concurrency)))]
+        tasks: list[asyncio.Future[None]] = []
         try:
+            # The crew joins one worker per loop turn: started in one turn, all 512 first steps
+            # (payload, slot, connect) ran before the loop polled a socket, so no request was
+            # written for ~80 ms and the first replies came back ~0.1 s late (bench/orchestration.py).
+            for _ in range(min(len(requests), WORKERS_PER_SLOT * max(1, self.max_concurrency))):
+                tasks.append(asyncio.ensure_future(worker()))
+                await asyncio.sleep(0)
             await asyncio.gather(*tasks)
         except FatalLLMError as exc:
             # Everything not answered yet is abandoned: finished requests already went to
@@ -216,9 +226,13 @@ class OpenAICompatLLM:
                 self._fatal = FatalLLMError(await self._fatal_detail)
             raise (self._fatal or exc) from None
         finally:
+            # Nothing outlives the call (a cancel during the crew's start, an unexpected error).
+            leftover = [task for task in tasks if not task.done()]
+            for task in leftover:
+                task.cancel()
             if watcher is not None:
                 watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+            await asyncio.gather(*leftover, *([watcher] if watcher else []), return_exceptions=True)
             await session.close()
         if stopped and self.budget is not None:
             raise BudgetExceeded(self.budget.spent, self.budget.cap)
