@@ -171,9 +171,11 @@ class ChatRequest:
                            sampling=replace(sampling, stop=tuple(sampling.stop)),
                            response_format=data.get("response_format"))
 
-    def cache_key(self, backend: str, model: str, identity: str = "") -> str:
-        """`identity` is the backend's `cache_identity()` as JSON: endpoint, weights, engine options."""
-        return _key_digest((backend, model, identity) if identity else (backend, model), self.canonical())
+    def cache_key(self, backend: str, model: str, identity: str = "", canonical: str | None = None) -> str:
+        """`identity` is the backend's `cache_identity()` as JSON: endpoint, weights, engine options.
+        `canonical`: this request's own `canonical()`, when the caller already made it."""
+        canonical = self.canonical() if canonical is None else canonical
+        return _key_digest((backend, model, identity) if identity else (backend, model), canonical)
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,9 @@ class PromptRequest:
         equal a chat request's, and chat keys are left exactly as they were."""
         return _canonical(self.sampling, "prompt", self.prompt, None)
 
-    def cache_key(self, backend: str, model: str, identity: str = "") -> str:
-        return _key_digest((backend, model, identity, "prompt"), self.canonical())
+    def cache_key(self, backend: str, model: str, identity: str = "", canonical: str | None = None) -> str:
+        canonical = self.canonical() if canonical is None else canonical
+        return _key_digest((backend, model, identity, "prompt"), canonical)
 
 
 Request = ChatRequest | PromptRequest

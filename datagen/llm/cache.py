@@ -110,9 +110,11 @@ class ResponseCache:
                     found[key] = Completion.from_json(response)
         return found
 
-    def put(self, key: str, backend: str, model: str, request: Request, completion: Completion) -> None:
-        """Queue one completion for the writer; returns at once unless `max_unsaved` are waiting."""
-        row = (key, backend, model, request.canonical(), completion.to_json(), time.time())
+    def put(self, key: str, backend: str, model: str, request: Request | str, completion: Completion) -> None:
+        """Queue one completion for the writer; returns at once unless `max_unsaved` are waiting.
+        `request` may be given as its `canonical()` text already."""
+        text = request if isinstance(request, str) else request.canonical()
+        row = (key, backend, model, text, completion.to_json(), time.time())
         with self._state:
             self._check()
             if len(self._unsaved) >= self.max_unsaved:
@@ -255,9 +257,16 @@ class CachedLLM:
         """The cache key of `request` as this backend will really send it: a response_format
         the backend cannot honour is not sent, so it must not split the cache either. A raw
         prompt's key is built apart from every chat key (`PromptRequest.cache_key`)."""
+        return self.key_and_text(request)[0]
+
+    def key_and_text(self, request: Request) -> tuple[str, str]:
+        """The key and the request's `canonical()` text (what the cache stores beside the
+        answer), made from one encoding whenever the two share it."""
+        text = request.canonical()
         if request.response_format and not self.supports_json_schema:
-            request = dataclasses.replace(request, response_format=None)
-        return request.cache_key(self.backend, self.model, self.identity)
+            return dataclasses.replace(request, response_format=None).cache_key(
+                self.backend, self.model, self.identity), text
+        return request.cache_key(self.backend, self.model, self.identity, canonical=text), text
 
     async def generate(
         self, requests: Sequence[Request], on_result: ResultCallback | None = None
@@ -330,6 +339,7 @@ class _Lookup:
         self.requests = requests
         self.on_result = on_result
         self.keys: list[str] = [""] * len(requests)
+        self.texts: list[str] = [""] * len(requests)  # each request's canonical() text, for the cache row
         self.results: list[Completion | None] = [None] * len(requests)
         self.to_send: list[int] = []
         self._first_index: dict[str, int] = {}  # key -> the request of this batch that carries it
@@ -344,8 +354,10 @@ class _Lookup:
     def resolve(self, start: int, stop: int) -> list[int]:
         """Key and look up requests[start:stop]; serve what the cache or an answered duplicate
         can. Returns the indices that must be sent (also appended to `to_send`)."""
-        keys = [self.llm.key(request) for request in self.requests[start:stop]]
+        keyed = [self.llm.key_and_text(request) for request in self.requests[start:stop]]
+        keys = [key for key, _ in keyed]
         self.keys[start:stop] = keys
+        self.texts[start:stop] = [text for _, text in keyed]
         cache = self.llm.cache
         hits = cache.get_many([key for key in keys if key not in self._first_index]) if cache is not None else {}
         sending: list[int] = []
@@ -376,7 +388,7 @@ class _Lookup:
         i = self.to_send[j]
         cache = self.llm.cache
         if completion.ok and not completion.is_empty and cache is not None:
-            cache.put(self.keys[i], self.llm.backend, self.llm.model, self.requests[i], completion)
+            cache.put(self.keys[i], self.llm.backend, self.llm.model, self.texts[i], completion)
             faults.after_committed_call()
         self._serve(i, completion)
         for dup in self._waiting.pop(self.keys[i], ()):
