@@ -161,6 +161,56 @@ def test_retries_are_admitted_before_first_attempts():
     assert asyncio.run(scenario()) == ["retry", "fresh0", "fresh1", "fresh2"]
 
 
+def test_a_worker_keeps_its_slot_for_its_next_request_but_never_ahead_of_a_retry():
+    """A worker whose reply landed asks again in the same loop turn and takes the freed slot
+    past queued fresh requests (a hand-off would cost each request a loop turn); a queued
+    retry still goes first, and a slot nobody takes back reaches the queue on the next turn."""
+    async def scenario(queued_priority: int) -> tuple[str, list[str]]:
+        limiter = RequestLimiter(1, adaptive=False)
+        held = await limiter.acquire()
+        order: list[str] = []
+
+        async def queued() -> None:
+            ticket = await limiter.acquire(priority=queued_priority)
+            order.append("queued")
+            limiter.settle(ticket)
+
+        task = asyncio.create_task(queued())
+        await asyncio.sleep(0)
+
+        async def worker_turn() -> str:
+            limiter.settle(held)  # its reply landed...
+            ticket = await limiter.acquire()  # ...and it asks for its next request in the same turn
+            first = "queue" if order else "worker"
+            limiter.settle(ticket)  # then it has nothing more: the queue gets the slot
+            return first
+
+        first = await asyncio.wait_for(worker_turn(), 5)
+        await asyncio.wait_for(task, 5)
+        return first, order
+
+    assert asyncio.run(scenario(0)) == ("worker", ["queued"])
+    assert asyncio.run(scenario(1)) == ("queue", ["queued"])
+
+
+def test_a_worker_never_takes_tokens_a_queued_request_waits_for():
+    async def scenario() -> bool:
+        limiter = RequestLimiter(2, adaptive=False, tokens_per_minute=6000, period=60.0)
+        limiter.tokens.level = 0.0  # the bucket is dry: the queued request waits for 50 tokens
+        big = asyncio.ensure_future(limiter.acquire(tokens=50))
+        await asyncio.sleep(0)
+        limiter.tokens.level = 10.0  # enough for a small request, not for the queued one
+        small = asyncio.ensure_future(limiter.acquire(tokens=10))
+        await asyncio.sleep(0)
+        passed = small.done()
+        for task in (big, small):
+            task.cancel()
+        await asyncio.gather(big, small, return_exceptions=True)
+        return passed
+
+    assert asyncio.run(scenario()) is False
+
+
 @pytest.mark.parametrize(("raw", "seconds"), [("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("0.5", 0.5),
                                               ("1h2m3.5s", 3723.5), ("soon", None), (None, None)])
 def test_parse_reset(raw, seconds):

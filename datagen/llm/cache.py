@@ -403,9 +403,12 @@ class _Lookup:
 
 class _Unsent:
     """The requests the cache cannot answer, found a chunk at a time while they are taken. For
-    backends with `streams_requests`: they read `len()` as an upper bound and iterate once."""
+    backends with `streams_requests`: they read `len()` as an upper bound and iterate once.
+    The first chunk is small, so the first request leaves at once; chunks then double up to
+    `LAST_CHUNK`, since each lookup is one SQLite query (a GIL hand-off while calls are in flight)."""
 
-    CHUNK = 64
+    FIRST_CHUNK = 64
+    LAST_CHUNK = 512
 
     def __init__(self, lookup: _Lookup):
         self._lookup = lookup
@@ -415,6 +418,8 @@ class _Unsent:
 
     def __iter__(self) -> Iterator[Request]:
         lookup = self._lookup
-        for start in range(0, len(lookup.requests), self.CHUNK):
-            for i in lookup.resolve(start, start + self.CHUNK):
+        start, chunk = 0, self.FIRST_CHUNK
+        while start < len(lookup.requests):
+            for i in lookup.resolve(start, start + chunk):
                 yield lookup.requests[i]
+            start, chunk = start + chunk, min(2 * chunk, self.LAST_CHUNK)
