@@ -121,6 +121,54 @@ def test_slow_start_never_steps_into_its_own_timeouts():
     assert burst.timeouts > 0  # what slow start avoids
 
 
+def drive_stages(limiter: RequestLimiter, per_token, stages, clock: FakeClock, timeout: float) -> list[int]:
+    """`drive` over stages that share one limiter, as a pipeline's stages share a backend's:
+    each stage is (replies, (shortest, longest) answer) and sends `max_tokens` = its longest.
+    Requests still in flight when a stage ends keep their own stage's lengths. Returns the
+    timeouts per stage."""
+    timeouts: list[int] = []
+
+    async def run() -> None:
+        out: list = []
+        number = 0
+        for replies, (shortest, longest) in stages:
+            before = limiter.timeouts
+            for _ in range(replies):
+                while limiter.in_flight < limiter._slots_for(longest):
+                    out.append((await limiter.acquire(output_budget=longest), shortest, longest))
+                ticket, low, high = out.pop(0)
+                tokens = low + (number * 7919) % (high - low + 1)
+                number += 1
+                latency = tokens * per_token(len(out) + 1)
+                clock.now += latency / max(1, len(out) + 1)
+                if latency > timeout:
+                    limiter.settle(ticket, latency=timeout, timed_out=True)
+                else:
+                    limiter.settle(ticket, latency=latency, status=200, output_tokens=tokens)
+            timeouts.append(limiter.timeouts - before)
+
+    asyncio.run(run())
+    return timeouts
+
+
+def test_a_limit_grown_on_short_replies_does_not_send_long_answers_at_once():
+    """A classifier's one-word replies carry no per-token evidence and grow the limit to 64 in
+    slow start; the next stage's answers of up to 256 tokens, sent 64 at once to the modelled
+    CPU vllm serve, took longer than the timeout (14 timeouts, 2 cuts before this rule). A
+    request that may write more than the replies the limit grew on is held at the level that
+    growth began from, and slow start measures again from there once one of them reports."""
+    server = smooth_server(0.01, 0.0075)  # as above: 256 tokens take 63 s at 32 in flight
+    clock = FakeClock()
+    limiter = RequestLimiter(64, short_reply_ceiling=30.0, clock=clock, deadline=60.0)
+    timeouts = drive_stages(limiter, server, [(300, (1, 4)), (1200, (16, 256))], clock, timeout=60.0)
+    assert timeouts == [0, 0] and limiter.cuts == 0
+    assert limiter.limit <= 24 and limiter._short_growth_from is None
+    # The short stage itself still grew (its own requests are not held back).
+    clock = FakeClock()
+    again = RequestLimiter(64, short_reply_ceiling=30.0, clock=clock, deadline=60.0)
+    assert drive_stages(again, server, [(300, (1, 4))], clock, timeout=60.0) == [0] and again.limit == 64
+
+
 def test_smooth_server_grows_while_tokens_per_second_grow():
     """Per-token time that grows with the load is not congestion while the total still rises
     by a fifth of the added load: the limit passes 8 and stops where growth stops paying."""

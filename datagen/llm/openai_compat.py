@@ -387,7 +387,8 @@ class OpenAICompatLLM:
         if self.limiter.tokens is not None:
             tokens = estimate_prompt_tokens(req.estimate_parts) + req.max_tokens * n
         try:
-            ticket = await self.limiter.acquire(tokens, priority=number - 1)  # retries go first
+            ticket = await self.limiter.acquire(tokens, priority=number - 1,  # retries go first
+                                                output_budget=req.max_tokens * n)
         except BaseException:
             if reservation is not None and self.budget is not None:
                 self.budget.settle(reservation, None)

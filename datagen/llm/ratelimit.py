@@ -129,6 +129,7 @@ class Ticket:
     settled: bool = False
     load: int = 1  # requests in flight right after this one was admitted
     serial: int = 0  # admissions before this one (tells replies to an old load from new ones)
+    output_budget: int = 0  # max_tokens x n of the request: the most it may ask the server to write
 
 
 @dataclass
@@ -136,6 +137,7 @@ class _Waiter:
     tokens: int
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    output_budget: int = 0
 
 
 class RequestLimiter:
@@ -194,6 +196,11 @@ class RequestLimiter:
         self._waiters: list[tuple[int, int, _Waiter]] = []  # heap of (-priority, arrival, waiter)
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        # Growth that short replies earned (slow start, +1 each, no per-token evidence) says
+        # nothing about requests that may write more: they are held at the level it began
+        # from until one of them reports (see `_slots_for`).
+        self._short_growth_from: float | None = None
+        self._short_budget = 0  # the largest output budget among the replies that earned it
 
     @staticmethod
     def _bucket(per_minute: float | None, period: float, now: float) -> TokenBucket | None:
@@ -203,14 +210,17 @@ class RequestLimiter:
         return TokenBucket(rate=per_minute / period, capacity=capacity, level=capacity, stamp=now)
 
     # ---- the interface --------------------------------------------------------------
-    async def acquire(self, tokens: int = 0, priority: int = 0) -> Ticket:
-        """Wait until this attempt may be sent. Higher `priority` goes first (retries)."""
+    async def acquire(self, tokens: int = 0, priority: int = 0, output_budget: int = 0) -> Ticket:
+        """Wait until this attempt may be sent. Higher `priority` goes first (retries);
+        `output_budget` (max_tokens x n) tells a request that may write long answers from the
+        short ones the limit may have grown on."""
         loop = asyncio.get_running_loop()
         with self._lock:  # fast path: a slot free, nothing to wait for, no one queued who must go first
             now = time.monotonic()
-            if self.in_flight < max(1, int(self.limit)) and self._wait(tokens, now) <= 0 and self._may_pass(priority, now):
-                return self._admit(tokens, now)
-            waiter = _Waiter(tokens, loop.create_future(), loop)
+            if (self.in_flight < self._slots_for(output_budget) and self._wait(tokens, now) <= 0
+                    and self._may_pass(priority, now)):
+                return self._admit(tokens, now, output_budget)
+            waiter = _Waiter(tokens, loop.create_future(), loop, output_budget)
             heapq.heappush(self._waiters, (-priority, next(self._order), waiter))
         self._pump()
         try:
@@ -304,6 +314,13 @@ class RequestLimiter:
         elif status is not None and status < 400:
             if evidence:
                 assert latency is not None
+                if self._short_growth_from is not None and ticket.output_budget > self._short_budget:
+                    # The first longer request has reported: what short replies earned is not
+                    # its level. Slow start measures again from where that growth began; replies
+                    # to requests sent before (beside the short ones) describe another load.
+                    self._set_limit(self._short_growth_from)
+                    self._short_growth_from = None
+                    self._gradient._start_level("measure", [])
                 # The load it ran under: at least what is in flight as it lands (the first
                 # wave is admitted one by one, at loads 1..n, yet all of it runs at n).
                 load = max(ticket.load, self.in_flight + 1)
@@ -311,6 +328,9 @@ class RequestLimiter:
             elif self._gradient.phase != "steady" and not self._gradient.baseline:
                 # Slow start with nothing to judge per token yet (short answers: a judge, a
                 # classifier): +1 per reply, twice the limit per round trip, as TCP's slow start.
+                if self._short_growth_from is None:
+                    self._short_growth_from = self.limit
+                self._short_budget = max(self._short_budget, ticket.output_budget)
                 self._set_limit(self.limit + 1.0)
             else:  # no per-token evidence: AIMD's additive increase, about +1 per round trip
                 grown = self.limit + 1.0 / self.limit
@@ -358,6 +378,16 @@ class RequestLimiter:
             self._last_cut = time.monotonic()  # timeouts of requests sent before it: the old load
             self._gradient.interrupted()
 
+    def _slots_for(self, output_budget: int) -> int:
+        """The in-flight limit for a request that may write `output_budget` tokens: a limit
+        grown only on shorter replies does not apply to it. (Modelled on vllm serve on 2 CPU
+        cores: a classifier's one-word replies grew the limit to 64, and the next stage's long
+        answers, sent 64 at once, timed out; tests/test_adaptive_concurrency.py.)"""
+        slots = max(1, int(self.limit))
+        if self._short_growth_from is not None and output_budget > self._short_budget:
+            slots = min(slots, max(1, int(self._short_growth_from)))
+        return slots
+
     def _may_pass(self, priority: int, now: float) -> bool:
         """Whether a request may take a free slot past the queue. A worker whose reply just
         landed asks again for its next request in the same loop turn; handing its slot to a
@@ -390,14 +420,14 @@ class RequestLimiter:
                 if head.future.done():  # cancelled while waiting
                     heapq.heappop(self._waiters)
                     continue
-                if self.in_flight >= max(1, int(self.limit)):
+                if self.in_flight >= self._slots_for(head.output_budget):
                     break
                 wait = self._wait(head.tokens, now)
                 if wait > 0:
                     wake_in = wait
                     break
                 heapq.heappop(self._waiters)
-                admitted.append((head, self._admit(head.tokens, now)))
+                admitted.append((head, self._admit(head.tokens, now, head.output_budget)))
         for waiter, ticket in admitted:
             self._resolve(waiter, ticket)
         if wake_in is not None:
@@ -411,14 +441,15 @@ class RequestLimiter:
                 wait = bucket.wait_for(amount, now)
         return wait
 
-    def _admit(self, tokens: int, now: float) -> Ticket:
+    def _admit(self, tokens: int, now: float, output_budget: int = 0) -> Ticket:
         if self.requests is not None:
             self.requests.take(1)
         if self.tokens is not None:
             self.tokens.take(tokens)
         self.in_flight += 1
         self.admissions += 1
-        return Ticket(tokens=tokens, admitted=now, load=self.in_flight, serial=self.admissions)
+        return Ticket(tokens=tokens, admitted=now, load=self.in_flight, serial=self.admissions,
+                      output_budget=output_budget)
 
     def _schedule(self, delay: float) -> None:
         try:

@@ -201,9 +201,9 @@ class GatedLimiter:
         self.budget = budget
         self.pending: list[Any] = budget.pending if budget is not None else []
 
-    async def acquire(self, tokens: int = 0, priority: int = 0) -> SharedTicket:
+    async def acquire(self, tokens: int = 0, priority: int = 0, output_budget: int = 0) -> SharedTicket:
         priced, _ = _PRICED.get(), _PRICED.set(None)
-        local = await self.local.acquire(0, priority=priority)
+        local = await self.local.acquire(0, priority=priority, output_budget=output_budget)
         usd = priced.usd if priced is not None and self.budget is not None else None
         answer = asyncio.wrap_future(self.gate.admit.remote(self.spec, usd, tokens, priority).future())
         try:
