@@ -51,7 +51,9 @@ def test_600_rpm_steady_state_reaches_the_limit_without_429s(openai_server):
 def test_without_a_client_limit_the_server_limit_answers_429(openai_server):
     """The server's limit is real: a client that ignores it gets 429s (so the test above can fail)."""
     openai_server.configure(rpm_limit=600, limit_period=15.0)
-    llm = make(openai_server, max_concurrency=32, max_attempts=10, retry_after_max=0.2)
+    # 32 at once from the start, as the burst-reaction tests: a slow start from 8 against a
+    # server still slowed by an earlier test's leftover requests could stay under 40/s.
+    llm = make(openai_server, max_concurrency=32, initial_concurrency=32, max_attempts=10, retry_after_max=0.2)
     generate_sync(llm, prompts(60))
     assert openai_server.stats.rate_limited > 0
 

@@ -44,17 +44,22 @@ _SLOT = "\x00datagen:slot\x00"
 _SLOT_JSON = _SORTED_JSON.encode(_SLOT)
 
 
+def _body(sampling: SamplingParams, slot_name: str, slot_value: Any, response_format: str | None) -> dict[str, Any]:
+    """What `canonical()` encodes: the sampling settings flat beside the request's one own
+    field (`messages` or `prompt`); a chat request also carries its response_format."""
+    body: dict[str, Any] = {name: getattr(sampling, name) for name in _SAMPLING_FIELDS}
+    body[slot_name] = slot_value
+    if slot_name == "messages":
+        body["response_format"] = response_format
+    return body
+
+
 @functools.lru_cache(maxsize=1024)
 def _frame(sampling_and_types: tuple[Any, ...], slot_name: str, response_format: str | None) -> tuple[str, str]:
     """The canonical JSON before and after its one per-request field (`messages` or `prompt`),
     for one set of sampling settings. The types ride along in the lru key: 1 == 1.0 == True
     for hashing, but json writes `1`, `1.0` and `true`, and keys must stay as they were."""
-    sampling = sampling_and_types[0]
-    body: dict[str, Any] = {name: getattr(sampling, name) for name in _SAMPLING_FIELDS}
-    body[slot_name] = _SLOT
-    if slot_name == "messages":
-        body["response_format"] = response_format
-    text = _SORTED_JSON.encode(body)
+    text = _SORTED_JSON.encode(_body(sampling_and_types[0], slot_name, _SLOT, response_format))
     head, _, tail = text.partition(_SLOT_JSON)
     return head, tail
 
@@ -67,11 +72,7 @@ def _canonical(sampling: SamplingParams, slot_name: str, slot_value: Any, respon
                    type(sampling.n), type(sampling.seed), tuple(map(type, sampling.stop)))
         head, tail = _frame(lru_key, slot_name, response_format)
     except TypeError:  # settings that cannot be hashed (e.g. a list for `stop`): the plain way
-        body: dict[str, Any] = {name: getattr(sampling, name) for name in _SAMPLING_FIELDS}
-        body[slot_name] = slot_value
-        if slot_name == "messages":
-            body["response_format"] = response_format
-        return _SORTED_JSON.encode(body)
+        return _SORTED_JSON.encode(_body(sampling, slot_name, slot_value, response_format))
     return head + _SORTED_JSON.encode(slot_value) + tail
 
 

@@ -318,9 +318,8 @@ class RequestLimiter:
                     # The first longer request has reported: what short replies earned is not
                     # its level. Slow start measures again from where that growth began; replies
                     # to requests sent before (beside the short ones) describe another load.
-                    self._set_limit(self._short_growth_from)
-                    self._short_growth_from = None
-                    self._gradient._start_level("measure", [])
+                    self._gradient.measure_again(self._short_growth_from)
+                    self._short_growth_from, self._short_budget = None, 0
                 # The load it ran under: at least what is in flight as it lands (the first
                 # wave is admitted one by one, at loads 1..n, yet all of it runs at n).
                 load = max(ticket.load, self.in_flight + 1)
@@ -614,8 +613,13 @@ class _Gradient:
         self.waited += 1
         self.samples = self.samples[-(self._quota() - 1):]  # (a quota is at least 4)
         if self.waited >= 3 * self._quota() and self.phase == "grow":
-            self.limiter._set_limit(self.previous_limit)
-            self._start_level("measure", [])
+            self.measure_again(self.previous_limit)
+
+    def measure_again(self, limit: float) -> None:
+        """Slow start from `limit`, measured afresh: replies to requests sent before describe
+        another load and do not count."""
+        self.limiter._set_limit(limit)
+        self._start_level("measure", [])
 
     def _start_level(self, phase: str, previous: list[_Sample]) -> None:
         self.phase, self.previous, self.samples, self.waited = phase, previous, [], 0
